@@ -1,0 +1,358 @@
+"""Run-time setup shared by every notebook: seeds and determinism, run profiles, devices, build paths.
+
+Every size, epoch count and step count a notebook uses comes from a :class:`Profile` here, so one
+environment variable (``TUTORIAL_PROFILE=quick|standard|full``) scales the whole series.
+Introduced in notebooks/00_setup_and_data.ipynb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROFILE_ENV = "TUTORIAL_PROFILE"
+BUILD_ENV = "TUTORIAL_BUILD_DIR"
+
+
+# --------------------------------------------------------------------------------------------------
+# Profiles. One frozen dataclass per chapter; each notebook reads only its own section.
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BaselineSettings:
+    """Notebook 00: the seed's CNN trained on clean images."""
+
+    epochs: int
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Notebooks 01-02: how many test images are attacked and how hard."""
+
+    eval_size: int  # test images used for robustness numbers
+    pgd_steps: int = 40
+    pgd_step_size: float = 0.01
+    restarts: int = 5
+    sweep_points: int = 7  # eps values in an accuracy-vs-eps sweep
+
+
+@dataclass(frozen=True)
+class AdvTrainingSettings:
+    """Notebook 03: adversarial training."""
+
+    epochs: int
+    eps: float = 0.3
+    batch_size: int = 64
+    train_pgd_steps: int = 7
+    eval_size: int = 1000
+    eval_pgd_steps: int = 40
+    eval_restarts: int = 5
+
+
+@dataclass(frozen=True)
+class MetaSettings:
+    """Notebook 04: few-shot meta-learning."""
+
+    meta_steps: int
+    eval_tasks: int
+    n_way: int = 5
+    q_queries: int = 15
+    meta_batch: int = 4
+
+
+@dataclass(frozen=True)
+class MetaAdvSettings:
+    """Notebooks 05-06: meta-adversarial training."""
+
+    meta_steps: int
+    eval_tasks: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All sizes for one run of the series. Read it, don't build it: use :func:`get_profile`."""
+
+    name: str
+    data_source: str  # argument for data.load_mnist: "subset" or "auto"
+    description: str
+    baseline: BaselineSettings
+    attacks: AttackSettings
+    adv_training: AdvTrainingSettings
+    meta: MetaSettings
+    meta_adv: MetaAdvSettings
+    expected_minutes: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile(
+        name="quick",
+        data_source="subset",
+        description="CI and a first look: the bundled 5,000-image subset, every notebook in minutes on 2 CPU cores.",
+        baseline=BaselineSettings(epochs=10),
+        attacks=AttackSettings(eval_size=1000),
+        adv_training=AdvTrainingSettings(epochs=10),
+        meta=MetaSettings(meta_steps=1500, eval_tasks=200),
+        meta_adv=MetaAdvSettings(meta_steps=1000, eval_tasks=200),
+    ),
+    "standard": Profile(
+        name="standard",
+        data_source="auto",
+        description="A laptop CPU in well under an hour; full MNIST when it can be found or downloaded.",
+        baseline=BaselineSettings(epochs=5, batch_size=128),
+        attacks=AttackSettings(eval_size=2000),
+        adv_training=AdvTrainingSettings(epochs=10, batch_size=128),
+        meta=MetaSettings(meta_steps=5000, eval_tasks=600),
+        meta_adv=MetaAdvSettings(meta_steps=3000, eval_tasks=600),
+    ),
+    "full": Profile(
+        name="full",
+        data_source="full",
+        description="Paper settings on a GPU (Madry et al.: PGD-40 adversarial training at eps 0.3); not run in CI.",
+        baseline=BaselineSettings(epochs=10, batch_size=128),
+        attacks=AttackSettings(eval_size=10000, restarts=10),
+        adv_training=AdvTrainingSettings(epochs=60, batch_size=128, train_pgd_steps=40, eval_size=10000,
+                                         eval_pgd_steps=100, eval_restarts=10),
+        meta=MetaSettings(meta_steps=60000, eval_tasks=1000, meta_batch=32),
+        meta_adv=MetaAdvSettings(meta_steps=30000, eval_tasks=1000),
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """Return the profile called ``name``, or the one named by ``$TUTORIAL_PROFILE`` (default ``quick``)."""
+    if name is None:
+        name = os.environ.get(PROFILE_ENV, "").strip() or "quick"
+    if not isinstance(name, str):
+        raise TypeError(f"profile name must be a string, got {type(name).__name__}")
+    key = name.strip().lower()
+    if key not in PROFILES:
+        raise ValueError(
+            f"unknown profile {name!r} (from {PROFILE_ENV} or the profile argument); "
+            f"valid names are {', '.join(PROFILES)}"
+        )
+    return PROFILES[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeds, determinism, devices
+# --------------------------------------------------------------------------------------------------
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy and TensorFlow/Keras global generators."""
+    import keras
+
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(int(seed))
+    np.random.seed(int(seed))
+    keras.utils.set_random_seed(int(seed))  # also seeds tf.random and Python's random
+
+
+def setup(seed: int = 0, profile: str | None = None, *, deterministic: bool = True, verbose: bool = True) -> Profile:
+    """Seed everything, switch on deterministic TF ops and report the profile and devices.
+
+    Call this once at the top of a notebook; it returns the active :class:`Profile`.
+    """
+    import tensorflow as tf
+
+    prof = get_profile(profile)
+    set_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if verbose:
+        print(environment_report(prof, seed=seed))
+    return prof
+
+
+def environment_report(prof: Profile | None = None, *, seed: int | None = None) -> str:
+    """A few lines describing the profile, library versions and devices."""
+    import keras
+    import tensorflow as tf
+
+    prof = prof or get_profile()
+    gpus = tf.config.list_physical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    lines = [
+        f"profile      : {prof.name} ({prof.description})",
+        f"seed         : {seed}" if seed is not None else None,
+        f"python       : {platform.python_version()}",
+        f"tensorflow   : {tf.__version__}, keras {keras.__version__}, numpy {np.__version__}",
+        f"devices      : {len(gpus)} GPU(s), {len(cpus)} logical CPU device(s), {os.cpu_count()} CPU cores",
+        f"determinism  : {'on' if _determinism_enabled() else 'off'}",
+        f"build dir    : {display_path(build_dir())}",
+    ]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def _determinism_enabled() -> bool:
+    from tensorflow.python.framework import config as tf_config  # not exported in tf.config
+
+    return bool(tf_config.is_op_determinism_enabled())
+
+
+def strategy(devices: list[str] | None = None):
+    """Return a tf.distribute strategy for the visible devices.
+
+    Several GPUs (or an explicit list of two or more ``devices``): ``MirroredStrategy``; one GPU:
+    ``OneDeviceStrategy`` on it; otherwise the default (no-op) strategy, which runs on the CPU.
+    To try data parallelism on a CPU-only machine, split the CPU into logical devices first
+    (``split_cpu(2)``) and pass ``devices=["/cpu:0", "/cpu:1"]``.
+    """
+    import tensorflow as tf
+
+    if devices is not None:
+        if not devices:
+            raise ValueError("devices must name at least one device, e.g. ['/gpu:0'] or ['/cpu:0', '/cpu:1']")
+        if len(devices) == 1:
+            return tf.distribute.OneDeviceStrategy(devices[0])
+        return tf.distribute.MirroredStrategy(devices)
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    if len(gpus) == 1:
+        return tf.distribute.OneDeviceStrategy(gpus[0].name)
+    return tf.distribute.get_strategy()
+
+
+def split_cpu(n: int = 2) -> list[str]:
+    """Split the physical CPU into ``n`` logical devices (must run before TF initialises its devices).
+
+    Returns the device names. Used by tests and notebooks to exercise ``MirroredStrategy`` without a GPU.
+    """
+    import tensorflow as tf
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    existing = tf.config.get_logical_device_configuration(cpu)
+    if existing is None or len(existing) != n:
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+        except RuntimeError as err:
+            raise RuntimeError(
+                "TensorFlow's devices are already initialised; call split_cpu() before any other TF work "
+                "(e.g. first thing in a fresh process)"
+            ) from err
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def set_mixed_precision(enabled: bool = True) -> str:
+    """Switch Keras' global dtype policy; returns the policy name now in force.
+
+    On a GPU mixed precision uses float16 compute with float32 variables; on CPU it uses bfloat16
+    (float16 matmuls are emulated and slow there). Models built afterwards pick the policy up; our
+    model builders keep the final logits in float32 so losses stay accurate.
+    """
+    import keras
+    import tensorflow as tf
+
+    if not enabled:
+        policy = "float32"
+    elif tf.config.list_physical_devices("GPU"):
+        policy = "mixed_float16"
+    else:
+        policy = "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+# --------------------------------------------------------------------------------------------------
+# Build directory (results, trained models, caches)
+# --------------------------------------------------------------------------------------------------
+def project_root() -> Path | None:
+    """The checkout this package lives in (the folder holding pyproject.toml), or None for a wheel install."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").is_file() and (here / "tutorial_lib").is_dir() else None
+
+
+def build_dir() -> Path:
+    """Where notebooks write results, models and caches.
+
+    ``$TUTORIAL_BUILD_DIR`` if set; else ``build/`` at the project root (found from the package, so it is
+    the same from any working directory); for a wheel install without a checkout, ``./build``.
+    """
+    env = os.environ.get(BUILD_ENV, "").strip()
+    if env:
+        path = Path(env).expanduser()
+    else:
+        root = project_root()
+        path = (root if root is not None else Path.cwd()) / "build"
+    return path
+
+
+def build_subdir(name: str) -> Path:
+    """``build_dir()/name``, created if missing. Typical names: results, models, cache."""
+    path = build_dir() / name
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(
+            f"cannot create {path}: {err.strerror}. Set {BUILD_ENV} to a writable folder "
+            "(e.g. on a read-only checkout or a shared classroom server)."
+        ) from err
+    return path
+
+
+def display_path(path: Path) -> str:
+    """A path shown relative to the project root or home, so notebook outputs hold no user names."""
+    path = Path(path)
+    root = project_root()
+    for base, label in ((root, "<project>"), (Path.home(), "~")):
+        if base is not None:
+            try:
+                return str(Path(label) / path.resolve().relative_to(base.resolve()))
+            except ValueError:
+                pass
+    return str(path)
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return _to_jsonable(value.tolist())
+    if hasattr(value, "numpy"):
+        return _to_jsonable(value.numpy())
+    return value
+
+
+def save_results(notebook: str, results: dict[str, Any]) -> Path:
+    """Write a notebook's headline numbers to ``build/results/<notebook>.json`` and return the path.
+
+    ``results`` may hold numpy scalars/arrays; they are converted to plain JSON. The active profile's
+    name is added under ``"profile"`` unless present.
+    """
+    if not isinstance(results, dict):
+        raise TypeError(f"results must be a dict, got {type(results).__name__}")
+    data = _to_jsonable(results)
+    data.setdefault("profile", get_profile().name)
+    path = build_subdir("results") / f"{notebook}.json"
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_results(notebook: str) -> dict[str, Any]:
+    """Read ``build/results/<notebook>.json`` written by :func:`save_results`."""
+    path = build_dir() / "results" / f"{notebook}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{display_path(path)} does not exist; run notebooks/{notebook}.ipynb first")
+    return json.loads(path.read_text())
