@@ -135,3 +135,18 @@ def test_subset_with_path_is_refused(tmp_path):
 def test_no_pickle_anywhere():
     src = Path(data.__file__).read_text()
     assert "allow_pickle=True" not in src and "import pickle" not in src
+
+
+def test_wheel_ships_the_subset(tmp_path):
+    """A wheel install must find the bundled file (force-included from the single copy in data/)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("tutorial_lib-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        blob = zf.read("tutorial_lib/_data/mnist_subset.npz")
+    assert hashlib.sha256(blob).hexdigest() == data.SUBSET_SHA256
