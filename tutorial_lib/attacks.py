@@ -1,0 +1,710 @@
+"""Adversarial attacks on logits models: FGSM, BIM, PGD (L-inf and L2, random start, restarts) and MIM.
+
+Each attack is a function (numpy in, numpy out, validated, batched) and a small *spec* object
+(``FGSM(eps=0.1)``, ``PGD(eps=0.3, steps=40, step_size=0.01)``) that ``evaluate``, ``training`` and the
+meta-learning modules take as a value. The whole iteration loop runs in one graph-mode ``tf.function``,
+traced once per model, input shape and settings and then reused. Introduced in notebooks/01_fgsm.ipynb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import tensorflow as tf
+
+from . import models
+
+__all__ = [
+    "fgsm", "bim", "pgd", "mim", "gradient_ascent",
+    "Attack", "FGSM", "BIM", "PGD", "MIM",
+    "trace_count", "clear_cache", "UNROLL_MAX_STEPS",
+]
+
+#: Loops of at most this many steps are unrolled into the graph; longer ones use ``tf.while_loop``.
+#: Measured on a 2-core CPU (benchmarks/attacks.py): the unrolled PGD-40 graph is faster than the loop.
+UNROLL_MAX_STEPS = 64
+#: How far outside [clip_min, clip_max] input pixels may lie (float rounding) before it is an error.
+RANGE_TOLERANCE = 1e-5
+_NORMS = {"inf": "inf", "linf": "inf", "l_inf": "inf", "2": 2, "l2": 2}
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation (Python values only: runs before anything is traced)
+# --------------------------------------------------------------------------------------------------
+def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _check_eps(eps: Any) -> float:
+    eps = _check_number("eps", eps)
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0 (the radius of the perturbation ball), got {eps}")
+    return eps
+
+
+def _check_step_size(step_size: Any) -> float:
+    step_size = _check_number("step_size", step_size)
+    if step_size <= 0:
+        raise ValueError(f"step_size must be > 0, got {step_size}; a typical L-inf choice is 2.5 * eps / steps")
+    return step_size
+
+
+def _check_steps(steps: Any) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise TypeError(f"steps must be an int, got {type(steps).__name__} ({steps!r})")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return int(steps)
+
+
+def _check_restarts(restarts: Any, random_start: bool) -> int:
+    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)):
+        raise TypeError(f"restarts must be an int, got {type(restarts).__name__} ({restarts!r})")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    if restarts > 1 and not random_start:
+        raise ValueError(
+            f"restarts={restarts} needs random_start=True: without a random start every restart "
+            "computes the same perturbation"
+        )
+    return int(restarts)
+
+
+def _check_norm(norm: Any) -> str | int:
+    """Canonical norm: ``"inf"`` or ``2``. Accepts "inf", np.inf, "linf", 2, "2", "l2"."""
+    if isinstance(norm, bool):
+        raise ValueError(f"unknown norm {norm!r}; use norm='inf' (L-infinity) or norm=2 (L2)")
+    if isinstance(norm, (int, float, np.integer, np.floating)):
+        if norm == np.inf:
+            return "inf"
+        if norm == 2:
+            return 2
+    elif isinstance(norm, str) and norm.strip().lower() in _NORMS:
+        return _NORMS[norm.strip().lower()]
+    raise ValueError(f"unknown norm {norm!r}; use norm='inf' (L-infinity) or norm=2 (L2)")
+
+
+def _check_clip(clip_min: Any, clip_max: Any) -> tuple[float, float]:
+    clip_min = _check_number("clip_min", clip_min)
+    clip_max = _check_number("clip_max", clip_max)
+    if clip_min >= clip_max:
+        raise ValueError(
+            f"clip_min must be < clip_max, got clip_min={clip_min}, clip_max={clip_max} "
+            "(the valid pixel range; [0, 1] for the series' images)"
+        )
+    return clip_min, clip_max
+
+
+def _check_batch_size(batch_size: Any) -> int | None:
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"batch_size must be an int or None, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (or None for one batch), got {batch_size}")
+    return int(batch_size)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_decay(decay: Any) -> float:
+    decay = _check_number("decay", decay)
+    if decay < 0:
+        raise ValueError(f"decay must be >= 0 (momentum factor; 1.0 in the MIM paper), got {decay}")
+    return decay
+
+
+def _as_numpy(value: Any, name: str) -> np.ndarray:
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return value.numpy()
+    try:
+        return np.asarray(value)
+    except Exception as err:  # e.g. ragged nested lists
+        raise TypeError(f"{name} must be an array or tensor, got {type(value).__name__}: {err}") from err
+
+
+def _num_classes(model: Any, x: np.ndarray) -> int:
+    shape = None
+    try:
+        shape = tuple(model.output_shape)
+    except Exception:  # subclassed models have no static output shape
+        pass
+    if not shape or shape[-1] is None:
+        shape = tuple(model(tf.constant(x[:1]), training=False).shape)
+    if len(shape) != 2:
+        raise ValueError(
+            f"the model must return logits of shape (batch, classes), but its output has shape {shape}"
+        )
+    return int(shape[-1])
+
+
+def _prepare(model: Any, x: Any, y: Any, clip_min: float, clip_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the model, images and labels; return float32 images and int64 labels."""
+    models.check_logits_model(model)
+    x = _as_numpy(x, "x")
+    y = _as_numpy(y, "y")
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise TypeError(f"x must hold numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch of inputs, shape (batch, ...) e.g. (B, 28, 28, 1); got shape {x.shape}")
+    if len(x) == 0:
+        raise ValueError("x is empty: pass at least one image")
+    x = x.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x contains NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < clip_min - RANGE_TOLERANCE or hi > clip_max + RANGE_TOLERANCE:
+        hint = " (uint8 images? divide by 255 first)" if hi > 1.5 and clip_max <= 1 else ""
+        raise ValueError(
+            f"x has values in [{lo:.4g}, {hi:.4g}], outside the valid range [clip_min, clip_max] = "
+            f"[{clip_min}, {clip_max}]{hint}; rescale x or pass the clip_min/clip_max of your data"
+        )
+    if lo < clip_min or hi > clip_max:  # float rounding only
+        x = np.clip(x, clip_min, clip_max)
+    if y.ndim == 2 and y.shape[0] == x.shape[0] and y.shape[1] > 1:
+        raise ValueError(
+            f"y has shape {y.shape}: it looks one-hot. Attacks take integer class ids of shape (batch,); "
+            "convert with y = np.argmax(y, axis=1)"
+        )
+    if y.ndim != 1:
+        raise ValueError(f"y must be integer class ids of shape (batch,), got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+        raise TypeError(f"y must hold integer class ids, got dtype {y.dtype}; convert with y.astype(int)")
+    if len(y) != len(x):
+        raise ValueError(f"x and y have different batch sizes: {len(x)} images but {len(y)} labels")
+    n_classes = _num_classes(model, x)
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(
+            f"labels must be in 0..{n_classes - 1} (the model has {n_classes} outputs), "
+            f"got values in {int(y.min())}..{int(y.max())}"
+        )
+    return x, y.astype(np.int64, copy=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph-compatible core
+# --------------------------------------------------------------------------------------------------
+def _reduce_axes(x: tf.Tensor) -> list[int]:
+    return list(range(1, x.shape.rank))
+
+
+def _ascent_direction(grad: tf.Tensor, norm: str | int) -> tf.Tensor:
+    """The steepest-ascent unit step for the norm: sign(grad) for L-inf, grad / ||grad||_2 for L2."""
+    if norm == "inf":
+        return tf.sign(grad)
+    return tf.math.l2_normalize(grad, axis=_reduce_axes(grad), epsilon=1e-24)
+
+
+def _project(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, norm: str | int, clip_min: float, clip_max: float) -> tf.Tensor:
+    """Project onto the eps ball around x, then onto the pixel range."""
+    if norm == "inf":
+        x_adv = tf.clip_by_value(x_adv, x - eps, x + eps)
+    else:
+        x_adv = x + tf.clip_by_norm(x_adv - x, eps, axes=_reduce_axes(x))
+    return tf.clip_by_value(x_adv, clip_min, clip_max)
+
+
+def _random_delta(x: tf.Tensor, eps: tf.Tensor, norm: str | int, seed: tf.Tensor | None) -> tf.Tensor:
+    """A uniform random point of the eps ball (L-inf: uniform cube; L2: uniform in the ball)."""
+    shape = tf.shape(x)
+    if norm == "inf":
+        if seed is None:
+            unit = tf.random.uniform(shape, -1.0, 1.0, dtype=x.dtype)
+        else:
+            unit = tf.random.stateless_uniform(shape, seed, -1.0, 1.0, dtype=x.dtype)
+        return eps * unit
+    axes = _reduce_axes(x)
+    dim = float(np.prod(x.shape[1:]))
+    radius_shape = tf.concat([shape[:1], tf.ones([len(axes)], tf.int32)], 0)
+    if seed is None:
+        direction = tf.random.normal(shape, dtype=x.dtype)
+        u = tf.random.uniform(radius_shape, dtype=x.dtype)
+    else:
+        direction = tf.random.stateless_normal(shape, seed, dtype=x.dtype)
+        u = tf.random.stateless_uniform(radius_shape, tf.random.experimental.stateless_fold_in(seed, 1), dtype=x.dtype)
+    return eps * tf.math.l2_normalize(direction, axis=axes) * u ** (1.0 / dim)
+
+
+def gradient_ascent(
+    loss_fn: Callable[[tf.Tensor], tf.Tensor],
+    x: Any,
+    *,
+    eps: Any,
+    step_size: Any,
+    steps: int,
+    norm: str | int = "inf",
+    random_start: bool = False,
+    momentum: float | None = None,
+    clip_min: float = 0.0,
+    clip_max: float = 1.0,
+    seed: Any = None,
+    unroll: bool | None = None,
+) -> tf.Tensor:
+    """Maximise ``loss_fn`` around ``x`` by projected gradient steps; pure TensorFlow, graph-compatible.
+
+    ``loss_fn(x_adv)`` returns the per-example loss, shape (B,); its gradient is taken for the sum, so each
+    example gets its own gradient. Each step moves by ``step_size`` along sign(grad) (``norm="inf"``) or
+    grad / ||grad||_2 (``norm=2``), then projects onto the ``eps`` ball around ``x`` and onto
+    [clip_min, clip_max]. ``momentum`` (MIM's decay mu) accumulates g = mu g + grad / mean|grad| and steps
+    along g instead. ``random_start`` starts from a uniform point of the ball, from
+    ``tf.random.stateless_*`` when ``seed`` (shape (2,) int tensor) is given, else from TF's global generator.
+
+    ``x``: float tensor (B, ...) inside [clip_min, clip_max]. ``eps``/``step_size``: Python floats or scalar
+    tensors (tensors do not cause retracing inside a tf.function). ``steps``: Python int; loops of at most
+    :data:`UNROLL_MAX_STEPS` steps are unrolled, longer ones use ``tf.while_loop`` (``unroll`` overrides).
+    Values are not validated here (the numpy-level functions do that). Returns x_adv with the dtype of x,
+    gradient stopped. Used by TRADES in notebooks/03. Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    norm = _check_norm(norm)
+    steps = _check_steps(steps)
+    x = tf.stop_gradient(tf.convert_to_tensor(x))
+    if not x.dtype.is_floating:
+        raise TypeError(f"x must be a float tensor, got {x.dtype.name}")
+    eps = tf.cast(eps, x.dtype)
+    step_size = tf.cast(step_size, x.dtype)
+    axes = _reduce_axes(x)
+
+    def step(x_adv: tf.Tensor, g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            loss = loss_fn(x_adv)
+        grad = tape.gradient(loss, x_adv)
+        if grad is None:
+            raise ValueError("loss_fn(x_adv) does not depend on x_adv: its gradient is None")
+        if momentum is not None:
+            g = momentum * g + grad / tf.maximum(tf.reduce_mean(tf.abs(grad), axis=axes, keepdims=True), 1e-12)
+            grad = g
+        x_adv = x_adv + step_size * _ascent_direction(grad, norm)
+        return _project(x_adv, x, eps, norm, clip_min, clip_max), g
+
+    x_adv = x
+    if random_start:
+        x_adv = _project(x + _random_delta(x, eps, norm, seed), x, eps, norm, clip_min, clip_max)
+    g = tf.zeros_like(x)
+    if unroll is None:
+        unroll = steps <= UNROLL_MAX_STEPS
+    if unroll:
+        for _ in range(steps):
+            x_adv, g = step(x_adv, g)
+    else:
+        _, x_adv, g = tf.while_loop(
+            lambda i, *_: i < steps,
+            lambda i, xa, gg: (i + 1, *step(xa, gg)),
+            [tf.constant(0), x_adv, g],
+        )
+    return tf.stop_gradient(x_adv)
+
+
+def _per_example_loss(model: Any, x: tf.Tensor, y: tf.Tensor, targeted: bool) -> tf.Tensor:
+    """Cross-entropy on the logits in float32 (also under mixed precision); negated for targeted attacks."""
+    logits = tf.cast(model(x, training=False), tf.float32)
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int32), logits=logits)
+    return -loss if targeted else loss
+
+
+def _attack(
+    model: Any, x: tf.Tensor, y: tf.Tensor, *, eps: Any, step_size: Any, steps: int, norm: str | int,
+    random_start: bool, restarts: int, momentum: float | None, targeted: bool, clip_min: float,
+    clip_max: float, seed: Any, unroll: bool | None,
+) -> tf.Tensor:
+    """The attack as TensorFlow ops; with restarts, per example the restart with the highest loss."""
+    in_dtype = x.dtype
+    x = tf.cast(x, tf.float32)
+
+    def loss_fn(x_adv: tf.Tensor) -> tf.Tensor:
+        return _per_example_loss(model, x_adv, y, targeted)
+
+    def run(r: Any) -> tf.Tensor:
+        seed_r = None if seed is None else tf.random.experimental.stateless_fold_in(seed, r)
+        return gradient_ascent(loss_fn, x, eps=eps, step_size=step_size, steps=steps, norm=norm,
+                               random_start=random_start, momentum=momentum, clip_min=clip_min,
+                               clip_max=clip_max, seed=seed_r, unroll=unroll)
+
+    best = run(0)
+    if restarts > 1:
+        keep_shape = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0)
+
+        def body(r: tf.Tensor, best: tf.Tensor, best_loss: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            cand = run(r)
+            cand_loss = loss_fn(cand)
+            better = cand_loss > best_loss
+            return (r + 1, tf.where(tf.reshape(better, keep_shape), cand, best),
+                    tf.where(better, cand_loss, best_loss))
+
+        _, best, _ = tf.while_loop(lambda r, *_: r < restarts, body, [tf.constant(1), best, loss_fn(best)])
+    return tf.stop_gradient(tf.cast(best, in_dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Compiled-function cache: one tf.function per model and settings, traced once per input shape
+# --------------------------------------------------------------------------------------------------
+_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
+_TRACES: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+
+
+def _default_jit() -> bool:
+    """XLA on GPU; plain graph mode on CPU (XLA ran PGD 2-4x slower on our 2-core CPUs)."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def trace_count(model: Any) -> int:
+    """How many times attack graphs were traced for ``model`` (repeated calls should not add any)."""
+    return _TRACES.get(model, 0)
+
+
+def clear_cache(model: Any = None) -> None:
+    """Drop the compiled attack functions of ``model`` (all models when None)."""
+    if model is None:
+        _CACHE.clear()
+    else:
+        _CACHE.pop(model, None)
+
+
+def _compiled(model: Any, settings: dict[str, Any], sample_shape: tuple[int, ...], jit_compile: bool | None) -> Any:
+    jit = _default_jit() if jit_compile is None else bool(jit_compile)
+    key = (tuple(sorted(settings.items(), key=lambda kv: kv[0])), sample_shape, jit)
+    per_model = _CACHE.setdefault(model, {})
+    if key in per_model:
+        return per_model[key]
+    model_ref = weakref.ref(model)  # the cache must not keep the model alive
+    # A partial (not a closure) gives each compiled function its own key in TF's retracing detector.
+    run = functools.partial(_traced_attack, model_ref, settings)
+    signature = [
+        tf.TensorSpec((None, *sample_shape), tf.float32, name="x"),
+        tf.TensorSpec((None,), tf.int64, name="y"),
+        tf.TensorSpec((), tf.float32, name="eps"),
+        tf.TensorSpec((), tf.float32, name="step_size"),
+        tf.TensorSpec((2,), tf.int64, name="seed"),
+    ]
+    fn = tf.function(run, input_signature=signature, jit_compile=jit)
+    per_model[key] = fn
+    return fn
+
+
+def _traced_attack(model_ref: Any, settings: dict[str, Any], x: tf.Tensor, y: tf.Tensor, eps: tf.Tensor,
+                   step_size: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    model = model_ref()
+    _TRACES[model] = _TRACES.get(model, 0) + 1  # Python side effect: runs only while tracing
+    return _attack(model, x, y, eps=eps, step_size=step_size, seed=seed, **settings)
+
+
+def _seed_pair(seed: Any) -> np.random.Generator:
+    if seed is None:  # drawn from numpy's global state, so runtime.setup(seed=...) makes runs repeatable
+        return np.random.default_rng(np.random.randint(0, 2**31 - 1))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    return np.random.default_rng(int(seed))
+
+
+def _run(
+    model: Any, x: Any, y: Any, *, eps: float, step_size: float, steps: int, norm: str | int,
+    random_start: bool, restarts: int, momentum: float | None, targeted: bool, clip_min: float,
+    clip_max: float, batch_size: int | None, seed: Any, jit_compile: bool | None, unroll: bool | None,
+) -> np.ndarray:
+    """Validate, then run the cached compiled attack batch by batch; numpy out."""
+    x, y = _prepare(model, x, y, clip_min, clip_max)
+    batch_size = _check_batch_size(batch_size)
+    if unroll is not None:
+        unroll = _check_bool("unroll", unroll)
+    rng = _seed_pair(seed)
+    settings = dict(steps=steps, norm=norm, random_start=random_start, restarts=restarts, momentum=momentum,
+                    targeted=targeted, clip_min=clip_min, clip_max=clip_max, unroll=unroll)
+    fn = _compiled(model, settings, tuple(x.shape[1:]), jit_compile)
+    eps_t = tf.constant(eps, tf.float32)
+    step_t = tf.constant(step_size, tf.float32)
+    n = len(x)
+    batch_size = batch_size or n
+    out = np.empty_like(x)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        seed_t = tf.constant(rng.integers(0, 2**62, size=2), tf.int64)
+        out[start:stop] = fn(tf.constant(x[start:stop]), tf.constant(y[start:stop]), eps_t, step_t, seed_t).numpy()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Public functions
+# --------------------------------------------------------------------------------------------------
+def fgsm(
+    model: Any, x: Any, y: Any, eps: float, *, targeted: bool = False, clip_min: float = 0.0,
+    clip_max: float = 1.0, batch_size: int | None = None, jit_compile: bool | None = None,
+) -> np.ndarray:
+    """Fast Gradient Sign Method: x_adv = clip(x + eps * sign(grad_x CE(model(x), y)), clip_min, clip_max).
+
+    ``model``: Keras model returning logits (B, classes). ``x``: float images (B, H, W, C) in
+    [clip_min, clip_max] (numpy or tensor). ``y``: int class ids (B,); with ``targeted=True`` they are the
+    *target* classes and the step goes down the loss instead. One-hot labels are rejected: convert with
+    ``np.argmax(y, axis=1)``. ``batch_size`` bounds memory (None: one batch). ``jit_compile``: None means XLA
+    on GPU only. Returns float32 numpy, same shape as x, with ``|x_adv - x| <= eps`` and pixels in range.
+    Introduced in notebooks/01_fgsm.ipynb.
+    """
+    eps = _check_eps(eps)
+    clip_min, clip_max = _check_clip(clip_min, clip_max)
+    return _run(model, x, y, eps=eps, step_size=eps, steps=1, norm="inf", random_start=False, restarts=1,
+                momentum=None, targeted=_check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
+                batch_size=batch_size, seed=0, jit_compile=jit_compile, unroll=True)
+
+
+def pgd(
+    model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, norm: str | int = "inf",
+    random_start: bool = True, restarts: int = 1, targeted: bool = False, clip_min: float = 0.0,
+    clip_max: float = 1.0, batch_size: int | None = None, seed: int | None = None,
+    jit_compile: bool | None = None, unroll: bool | None = None,
+) -> np.ndarray:
+    """Projected Gradient Descent (Madry et al.): ``steps`` gradient-ascent steps projected on the eps ball.
+
+    ``norm``: "inf" (signed steps, L-inf ball) or 2 (normalised steps, L2 ball). ``random_start``: begin at a
+    uniform random point of the ball; ``restarts`` > 1 repeats from new random starts and keeps, per
+    example, the result with the highest loss. ``seed`` makes the random starts repeatable (None: drawn from
+    numpy's global generator, which ``runtime.setup`` seeds). Other arguments as in :func:`fgsm`.
+    ``unroll`` overrides the unrolled / ``tf.while_loop`` choice (see :data:`UNROLL_MAX_STEPS`).
+    Returns float32 numpy of x's shape, inside the ball and the pixel range.
+    Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    eps = _check_eps(eps)
+    clip_min, clip_max = _check_clip(clip_min, clip_max)
+    random_start = _check_bool("random_start", random_start)
+    return _run(model, x, y, eps=eps, step_size=_check_step_size(step_size), steps=_check_steps(steps),
+                norm=_check_norm(norm), random_start=random_start,
+                restarts=_check_restarts(restarts, random_start), momentum=None,
+                targeted=_check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
+                batch_size=batch_size, seed=seed, jit_compile=jit_compile, unroll=unroll)
+
+
+def bim(
+    model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, targeted: bool = False,
+    clip_min: float = 0.0, clip_max: float = 1.0, batch_size: int | None = None,
+    jit_compile: bool | None = None, unroll: bool | None = None,
+) -> np.ndarray:
+    """Basic Iterative Method (Kurakin et al.): L-inf PGD from x itself (no random start, no restarts).
+
+    Arguments and result as in :func:`pgd`. Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    return pgd(model, x, y, eps, step_size=step_size, steps=steps, norm="inf", random_start=False, restarts=1,
+               targeted=targeted, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size, seed=0,
+               jit_compile=jit_compile, unroll=unroll)
+
+
+def mim(
+    model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, decay: float = 1.0,
+    norm: str | int = "inf", targeted: bool = False, clip_min: float = 0.0, clip_max: float = 1.0,
+    batch_size: int | None = None, jit_compile: bool | None = None, unroll: bool | None = None,
+) -> np.ndarray:
+    """Momentum Iterative Method (Dong et al.): g = decay * g + grad / mean|grad|; step along sign(g).
+
+    Starts at x (no random start). Other arguments and result as in :func:`pgd`.
+    Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    eps = _check_eps(eps)
+    clip_min, clip_max = _check_clip(clip_min, clip_max)
+    return _run(model, x, y, eps=eps, step_size=_check_step_size(step_size), steps=_check_steps(steps),
+                norm=_check_norm(norm), random_start=False, restarts=1, momentum=_check_decay(decay),
+                targeted=_check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
+                batch_size=batch_size, seed=0, jit_compile=jit_compile, unroll=unroll)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attack specs: attacks as values
+# --------------------------------------------------------------------------------------------------
+class Attack:
+    """Base of the attack specs: ``spec(model, x, y)`` (numpy) and ``spec.generate(model, x, y)`` (tensors).
+
+    Subclasses are frozen dataclasses; their fields are the attack's settings. The repr shows ``eps`` and
+    every setting that differs from its default, e.g. ``PGD(eps=0.3, steps=40, step_size=0.01)``.
+    """
+
+    label: ClassVar[str] = "attack"
+    _always_shown: ClassVar[tuple[str, ...]] = ("eps", "steps", "step_size")
+    eps: float
+    targeted: bool
+    clip_min: float
+    clip_max: float
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.default is dataclasses.MISSING or value != f.default or f.name in self._always_shown:
+                parts.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def _validate_common(self) -> None:
+        object.__setattr__(self, "eps", _check_eps(self.eps))
+        clip_min, clip_max = _check_clip(self.clip_min, self.clip_max)
+        object.__setattr__(self, "clip_min", clip_min)
+        object.__setattr__(self, "clip_max", clip_max)
+        object.__setattr__(self, "targeted", _check_bool("targeted", self.targeted))
+        if hasattr(self, "batch_size"):
+            _check_batch_size(self.batch_size)
+
+    @property
+    def name(self) -> str:
+        """A short label for tables and plots, e.g. "FGSM", "PGD-40", "PGD-40 L2 x5"."""
+        return self._name() + (" targeted" if self.targeted else "")
+
+    def _name(self) -> str:
+        return self.label
+
+    def with_eps(self, eps: float) -> "Attack":
+        """The same attack with another radius (other settings unchanged, step_size included)."""
+        return dataclasses.replace(self, eps=eps)
+
+    def _settings(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _step_size(self, eps: Any) -> Any:
+        return self.step_size  # type: ignore[attr-defined]
+
+    def generate(self, model: Any, x: Any, y: Any, *, eps: Any = None, seed: Any = None) -> tf.Tensor:
+        """Adversarial examples as a tensor, built from TensorFlow ops only.
+
+        Callable inside another ``tf.function`` (e.g. a Keras ``train_step``). ``x``: float tensor
+        (B, H, W, C) in [clip_min, clip_max]; ``y``: int class ids (B,). ``eps``: Python float or scalar
+        tensor / ``tf.Variable`` overriding ``self.eps`` (for eps ramps; no retracing when it is a tensor).
+        ``seed``: optional shape-(2,) int tensor for stateless random starts (else TF's global generator).
+        No value validation, no batching; the model is called with ``training=False``. Returns x_adv (dtype
+        of x, gradient stopped) inside the eps ball and the pixel range.
+        Introduced in notebooks/02_iterative_attacks.ipynb.
+        """
+        eps = self.eps if eps is None else eps
+        x = tf.convert_to_tensor(x)
+        return _attack(model, x, tf.convert_to_tensor(y), eps=eps, step_size=self._step_size(eps), seed=seed,
+                       **self._settings())
+
+    def __call__(self, model: Any, x: Any, y: Any) -> np.ndarray:
+        """Run the attack on numpy (or tensor) inputs: validated, batched, compiled; numpy out."""
+        settings = self._settings()
+        return _run(model, x, y, eps=self.eps, step_size=float(self._step_size(self.eps)),
+                    batch_size=getattr(self, "batch_size", None), seed=getattr(self, "seed", 0),
+                    jit_compile=getattr(self, "jit_compile", None), **settings)
+
+
+@dataclass(frozen=True, repr=False)
+class FGSM(Attack):
+    """Fast Gradient Sign Method as a value: ``FGSM(eps=0.1)(model, x, y)``. See :func:`fgsm`.
+
+    Introduced in notebooks/01_fgsm.ipynb.
+    """
+
+    label: ClassVar[str] = "FGSM"
+    eps: float
+    targeted: bool = False
+    clip_min: float = 0.0
+    clip_max: float = 1.0
+    batch_size: int | None = None
+    jit_compile: bool | None = None
+
+    def __post_init__(self) -> None:
+        self._validate_common()
+
+    def _step_size(self, eps: Any) -> Any:
+        return eps
+
+    def _settings(self) -> dict[str, Any]:
+        return dict(steps=1, norm="inf", random_start=False, restarts=1, momentum=None, targeted=self.targeted,
+                    clip_min=self.clip_min, clip_max=self.clip_max, unroll=True)
+
+
+@dataclass(frozen=True, repr=False)
+class PGD(Attack):
+    """Projected Gradient Descent as a value: ``PGD(eps=0.3, steps=40, step_size=0.01)``. See :func:`pgd`.
+
+    Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+
+    label: ClassVar[str] = "PGD"
+    eps: float
+    steps: int = 40
+    step_size: float = 0.01
+    norm: str | int = "inf"
+    random_start: bool = True
+    restarts: int = 1
+    targeted: bool = False
+    clip_min: float = 0.0
+    clip_max: float = 1.0
+    batch_size: int | None = None
+    seed: int | None = None
+    jit_compile: bool | None = None
+    unroll: bool | None = None
+
+    def __post_init__(self) -> None:
+        self._validate_common()
+        object.__setattr__(self, "steps", _check_steps(self.steps))
+        object.__setattr__(self, "step_size", _check_step_size(self.step_size))
+        object.__setattr__(self, "norm", _check_norm(self.norm))
+        object.__setattr__(self, "random_start", _check_bool("random_start", self.random_start))
+        object.__setattr__(self, "restarts", _check_restarts(self.restarts, self.random_start))
+
+    def _name(self) -> str:
+        name = f"{self.label}-{self.steps}"
+        if self.norm == 2:
+            name += " L2"
+        if self.restarts > 1:
+            name += f" x{self.restarts}"
+        return name
+
+    def _settings(self) -> dict[str, Any]:
+        return dict(steps=self.steps, norm=self.norm, random_start=self.random_start, restarts=self.restarts,
+                    momentum=None, targeted=self.targeted, clip_min=self.clip_min, clip_max=self.clip_max,
+                    unroll=self.unroll)
+
+
+@dataclass(frozen=True, repr=False)
+class BIM(PGD):
+    """Basic Iterative Method as a value: PGD without random start. See :func:`bim`.
+
+    Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+
+    label: ClassVar[str] = "BIM"
+    random_start: bool = False
+
+
+@dataclass(frozen=True, repr=False)
+class MIM(Attack):
+    """Momentum Iterative Method as a value: ``MIM(eps=0.3, steps=10, step_size=0.03)``. See :func:`mim`.
+
+    Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+
+    label: ClassVar[str] = "MIM"
+    eps: float
+    steps: int = 10
+    step_size: float = 0.03
+    decay: float = 1.0
+    norm: str | int = "inf"
+    targeted: bool = False
+    clip_min: float = 0.0
+    clip_max: float = 1.0
+    batch_size: int | None = None
+    jit_compile: bool | None = None
+    unroll: bool | None = None
+
+    def __post_init__(self) -> None:
+        self._validate_common()
+        object.__setattr__(self, "steps", _check_steps(self.steps))
+        object.__setattr__(self, "step_size", _check_step_size(self.step_size))
+        object.__setattr__(self, "norm", _check_norm(self.norm))
+        object.__setattr__(self, "decay", _check_decay(self.decay))
+
+    def _name(self) -> str:
+        return f"{self.label}-{self.steps}" + (" L2" if self.norm == 2 else "")
+
+    def _settings(self) -> dict[str, Any]:
+        return dict(steps=self.steps, norm=self.norm, random_start=False, restarts=1, momentum=self.decay,
+                    targeted=self.targeted, clip_min=self.clip_min, clip_max=self.clip_max, unroll=self.unroll)
