@@ -1,0 +1,379 @@
+"""Tests for tutorial_lib.attacks: independent references, properties over random inputs, errors, tracing."""
+
+from __future__ import annotations
+
+import gc
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tutorial_lib import attacks
+
+SHAPE = (8, 8, 1)
+N_CLASSES = 5
+
+
+def tiny_cnn(seed: int = 0, *, softmax: bool = False) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input(SHAPE),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(N_CLASSES, activation="softmax" if softmax else None),
+    ])
+
+
+def random_batch(seed: int, n: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, (n, *SHAPE)).astype(np.float32)
+    x[: n // 4] = np.round(x[: n // 4])  # pixels exactly on the range boundaries
+    return x, rng.integers(0, N_CLASSES, n)
+
+
+def ce(model: keras.Model, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    logits = model(x, training=False)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits).numpy()
+
+
+def probs(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    return tf.nn.softmax(model(x, training=False)).numpy()
+
+
+@pytest.fixture(scope="module")
+def model() -> keras.Model:
+    return tiny_cnn()
+
+
+# --------------------------------------------------------------------------------------------------
+# FGSM against an analytic numpy reference (softmax regression: grad_x = W (softmax(xW + b) - onehot(y)))
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("targeted", [False, True])
+def test_fgsm_matches_numpy_reference_on_softmax_regression(targeted):
+    rng = np.random.default_rng(1)
+    d, k, n, eps = 16, 3, 64, 0.1
+    w = rng.normal(size=(d, k)).astype(np.float32)
+    b = rng.normal(size=k).astype(np.float32)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(k)])
+    model.layers[-1].set_weights([w, b])
+    x = rng.uniform(0, 1, (n, 4, 4, 1)).astype(np.float32)
+    y = rng.integers(0, k, n)
+
+    x64 = x.reshape(n, d).astype(np.float64)
+    logits = x64 @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    grad = (p - np.eye(k)[y]) @ w.T
+    direction = -np.sign(grad) if targeted else np.sign(grad)
+    expected = np.clip(x64 + eps * direction, 0, 1).reshape(x.shape)
+
+    got = attacks.fgsm(model, x, y, eps, targeted=targeted)
+    settled = np.abs(grad).reshape(x.shape) > 1e-5  # signs of rounding-level gradients may differ
+    assert settled.mean() > 0.99
+    np.testing.assert_allclose(got[settled], expected[settled], atol=1e-6)
+    assert got.dtype == np.float32 and got.shape == x.shape
+
+
+# --------------------------------------------------------------------------------------------------
+# Properties over random inputs
+# --------------------------------------------------------------------------------------------------
+SPECS = [
+    attacks.FGSM(eps=0.1),
+    attacks.BIM(eps=0.1, steps=5, step_size=0.03),
+    attacks.PGD(eps=0.2, steps=5, step_size=0.05),
+    attacks.PGD(eps=0.2, steps=5, step_size=0.05, restarts=3, seed=3),
+    attacks.PGD(eps=1.0, steps=5, step_size=0.3, norm=2),
+    attacks.PGD(eps=1.0, steps=5, step_size=0.3, norm=2, restarts=2, seed=4),
+    attacks.MIM(eps=0.15, steps=5, step_size=0.05),
+    attacks.MIM(eps=1.0, steps=5, step_size=0.3, norm=2),
+    attacks.PGD(eps=0.2, steps=3, step_size=0.1, targeted=True),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_attack_stays_in_ball_and_range(model, spec, seed):
+    x, y = random_batch(seed)
+    x_adv = spec(model, x, y)
+    delta = (x_adv - x).reshape(len(x), -1)
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    if getattr(spec, "norm", "inf") == 2:
+        assert np.linalg.norm(delta, axis=1).max() <= spec.eps * (1 + 1e-5)
+    else:
+        assert np.abs(delta).max() <= spec.eps + 1e-6
+    assert np.abs(delta).max() > 0  # the attack did move
+    # generate (tensor form) gives the same result for the deterministic attacks
+    if not getattr(spec, "random_start", False):
+        np.testing.assert_allclose(spec.generate(model, tf.constant(x), tf.constant(y)).numpy(), x_adv, atol=1e-6)
+
+
+def test_clip_range_other_than_unit_interval(model):
+    x, y = random_batch(0)
+    x = x * 2 - 1
+    x_adv = attacks.pgd(model, x, y, 0.3, step_size=0.1, steps=4, clip_min=-1.0, clip_max=1.0, seed=0)
+    assert x_adv.min() >= -1 and x_adv.max() <= 1 and np.abs(x_adv - x).max() <= 0.3 + 1e-6
+    assert x_adv.min() < 0
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_targeted_attacks_raise_target_probability(model, attack):
+    x, _ = random_batch(5, n=64)
+    target = np.random.default_rng(5).integers(0, N_CLASSES, len(x))
+    if attack == "fgsm":
+        x_adv = attacks.fgsm(model, x, target, 0.1, targeted=True)
+    else:
+        x_adv = attacks.pgd(model, x, target, 0.1, step_size=0.03, steps=5, targeted=True, seed=0)
+    before = probs(model, x)[np.arange(len(x)), target]
+    after = probs(model, x_adv)[np.arange(len(x)), target]
+    assert after.mean() > before.mean()
+    assert (after > before).mean() > 0.9
+
+
+def test_pgd_loss_at_least_fgsm_on_average(model):
+    x, y = random_batch(6, n=64)
+    loss_fgsm = ce(model, attacks.fgsm(model, x, y, 0.1), y)
+    loss_pgd = ce(model, attacks.pgd(model, x, y, 0.1, step_size=0.025, steps=10, seed=0), y)
+    assert loss_pgd.mean() >= loss_fgsm.mean()
+    assert loss_fgsm.mean() > ce(model, x, y).mean()
+
+
+@pytest.mark.parametrize("norm, eps, step", [("inf", 0.1, 0.05), (2, 0.5, 0.2)])
+def test_more_restarts_never_lower_the_loss(model, norm, eps, step):
+    x, y = random_batch(7, n=32)
+    kw = dict(step_size=step, steps=3, norm=norm, seed=11)
+    one = ce(model, attacks.pgd(model, x, y, eps, restarts=1, **kw), y)
+    four = ce(model, attacks.pgd(model, x, y, eps, restarts=4, **kw), y)
+    assert np.all(four >= one - 1e-5)
+    assert (four > one + 1e-6).any()  # some restart did find a higher loss
+
+
+def test_random_start_is_deterministic_for_a_seed(model):
+    x, y = random_batch(8)
+    a = attacks.pgd(model, x, y, 0.2, step_size=0.05, steps=2, seed=5)
+    b = attacks.pgd(model, x, y, 0.2, step_size=0.05, steps=2, seed=5)
+    c = attacks.pgd(model, x, y, 0.2, step_size=0.05, steps=2, seed=6)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_batching_gives_the_same_result(model):
+    x, y = random_batch(9, n=20)
+    whole = attacks.pgd(model, x, y, 0.2, step_size=0.05, steps=3, random_start=False)
+    batched = attacks.pgd(model, x, y, 0.2, step_size=0.05, steps=3, random_start=False, batch_size=7)
+    np.testing.assert_allclose(batched, whole, atol=1e-6)
+
+
+def test_while_loop_matches_unrolled_loop(model):
+    x, y = random_batch(10)
+    kw = dict(step_size=0.05, steps=4, seed=1)
+    unrolled = attacks.pgd(model, x, y, 0.2, unroll=True, **kw)
+    looped = attacks.pgd(model, x, y, 0.2, unroll=False, **kw)
+    np.testing.assert_allclose(looped, unrolled, atol=1e-6)
+
+
+def test_gradient_ascent_reaches_the_projection_of_the_maximiser():
+    # maximise -||x_adv - c||^2: the answer is c projected on the eps ball around x and the range
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0.2, 0.8, (4, 3, 3, 1)), tf.float32)
+    c = tf.constant(rng.uniform(-0.5, 1.5, (4, 3, 3, 1)), tf.float32)
+
+    def loss_fn(x_adv):
+        return -tf.reduce_sum((x_adv - c) ** 2, axis=[1, 2, 3])
+
+    got = attacks.gradient_ascent(loss_fn, x, eps=0.3, step_size=0.01, steps=60)
+    expected = np.clip(np.clip(c.numpy(), x.numpy() - 0.3, x.numpy() + 0.3), 0, 1)
+    np.testing.assert_allclose(got.numpy(), expected, atol=0.011)
+    got2 = attacks.gradient_ascent(loss_fn, x, eps=0.3, step_size=0.01, steps=60, norm=2)
+    delta = (got2 - x).numpy().reshape(4, -1)
+    assert np.linalg.norm(delta, axis=1).max() <= 0.3 * (1 + 1e-5)
+    direction = (c - x).numpy().reshape(4, -1)  # with the range inactive, L2 projection is along c - x
+    cos = (delta * direction).sum(1) / np.linalg.norm(delta, axis=1) / np.linalg.norm(direction, axis=1)
+    assert cos.min() > 0.9
+
+
+# --------------------------------------------------------------------------------------------------
+# Specs, generate() inside a tf.function, tracing once
+# --------------------------------------------------------------------------------------------------
+def test_spec_repr_name_and_with_eps():
+    spec = attacks.PGD(eps=0.3, steps=40, step_size=0.01)
+    assert repr(spec) == "PGD(eps=0.3, steps=40, step_size=0.01)"
+    assert spec.name == "PGD-40" and attacks.FGSM(eps=0.1).name == "FGSM"
+    assert attacks.PGD(eps=2.0, norm="l2", restarts=5).name == "PGD-40 L2 x5"
+    assert repr(attacks.FGSM(eps=0.1, targeted=True)) == "FGSM(eps=0.1, targeted=True)"
+    other = spec.with_eps(0.2)
+    assert other.eps == 0.2 and other.steps == 40 and spec.eps == 0.3
+    assert attacks.BIM(eps=0.1).random_start is False
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        spec.with_eps(-1)
+
+
+def test_generate_inside_tf_function_with_an_eps_variable(model):
+    x, y = random_batch(11)
+    spec = attacks.PGD(eps=0.3, steps=3, step_size=0.05)
+    eps = tf.Variable(0.05)
+    traces = []
+
+    @tf.function
+    def step(x, y):
+        traces.append(1)
+        return spec.generate(model, x, y, eps=eps)
+
+    xt, yt = tf.constant(x), tf.constant(y)
+    small = step(xt, yt).numpy()
+    eps.assign(0.2)
+    large = step(xt, yt).numpy()
+    assert len(traces) == 1
+    assert np.abs(small - x).max() <= 0.05 + 1e-6
+    assert 0.05 + 1e-3 < np.abs(large - x).max() <= 0.2 + 1e-6
+
+
+def test_attack_is_traced_once_per_model_shape_and_settings():
+    model = tiny_cnn(1)
+    x, y = random_batch(12, n=10)
+    attacks.pgd(model, x, y, 0.1, step_size=0.02, steps=3, seed=0)
+    assert attacks.trace_count(model) == 1
+    # other eps, step size, seed, batch sizes (uneven last batch): same compiled function
+    attacks.pgd(model, x, y, 0.2, step_size=0.05, steps=3, seed=1)
+    attacks.pgd(model, x[:7], y[:7], 0.3, step_size=0.05, steps=3, batch_size=3)
+    assert attacks.trace_count(model) == 1
+    for eps in (0.0, 0.1, 0.2):
+        attacks.fgsm(model, x, y, eps)
+    assert attacks.trace_count(model) == 2  # FGSM is one new settings key
+    attacks.pgd(model, x, y, 0.1, step_size=0.02, steps=4)
+    assert attacks.trace_count(model) == 3  # steps are part of the graph
+
+
+def test_cache_does_not_keep_models_alive():
+    model = tiny_cnn(2)
+    x, y = random_batch(13, n=4)
+    attacks.fgsm(model, x, y, 0.1)
+    ref = __import__("weakref").ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+def test_mixed_precision_model():
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input(SHAPE), keras.layers.Conv2D(4, 3, activation="relu"),
+                                  keras.layers.Flatten(), keras.layers.Dense(N_CLASSES, dtype="float32")])
+        x, y = random_batch(14)
+        x_adv = attacks.pgd(model, x, y, 0.1, step_size=0.03, steps=4, seed=0)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    assert x_adv.dtype == np.float32
+    assert np.abs(x_adv - x).max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert ce(model, x_adv, y).mean() > ce(model, x, y).mean()
+
+
+def test_jit_compile_option_agrees(model):
+    x, y = random_batch(15)
+    plain = attacks.fgsm(model, x, y, 0.1, jit_compile=False)
+    xla = attacks.fgsm(model, x, y, 0.1, jit_compile=True)
+    assert (plain == xla).mean() > 0.99
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: a clear error that says what to do
+# --------------------------------------------------------------------------------------------------
+X, Y = random_batch(0, n=4)
+BAD_CALLS = [
+    ("negative eps", lambda m: attacks.fgsm(m, X, Y, -0.1), ValueError, "eps must be >= 0"),
+    ("clip range", lambda m: attacks.fgsm(m, X, Y, 0.1, clip_min=1.0, clip_max=0.0), ValueError, "clip_min must be < clip_max"),
+    ("x above range", lambda m: attacks.fgsm(m, X * 255, Y, 0.1), ValueError, "divide by 255"),
+    ("x below range", lambda m: attacks.fgsm(m, X - 0.5, Y, 0.1), ValueError, "outside the valid range"),
+    ("batch mismatch", lambda m: attacks.fgsm(m, X, Y[:3], 0.1), ValueError, "different batch sizes"),
+    ("label too large", lambda m: attacks.fgsm(m, X, np.full(4, N_CLASSES), 0.1), ValueError, r"labels must be in 0\.\.4"),
+    ("negative label", lambda m: attacks.fgsm(m, X, -np.ones(4, int), 0.1), ValueError, "labels must be in"),
+    ("one-hot labels", lambda m: attacks.fgsm(m, X, np.eye(N_CLASSES)[Y], 0.1), ValueError, "argmax"),
+    ("float labels", lambda m: attacks.fgsm(m, X, Y.astype(float), 0.1), TypeError, "astype"),
+    ("steps < 1", lambda m: attacks.pgd(m, X, Y, 0.1, step_size=0.01, steps=0), ValueError, "steps must be >= 1"),
+    ("float steps", lambda m: attacks.pgd(m, X, Y, 0.1, step_size=0.01, steps=2.5), TypeError, "steps must be an int"),
+    ("step_size 0", lambda m: attacks.pgd(m, X, Y, 0.1, step_size=0.0, steps=2), ValueError, "step_size must be > 0"),
+    ("unknown norm", lambda m: attacks.pgd(m, X, Y, 0.1, step_size=0.01, steps=2, norm=1), ValueError, "unknown norm"),
+    ("restarts w/o start", lambda m: attacks.pgd(m, X, Y, 0.1, step_size=0.01, steps=2, random_start=False, restarts=3), ValueError, "random_start=True"),
+    ("batch_size 0", lambda m: attacks.fgsm(m, X, Y, 0.1, batch_size=0), ValueError, "batch_size must be >= 1"),
+    ("eps string", lambda m: attacks.fgsm(m, X, Y, "0.1"), TypeError, "eps must be a number"),
+    ("nan pixels", lambda m: attacks.fgsm(m, np.full_like(X, np.nan), Y, 0.1), ValueError, "NaN"),
+    ("not a model", lambda m: attacks.fgsm(lambda x: x, X, Y, 0.1), TypeError, "keras.Model"),
+    ("spec steps", lambda m: attacks.PGD(eps=0.1, steps=0), ValueError, "steps must be >= 1"),
+    ("spec norm", lambda m: attacks.MIM(eps=0.1, norm="l1"), ValueError, "unknown norm"),
+    ("spec decay", lambda m: attacks.MIM(eps=0.1, decay=-1), ValueError, "decay must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_bad_input_raises_a_helpful_error(model, call, error, message):
+    with pytest.raises(error, match=message):
+        call(model)
+
+
+def test_softmax_model_is_rejected():
+    with pytest.raises(ValueError, match="softmax"):
+        attacks.pgd(tiny_cnn(softmax=True), X, Y, 0.1, step_size=0.01, steps=2)
+
+
+def test_inputs_at_rounding_distance_outside_the_range_are_accepted(model):
+    x = X.copy()
+    x[0, 0, 0, 0] = 1.0 + 1e-7
+    assert attacks.fgsm(model, x, Y, 0.1).max() <= 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Optional cross-check against CleverHans (pip install -e '.[peers]')
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_mnist_model(mnist_subset):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)), keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(), keras.layers.Dense(10),
+    ])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(mnist_subset.x_train[:2000], mnist_subset.y_train[:2000], epochs=1, batch_size=64, verbose=0)
+    return model, mnist_subset.x_test[:500], mnist_subset.y_test[:500].astype(np.int64)
+
+
+def _cleverhans():
+    pytest.importorskip("cleverhans", reason="CleverHans not installed (pip install -e '.[peers]')")
+    try:
+        from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
+        from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+    except Exception as err:  # e.g. incompatible with this TF/Keras
+        pytest.skip(f"CleverHans is installed but cannot be imported with this TensorFlow: {err}")
+    return fast_gradient_method, projected_gradient_descent
+
+
+@pytest.mark.peers
+def test_fgsm_matches_cleverhans(trained_mnist_model):
+    fast_gradient_method, _ = _cleverhans()
+    model, x, y = trained_mnist_model
+    ours = attacks.fgsm(model, x, y, 0.1)
+    theirs = fast_gradient_method(model, tf.constant(x), 0.1, np.inf, clip_min=0.0, clip_max=1.0,
+                                  y=tf.constant(y)).numpy()
+    with tf.GradientTape() as tape:
+        xt = tf.constant(x)
+        tape.watch(xt)
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=model(xt))
+    grad = np.abs(tape.gradient(loss, xt).numpy())
+    differ = ours != theirs
+    assert differ.mean() < 1e-3
+    # where they differ, the gradient is at rounding level (or zero, where both may legitimately differ)
+    assert np.all(grad[differ] <= 1e-6 * grad.max())
+
+
+@pytest.mark.peers
+def test_pgd_agrees_with_cleverhans(trained_mnist_model):
+    _, projected_gradient_descent = _cleverhans()
+    model, x, y = trained_mnist_model
+    ours = attacks.pgd(model, x, y, 0.3, step_size=0.01, steps=40, random_start=False)
+    theirs = projected_gradient_descent(model, tf.constant(x), 0.3, 0.01, 40, np.inf, clip_min=0.0, clip_max=1.0,
+                                        y=tf.constant(y), rand_init=False, sanity_checks=False).numpy()
+    assert np.isclose(ours, theirs, atol=1e-6).mean() >= 0.999
+    acc_ours = (np.argmax(model(ours), 1) == y).mean()
+    acc_theirs = (np.argmax(model(theirs), 1) == y).mean()
+    assert abs(acc_ours - acc_theirs) <= 0.005
