@@ -1,0 +1,396 @@
+"""Tests for tutorial_lib.training: step correctness on a tiny model, callbacks, strategy, mixed precision, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tutorial_lib import attacks, models, runtime, training
+
+EPS = 0.1
+
+
+def tiny_model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(3),
+    ])
+
+
+def tiny_data(n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, (n, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, n).astype(np.int64)
+
+
+def ce(y, logits):
+    return keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+
+
+def clone(model: keras.Model) -> keras.Model:
+    other = keras.models.clone_model(model)
+    other.set_weights(model.get_weights())
+    return other
+
+
+# ----------------------------------------------------------------------------------------------
+# Training-step correctness
+# ----------------------------------------------------------------------------------------------
+def test_fgsm_train_step_equals_manual_tape_step():
+    clf, (x, y) = tiny_model(), tiny_data()
+    ref = clone(clf)
+    trainer = training.AdversarialTrainer(clf, method="fgsm", eps=EPS)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.5))
+    trainer.train_on_batch(x, y)
+
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(ce(y, ref(xt)))
+    x_adv = tf.clip_by_value(xt + EPS * tf.sign(tape.gradient(loss, xt)), 0.0, 1.0)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(ce(y, ref(x_adv)))
+    grads = tape.gradient(loss, ref.trainable_variables)
+    expected = [w.numpy() - 0.5 * g.numpy() for w, g in zip(ref.trainable_variables, grads)]
+    for got, want in zip(clf.get_weights(), expected):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(clf.get_weights()[0], ref.get_weights()[0])  # the step did move the weights
+
+
+def test_pgd_batch_is_inside_the_ball_and_raises_the_loss():
+    clf, (x, y) = tiny_model(), tiny_data(64)
+    trainer = training.AdversarialTrainer(clf, method="pgd", eps=EPS, steps=5)
+    x_adv = trainer.adversarial_batch(tf.constant(x), tf.constant(y)).numpy()
+    assert np.abs(x_adv - x).max() <= EPS + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    assert np.abs(x_adv - x).max() > 0.5 * EPS
+    assert float(np.mean(ce(y, clf(x_adv)))) > float(np.mean(ce(y, clf(x))))
+
+
+def test_pgd_train_step_trains_on_inputs_inside_the_ball(monkeypatch):
+    clf, (x, y) = tiny_model(), tiny_data()
+    trainer = training.AdversarialTrainer(clf, method="pgd", eps=EPS, steps=3)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)
+    seen = []
+    original = trainer.training_loss
+
+    def spy(xb, yb, x_adv):
+        seen.append((xb.numpy(), x_adv.numpy()))
+        return original(xb, yb, x_adv)
+
+    monkeypatch.setattr(trainer, "training_loss", spy)
+    trainer.train_on_batch(x, y)
+    (xb, x_adv), = seen
+    assert 0 < np.abs(x_adv - xb).max() <= EPS + 1e-6
+
+
+def test_trades_loss_equals_its_formula():
+    clf, (x, y) = tiny_model(), tiny_data()
+    beta = 3.0
+    trainer = training.AdversarialTrainer(clf, method="trades", eps=EPS, beta=beta)
+    x_adv = np.clip(x + np.random.default_rng(1).uniform(-EPS, EPS, x.shape), 0, 1).astype(np.float32)
+    loss, _ = trainer.training_loss(tf.constant(x), tf.constant(y), tf.constant(x_adv))
+    p = tf.nn.softmax(clf(x)).numpy().astype(np.float64)
+    q = tf.nn.softmax(clf(x_adv)).numpy().astype(np.float64)
+    kl = np.sum(p * (np.log(p) - np.log(q)), axis=1)
+    expected = np.mean(ce(y, clf(x))) + beta * np.mean(kl)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_clean_weight_mixes_the_losses():
+    clf, (x, y) = tiny_model(), tiny_data()
+    trainer = training.AdversarialTrainer(clf, method="fgsm", eps=EPS, clean_weight=0.25)
+    x_adv = np.clip(x + EPS, 0, 1).astype(np.float32)
+    loss, _ = trainer.training_loss(tf.constant(x), tf.constant(y), tf.constant(x_adv))
+    expected = 0.75 * np.mean(ce(y, clf(x_adv))) + 0.25 * np.mean(ce(y, clf(x)))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_grad_align_term_is_between_zero_and_two_lambda():
+    clf, (x, y) = tiny_model(), tiny_data()
+    plain = training.AdversarialTrainer(clf, method="fgsm_rs", eps=EPS)
+    aligned = training.AdversarialTrainer(clf, method="fgsm_rs", eps=EPS, align_weight=0.5)
+    x_adv = tf.constant(np.clip(x + EPS, 0, 1).astype(np.float32))
+    base, _ = plain.training_loss(tf.constant(x), tf.constant(y), x_adv)
+    total, _ = aligned.training_loss(tf.constant(x), tf.constant(y), x_adv)
+    assert 0.0 < float(total) - float(base) <= 1.0 + 1e-6
+
+
+def test_fast_at_default_step_is_one_and_a_quarter_eps():
+    trainer = training.AdversarialTrainer(tiny_model(), method="fgsm_rs", eps=0.2)
+    assert trainer.step_size == pytest.approx(0.25)
+    assert training.AdversarialTrainer(tiny_model(), method="pgd", eps=0.2, steps=10).step_size == pytest.approx(0.05)
+
+
+def test_evaluate_reports_clean_and_robust_accuracy():
+    clf, (x, y) = tiny_model(), tiny_data(32)
+    trainer = training.AdversarialTrainer(clf, method="none", eval_attack=attacks.PGD(eps=0.3, steps=5, step_size=0.1))
+    trainer.compile(optimizer="adam")
+    result = trainer.evaluate(x, y, verbose=0, return_dict=True)
+    clean = float(np.mean(np.argmax(clf.predict(x, verbose=0), -1) == y))
+    assert result["accuracy"] == pytest.approx(clean)
+    assert result["robust_accuracy"] <= result["accuracy"]
+
+
+def test_config_round_trip():
+    trainer = training.AdversarialTrainer(tiny_model(), method="trades", eps=0.2, steps=3, beta=2.0)
+    again = training.AdversarialTrainer.from_config(trainer.get_config())
+    assert (again.method, again.eps_max, again.steps, again.beta) == ("trades", 0.2, 3, 2.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Callbacks
+# ----------------------------------------------------------------------------------------------
+class _EpsRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.values = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            self.values.append(float(self.model.eps.numpy()))
+
+
+def test_eps_ramp_values_per_epoch():
+    x, y = tiny_data(16)
+    recorder = _EpsRecorder()
+    clf, info = training.adversarial_fit(tiny_model(), x, y, method="pgd", eps=0.3, epochs=5, batch_size=8,
+                                         steps=2, ramp_epochs=3, callbacks=[recorder], verbose=0)
+    expected = [0.1, 0.2, 0.3, 0.3, 0.3]
+    np.testing.assert_allclose(info["eps_per_epoch"], expected, atol=1e-7)
+    np.testing.assert_allclose(recorder.values, expected, atol=1e-6)  # what the train steps actually used
+
+
+def test_eps_ramp_scales_the_step_and_bounds_the_perturbation():
+    clf, (x, y) = tiny_model(), tiny_data(32)
+    trainer = training.AdversarialTrainer(clf, method="fgsm", eps=0.3)
+    trainer.eps.assign(0.06)
+    delta = np.abs(trainer.adversarial_batch(tf.constant(x), tf.constant(y)).numpy() - x)
+    assert delta.max() <= 0.06 + 1e-6 and delta.max() > 0.05
+
+
+def _scripted_fit(script, **monitor_kwargs):
+    x, y = tiny_data(16)
+    clf = tiny_model()
+    monitor = training.CatastrophicOverfittingMonitor(
+        x, y, fgsm=attacks.FGSM(eps=EPS), pgd=attacks.PGD(eps=EPS, steps=2, step_size=0.05), verbose=False,
+        **monitor_kwargs)
+    measurements = iter(script)
+    monitor.measure = lambda: next(measurements)
+    snapshots = []
+
+    class Snap(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append([w.copy() for w in clf.get_weights()])
+
+    with pytest.warns(RuntimeWarning, match="catastrophic overfitting"):
+        training.adversarial_fit(clf, x, y, method="fgsm_rs", eps=EPS, epochs=len(script), batch_size=8,
+                                 callbacks=[Snap(), monitor], verbose=0)
+    return clf, monitor, snapshots
+
+
+def test_monitor_flags_collapse_and_restores_best_weights():
+    # (FGSM accuracy, PGD accuracy) per epoch: PGD collapses at epoch 2 while FGSM keeps climbing.
+    script = [(0.50, 0.30), (0.70, 0.45), (0.90, 0.20), (0.95, 0.05)]
+    clf, monitor, snaps = _scripted_fit(script)
+    assert [h["flagged"] for h in monitor.history] == [False, False, True, True]
+    assert monitor.onset_epoch == 2 and monitor.best_epoch == 1
+    for got, want in zip(clf.get_weights(), snaps[1]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_monitor_stop_ends_training_at_the_flagged_epoch():
+    script = [(0.50, 0.30), (0.90, 0.05), (0.95, 0.05), (0.95, 0.05)]
+    clf, monitor, snaps = _scripted_fit(script, on_overfit="stop")
+    assert len(monitor.history) == 2 and monitor.onset_epoch == 1
+
+
+def test_monitor_does_not_flag_when_both_accuracies_fall_or_pgd_rises():
+    monitor = training.CatastrophicOverfittingMonitor(*tiny_data(4), fgsm=attacks.FGSM(eps=EPS),
+                                                      pgd=attacks.PGD(eps=EPS, steps=2, step_size=0.05))
+    monitor.history = [{"epoch": 0, "fgsm": 0.8, "pgd": 0.5, "flagged": False}]
+    assert not monitor.is_overfit(0.5, 0.3)  # FGSM fell too: not the signature of catastrophic overfitting
+    assert not monitor.is_overfit(0.9, 0.45)  # a small dip within `drop`
+    assert monitor.is_overfit(0.9, 0.2)
+
+
+def test_monitor_measures_real_accuracies():
+    x, y = tiny_data(16)
+    monitor = training.CatastrophicOverfittingMonitor(x, y, fgsm=attacks.FGSM(eps=EPS),
+                                                      pgd=attacks.PGD(eps=EPS, steps=3, step_size=0.05))
+    monitor.set_model(training.AdversarialTrainer(tiny_model(), method="fgsm", eps=EPS))
+    fgsm_acc, pgd_acc = monitor.measure()
+    assert 0.0 <= pgd_acc <= 1.0 and 0.0 <= fgsm_acc <= 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# tf.distribute on two logical CPUs (a subprocess: logical devices must be set before TF starts)
+# ----------------------------------------------------------------------------------------------
+DISTRIBUTED = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from tutorial_lib import runtime
+    devices = runtime.split_cpu(2)
+    import keras, tensorflow as tf
+    sys.path.insert(0, {tests!r})
+    from test_training import tiny_model, tiny_data, clone
+    from tutorial_lib import training
+    x, y = tiny_data(16)
+    ref_clf = tiny_model()
+    strat = runtime.strategy(devices[:2])
+    with strat.scope():
+        clf = clone(ref_clf)
+    training.adversarial_fit(clf, x, y, method="fgsm", eps=0.1, epochs=1, batch_size=16, strategy=strat, verbose=0)
+    training.adversarial_fit(ref_clf, x, y, method="fgsm", eps=0.1, epochs=1, batch_size=16, verbose=0)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(clf.get_weights(), ref_clf.get_weights()))
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(clf.get_weights(), tiny_model().get_weights()))
+    try:
+        with strat.scope():
+            training.adversarial_fit(clone(ref_clf), x, y, method="fgsm", eps=0.1, epochs=1, batch_size=7,
+                                     strategy=strat, verbose=0)
+        error = ""
+    except ValueError as err:
+        error = str(err)
+    print(json.dumps({{"replicas": strat.num_replicas_in_sync, "diff": diff, "moved": moved, "error": error}}))
+""")
+
+
+def test_distributed_training_on_two_logical_cpus_matches_one_device():
+    import pathlib
+
+    code = DISTRIBUTED.format(tests=str(pathlib.Path(__file__).parent))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["moved"] > 5e-4  # training did something (one Adam step moves weights by about lr = 1e-3)
+    assert result["diff"] < 1e-4  # two replicas of 8 give the same step as one device with 16
+    assert "does not split evenly over 2 replicas" in result["error"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixed precision
+# ----------------------------------------------------------------------------------------------
+def test_mixed_precision_training_runs_and_keeps_float32_logits():
+    x, y = tiny_data(32)
+    try:
+        policy = runtime.set_mixed_precision(True)
+        keras.utils.set_random_seed(0)
+        clf = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                                keras.layers.Flatten(), keras.layers.Dense(3, dtype="float32")])
+        assert clf.layers[0].compute_dtype != "float32"
+        before = [w.copy() for w in clf.get_weights()]
+        _, info = training.adversarial_fit(clf, x, y, method="pgd", eps=EPS, steps=2, epochs=2, batch_size=16,
+                                           verbose=0)
+    finally:
+        runtime.set_mixed_precision(False)
+    assert policy.startswith("mixed_")
+    assert np.all(np.isfinite(info["history"]["loss"]))
+    assert clf(x).dtype == tf.float32
+    assert any(not np.allclose(a, b) for a, b in zip(clf.get_weights(), before))
+
+
+# ----------------------------------------------------------------------------------------------
+# Caching and saving
+# ----------------------------------------------------------------------------------------------
+def test_train_cached_reuses_and_saves_a_safe_mode_model(mnist_subset):
+    data = types.SimpleNamespace(source="subset", x_train=mnist_subset.x_train[:64], y_train=mnist_subset.y_train[:64])
+    kw = {"method": "fgsm", "eps": 0.3, "epochs": 1, "batch_size": 32}
+    clf, info = training.train_cached("03_test_fgsm", data, kw, verbose=False)
+    again, info2 = training.train_cached("03_test_fgsm", data, kw, verbose=False)
+    assert info["cached"] is False and info2["cached"] is True
+    for a, b in zip(clf.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    path = runtime.build_dir() / "models" / "03_test_fgsm.keras"
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_allclose(loaded.predict(data.x_train[:8], verbose=0), clf.predict(data.x_train[:8], verbose=0),
+                               atol=1e-6)
+
+
+def test_recipe_reads_the_profile():
+    s = runtime.get_profile("quick").adv_training
+    kw = training.recipe("pgd", s)
+    assert kw["steps"] == s.train_pgd_steps and kw["eps"] == s.eps and kw["epochs"] == s.epochs
+    assert training.recipe("fgsm_rs", s)["step_size"] == pytest.approx(s.fast_alpha * s.eps)
+    assert training.recipe("none", s)["method"] == "none"
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"method": "madry"}, ValueError, "unknown method 'madry'"),
+    ({"method": 3}, TypeError, "method must be a string"),
+    ({"eps": 1.5}, ValueError, "eps must be"),
+    ({"eps": 0.0}, ValueError, "eps must be"),
+    ({"eps": "0.3"}, TypeError, "eps must be a number"),
+    ({"step_size": 0.0}, ValueError, "step_size must be > 0"),
+    ({"step_size": -0.1}, ValueError, "step_size must be > 0"),
+    ({"steps": 0}, ValueError, "steps must be >= 1"),
+    ({"method": "fgsm", "steps": 5}, ValueError, "takes one step"),
+    ({"clean_weight": 1.5}, ValueError, "clean_weight"),
+    ({"beta": -1.0}, ValueError, "beta"),
+    ({"method": "none", "clean_weight": 0.5}, ValueError, "only apply to adversarial methods"),
+    ({"eval_attack": "pgd"}, TypeError, "attack spec"),
+])
+def test_trainer_rejects_bad_options(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        training.AdversarialTrainer(tiny_model(), **kwargs)
+
+
+def test_trainer_rejects_a_softmax_classifier():
+    clf = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    with pytest.raises(ValueError, match="softmax"):
+        training.AdversarialTrainer(clf)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"x": "uint8"}, "float images"),
+    ({"x": "range"}, r"pixels must be in \[0, 1\]"),
+    ({"epochs": 0}, "epochs must be >= 1"),
+    ({"decay_epochs": 2}, "decay_epochs"),
+    ({"ramp_epochs": 3}, "ramp_epochs"),
+    ({"learning_rate": 0.0}, "learning_rate"),
+])
+def test_adversarial_fit_rejects_bad_input(change, match):
+    x, y = tiny_data(8)
+    if change.get("x") == "uint8":
+        x = (x * 255).astype(np.uint8)
+    elif change.get("x") == "range":
+        x = x * 255
+    kw = {"method": "fgsm", "eps": EPS, "epochs": 2, "verbose": 0}
+    kw.update({k: v for k, v in change.items() if k != "x"})
+    with pytest.raises(ValueError, match=match):
+        training.adversarial_fit(tiny_model(), x, y, **kw)
+
+
+def test_callbacks_reject_bad_input():
+    x, y = tiny_data(4)
+    specs = {"fgsm": attacks.FGSM(eps=EPS), "pgd": attacks.PGD(eps=EPS, steps=2, step_size=0.05)}
+    with pytest.raises(ValueError, match="on_overfit"):
+        training.CatastrophicOverfittingMonitor(x, y, on_overfit="panic", **specs)
+    with pytest.raises(ValueError, match="images"):
+        training.CatastrophicOverfittingMonitor(x[:, :, :, 0], y, **specs)
+    with pytest.raises(ValueError, match="eps must be"):
+        training.EpsilonRamp(2.0, 3)
+    with pytest.raises(ValueError, match="ramp_epochs must be >= 1"):
+        training.EpsilonRamp(0.3, 0)
+    plain = tiny_model()
+    plain.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(TypeError, match="eps variable"):
+        plain.fit(x, y, epochs=1, verbose=0, callbacks=[training.EpsilonRamp(0.3, 2)])
+
+
+def test_train_cached_rejects_bad_kwargs(mnist_subset):
+    with pytest.raises(TypeError, match="fit_kwargs"):
+        training.train_cached("03_bad", mnist_subset, {"eps": 0.3})
