@@ -47,7 +47,7 @@ class AttackSettings:
 
 @dataclass(frozen=True)
 class AdvTrainingSettings:
-    """Notebook 03: adversarial training."""
+    """Notebook 03: adversarial training (recipes in tutorial_lib.training.recipe)."""
 
     epochs: int
     eps: float = 0.3
@@ -56,6 +56,14 @@ class AdvTrainingSettings:
     eval_size: int = 1000
     eval_pgd_steps: int = 40
     eval_restarts: int = 5
+    standard_epochs: int = 10  # method "none"
+    learning_rate: float = 1e-3  # Adam
+    decay_epochs: int = 0  # last epochs at learning_rate / 10 (step schedule)
+    ramp_epochs: int = 0  # eps warm-up epochs (linear)
+    train_step_scale: float = 2.5  # PGD/TRADES training step = scale * eps / train_pgd_steps
+    fast_alpha: float = 1.25  # fast AT step = fast_alpha * eps (Wong et al.)
+    trades_beta: float = 6.0
+    monitor_size: int = 500  # held-out images the catastrophic-overfitting monitor attacks each epoch
 
 
 @dataclass(frozen=True)
