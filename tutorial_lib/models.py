@@ -210,3 +210,24 @@ def baseline_model(data, profile: runtime.Profile | None = None, *, seed: int = 
 
     source = f"{data.source}:{len(data.x_train)}"
     return load_or_train("baseline", baseline_config(profile, source, seed), train, verbose=verbose)
+
+
+# --------------------------------------------------------------------------------------------------
+# Few-shot CNN (notebook 04)
+# --------------------------------------------------------------------------------------------------
+def few_shot_cnn(n_way: int = 5, *, filters: int = 32, blocks: int = 3, input_shape: tuple[int, int, int] = (28, 28, 1),
+                 name: str = "few_shot_cnn") -> keras.Model:
+    """A small CNN for N-way few-shot tasks, returning logits of shape (batch, n_way).
+
+    ``blocks`` times Conv ``filters`` 3x3 stride 2 "same" + ReLU (28 -> 14 -> 7 -> 4 pixels for 3 blocks),
+    flatten, Dense ``n_way``. No batch norm and no dropout: the model has no non-trainable state, so a
+    meta-learner's functional inner loop (``stateless_call``) sees every variable it needs.
+    Introduced in notebooks/04_meta_learning.ipynb.
+    """
+    if n_way < 2 or blocks < 1 or filters < 1:
+        raise ValueError(f"need n_way >= 2, blocks >= 1, filters >= 1; got {n_way}, {blocks}, {filters}")
+    layers = [keras.Input(shape=input_shape)]
+    for i in range(blocks):
+        layers.append(keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name=f"conv{i + 1}"))
+    layers += [keras.layers.Flatten(), keras.layers.Dense(n_way, dtype="float32", name="logits")]
+    return keras.Sequential(layers, name=name)

@@ -1,0 +1,236 @@
+"""Tests for tutorial_lib.meta against independent references (finite differences, Hessian-vector
+products, a numpy Reptile), the seed's step shown not to be MAML, the compiled step, bad input, memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+from tutorial_lib import meta as M
+from tutorial_lib import tasks as T
+
+
+def tiny_mlp(dtype: str = "float64", seed: int = 0) -> keras.Model:
+    """4 inputs -> 3 tanh -> 2 logits (tanh so the inner loss has a non-zero Hessian)."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((4,), dtype=dtype), keras.layers.Dense(3, activation="tanh", dtype=dtype),
+                             keras.layers.Dense(2, dtype=dtype)])
+
+
+def tiny_task(seed: int, n: int = 6, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, 4)).astype(dtype), rng.integers(0, 2, n).astype(np.int32),
+            rng.normal(size=(n, 4)).astype(dtype), rng.integers(0, 2, n).astype(np.int32))
+
+
+def meta_loss(model, params, task, steps, lr):
+    sx, sy, qx, qy = task
+    adapted = M.inner_loop(model, [tf.constant(p) for p in params], sx, sy, steps=steps, lr=lr)
+    return float(M.loss_and_accuracy(model, adapted, qx, qy)[0])
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_second_order_gradient_matches_central_differences(steps):
+    model, task, lr = tiny_mlp(), tiny_task(0), 0.5
+    params = [v.numpy() for v in model.trainable_variables]
+    grads, _, _ = M.maml_task_gradient(model, params, *task, steps=steps, lr=lr)
+    flat = np.concatenate([g.numpy().ravel() for g in grads])
+    theta = np.concatenate([p.ravel() for p in params])
+    shapes, h = [p.shape for p in params], 1e-5
+
+    def unflat(v):
+        out, i = [], 0
+        for s in shapes:
+            out.append(v[i:i + int(np.prod(s))].reshape(s))
+            i += int(np.prod(s))
+        return out
+
+    fd = np.zeros_like(theta)
+    for i in range(len(theta)):
+        e = np.zeros_like(theta)
+        e[i] = h
+        fd[i] = (meta_loss(model, unflat(theta + e), task, steps, lr) - meta_loss(model, unflat(theta - e), task, steps, lr)) / (2 * h)
+    rel = np.linalg.norm(flat - fd) / np.linalg.norm(fd)
+    assert rel <= 1e-3, rel
+    # and the first-order gradient is measurably different from it (so this test can tell them apart)
+    fo, _, _ = M.maml_task_gradient(model, params, *task, steps=steps, lr=lr, first_order=True)
+    fo = np.concatenate([g.numpy().ravel() for g in fo])
+    assert np.linalg.norm(fo - fd) / np.linalg.norm(fd) > 1e-2
+
+
+def test_first_order_is_maml_without_the_second_order_term():
+    """One inner step: MAML = (I - lr * H_support) g_query(theta'), FOMAML = g_query(theta')."""
+    model, (sx, sy, qx, qy), lr = tiny_mlp(), tiny_task(1), 0.7
+    params = [tf.constant(v.numpy()) for v in model.trainable_variables]
+    adapted = M.inner_loop(model, params, sx, sy, steps=1, lr=lr)
+    with tf.GradientTape() as tape:
+        tape.watch(adapted)
+        loss, _ = M.loss_and_accuracy(model, adapted, qx, qy)
+    g_query = tape.gradient(loss, adapted)
+    # Hessian-vector product H_support(theta) @ g_query by forward-over-backward (an independent route)
+    with tf.autodiff.ForwardAccumulator(params, g_query) as acc:
+        with tf.GradientTape() as t2:
+            t2.watch(params)
+            inner, _ = M.loss_and_accuracy(model, params, sx, sy)
+        g_support = t2.gradient(inner, params)
+    hvp = acc.jvp(g_support)
+    so, _, _ = M.maml_task_gradient(model, params, sx, sy, qx, qy, steps=1, lr=lr)
+    fo, _, _ = M.maml_task_gradient(model, params, sx, sy, qx, qy, steps=1, lr=lr, first_order=True)
+    for a, b, gq, hv in zip(so, fo, g_query, hvp):
+        np.testing.assert_allclose(b.numpy(), gq.numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(a.numpy(), (gq - lr * hv).numpy(), rtol=1e-8, atol=1e-10)
+    assert max(float(tf.reduce_max(tf.abs(h))) for h in hvp) > 1e-3  # the dropped term is not negligible here
+
+
+def _numpy_sgd_linear(w, b, x, y, lr, steps):
+    """SGD on mean softmax cross-entropy of logits x @ w + b, written out by hand."""
+    for _ in range(steps):
+        z = x @ w + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        d = (p - np.eye(w.shape[1])[y]) / len(x)
+        w, b = w - lr * x.T @ d, b - lr * d.sum(0)
+    return w, b
+
+
+def test_reptile_update_matches_its_definition():
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((3,), dtype="float64"), keras.layers.Dense(2, dtype="float64")])
+    w0, b0 = [v.numpy() for v in model.trainable_variables]
+    rng = np.random.default_rng(4)
+    batch = T.Tasks(support_x=rng.normal(size=(2, 4, 3)), support_y=rng.integers(0, 2, (2, 4)).astype(np.int32),
+                    query_x=rng.normal(size=(2, 5, 3)), query_y=rng.integers(0, 2, (2, 5)).astype(np.int32),
+                    classes=np.zeros((2, 2), np.int32))
+    eps, lr, steps = 0.25, 0.2, 3  # eps exact in float32 (the optimizer stores its rate as float32)
+    learner = M.Reptile(model, inner_lr=lr, inner_steps=steps, meta_optimizer=keras.optimizers.SGD(eps))
+    learner.meta_step(batch)
+    phis = [_numpy_sgd_linear(w0, b0, np.concatenate([batch.support_x[i], batch.query_x[i]]),
+                              np.concatenate([batch.support_y[i], batch.query_y[i]]), lr, steps) for i in range(2)]
+    w_ref = w0 + eps * np.mean([p[0] - w0 for p in phis], axis=0)
+    b_ref = b0 + eps * np.mean([p[1] - b0 for p in phis], axis=0)
+    np.testing.assert_allclose(model.trainable_variables[0].numpy(), w_ref, rtol=1e-10)
+    np.testing.assert_allclose(model.trainable_variables[1].numpy(), b_ref, rtol=1e-10)
+    assert not np.allclose(w_ref, w0)
+
+
+def test_compiled_meta_step_equals_mean_of_task_gradients():
+    model = tiny_mlp()
+    tasks = [tiny_task(s) for s in range(3)]
+    batch = T.Tasks(*[np.stack([t[i] for t in tasks]) for i in range(4)], classes=np.zeros((3, 2), np.int32))
+    before = [v.numpy() for v in model.trainable_variables]
+    expected = [np.mean([M.maml_task_gradient(model, before, *t, steps=2, lr=0.5)[0][j].numpy() for t in tasks], axis=0)
+                for j in range(len(before))]
+    learner = M.MAML(model, inner_lr=0.5, inner_steps=2, meta_optimizer=keras.optimizers.SGD(1.0))
+    learner.meta_step(batch)
+    for v, b, g in zip(model.trainable_variables, before, expected):
+        np.testing.assert_allclose(v.numpy(), b - g, rtol=1e-9, atol=1e-12)
+
+
+def test_seed_meta_train_step_is_not_the_maml_gradient():
+    """The seed updates the weights in place inside the outer tape: its 'meta-gradient' is the sum of plain
+    gradients at the sequentially updated weights / tasks, not d L(theta') / d theta."""
+    model, lr = tiny_mlp(), 0.5
+    tasks = [tiny_task(s) for s in range(3)]
+    theta = [v.numpy() for v in model.trainable_variables]
+    x = np.stack([t[0] for t in tasks])
+    y = np.stack([t[1] for t in tasks])
+    # the true MAML gradient on the same data (support = query = the task's images, as the seed has no query set)
+    maml = [np.mean([M.maml_task_gradient(model, theta, x[i], y[i], x[i], y[i], steps=1, lr=lr)[0][j].numpy()
+                     for i in range(3)], axis=0) for j in range(len(theta))]
+    _, seed_grads = M.seed_meta_train_step(model, x, y, optimizer=keras.optimizers.SGD(lr),
+                                           meta_optimizer=keras.optimizers.SGD(0.0))
+    seed = np.concatenate([g.numpy().ravel() for g in seed_grads])
+    true = np.concatenate([g.ravel() for g in maml])
+    assert np.linalg.norm(seed - true) / np.linalg.norm(true) > 0.1
+    # what it actually computes: plain gradients at theta, theta_1, theta_2 (sequential SGD), averaged
+    ref, w = [], [tf.constant(t) for t in theta]
+    for i in range(3):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            loss, _ = M.loss_and_accuracy(model, w, tf.constant(x[i]), tf.constant(y[i]))
+        g = tape.gradient(loss, w)
+        ref.append([gi.numpy() for gi in g])
+        w = [wi - lr * gi for wi, gi in zip(w, g)]
+    explained = np.concatenate([np.mean([r[j] for r in ref], axis=0).ravel() for j in range(len(theta))])
+    np.testing.assert_allclose(seed, explained, rtol=1e-5, atol=1e-9)  # Keras optimizers compute in float32 internally
+
+
+def test_fomaml_and_reptile_differ_from_maml_and_all_reduce_the_loss(mnist_subset):
+    from tutorial_lib import models
+
+    tr, _ = T.digit_splits(mnist_subset, n_way=3, k_shot=1, q_queries=3, meta_train=range(3), meta_test=range(3, 6))
+    batch = tr.sample(2, seed=0)
+    for method, opts in (("maml", dict(inner_lr=0.3)), ("fomaml", dict(inner_lr=0.3)), ("reptile", dict(inner_lr=0.1))):
+        model = models.few_shot_cnn(3, filters=4, blocks=2)
+        learner = M.make_learner(method, model, inner_steps=2, **opts)
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        learner.meta_step(batch)
+        assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
+        assert learner.method == method
+
+
+def test_adapt_returns_params_and_leaves_model_untouched(mnist_subset):
+    from tutorial_lib import models
+
+    _, te = T.digit_splits(mnist_subset, n_way=3, k_shot=2, q_queries=3, meta_train=range(3), meta_test=range(3, 6))
+    model = models.few_shot_cnn(3, filters=4, blocks=2)
+    learner = M.MAML(model, inner_lr=0.5, inner_steps=1, test_steps=3)
+    t = te.sample(1, seed=0)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    params = learner.adapt(t.support_x[0], t.support_y[0])
+    assert len(params) == len(before)
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
+    assert learner.predict(params, t.query_x[0]).shape == (9, 3)
+    clone = learner.adapted_model(params)
+    np.testing.assert_allclose(clone(t.query_x[0]).numpy(), learner.predict(params, t.query_x[0]), rtol=1e-5, atol=1e-5)
+    # adaptation lowers the support loss, and evaluate_adaptation's curve starts at the unadapted accuracy
+    l0 = M.loss_and_accuracy(model, M.params_of(model), t.support_x[0], t.support_y[0])[0]
+    l1 = M.loss_and_accuracy(model, params, t.support_x[0], t.support_y[0])[0]
+    assert float(l1) < float(l0)
+    ev = learner.meta_evaluate(te, tasks=6, steps=3)
+    assert ev.curve.shape == (4,) and len(ev.accuracies) == 6 and 0 <= ev.low <= ev.mean <= ev.high <= 1.5
+
+
+def test_mean_ci95():
+    mean, ci = M.mean_ci95(np.array([0.0, 1.0, 0.0, 1.0]))
+    assert mean == 0.5 and np.isclose(ci, 1.96 * np.std([0, 1, 0, 1], ddof=1) / 2)
+    with pytest.raises(ValueError, match="at least 2"):
+        M.mean_ci95(np.array([1.0]))
+
+
+def test_refuses_batch_norm_softmax_and_bad_options():
+    bn = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="non-trainable state.*BatchNormalization"):
+        M.MAML(bn)
+    soft = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    with pytest.raises(ValueError, match="softmax"):
+        M.MAML(soft)
+    with pytest.raises(ValueError, match="inner_lr must be a positive number"):
+        M.MAML(tiny_mlp("float32"), inner_lr=-1.0)
+    with pytest.raises(ValueError, match="inner_steps must be an int >= 1"):
+        M.Reptile(tiny_mlp("float32"), inner_steps=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        M.make_learner("protonet", tiny_mlp("float32"))
+    with pytest.raises(TypeError, match="FewShotSampler"):
+        M.MAML(tiny_mlp("float32")).meta_fit([1, 2], 3)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096 / 2**20
+
+
+def test_meta_step_traces_once_and_memory_does_not_grow(mnist_subset):
+    """In the spirit of learn2learn's test_memory_consumption: many meta-steps, no retracing, flat memory."""
+    from tutorial_lib import models
+
+    tr, _ = T.digit_splits(mnist_subset, n_way=3, k_shot=1, q_queries=2, meta_train=range(3), meta_test=range(3, 6))
+    learner = M.MAML(models.few_shot_cnn(3, filters=4, blocks=2), inner_lr=0.3, inner_steps=2)
+    learner.meta_fit(tr, 20, 2, verbose=0)
+    start = _rss_mib()
+    learner.meta_fit(tr, 150, 2, verbose=0)
+    grown = _rss_mib() - start
+    assert learner._step_fn.experimental_get_tracing_count() == 1
+    assert grown < 30, f"resident memory grew by {grown:.1f} MiB over 150 meta-steps"

@@ -1,0 +1,521 @@
+"""Meta-learning done right: MAML (true second order), first-order MAML and Reptile, plus the baselines.
+
+The learner wraps a Keras model the user keeps (as in learn2learn): the inner loop is functional over the
+model's parameter list (``model.stateless_call``), never mutating the model; the meta-gradient of a whole
+meta-batch of tasks (from :mod:`tutorial_lib.tasks`) is computed in one compiled ``tf.function``.
+Introduced in notebooks/04_meta_learning.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import models as _models
+from .tasks import FewShotSampler, Tasks
+
+METHODS = ("maml", "fomaml", "reptile")
+
+
+# --------------------------------------------------------------------------------------------------
+# Functional pieces: loss for a parameter list, the inner loop, one task's meta-gradient
+# --------------------------------------------------------------------------------------------------
+def check_meta_model(model: Any) -> None:
+    """Raise unless ``model`` is a built Keras model returning logits with no non-trainable state.
+
+    Batch norm keeps moving averages and dropout keeps a random-generator state in non-trainable variables;
+    a functional inner loop would have to thread them through every adapted copy of the weights, and batch
+    statistics computed on a 5-image support set make predictions depend on the batch. We refuse them.
+    """
+    _models.check_logits_model(model)
+    if not model.built or not model.trainable_variables:
+        raise ValueError(f"model {model.name!r} has no weights yet; build it (give it a keras.Input) first")
+    if model.non_trainable_variables:
+        names = sorted({v.path.split("/")[0] for v in model.non_trainable_variables})
+        raise ValueError(
+            f"model {model.name!r} has non-trainable state in layers {names} (batch norm statistics, dropout "
+            "seeds or frozen weights). The meta-learners here adapt every weight functionally and do not carry "
+            "such state through the inner loop. Fix: remove BatchNormalization/Dropout (use "
+            "LayerNormalization or GroupNormalization, which have no running statistics) and unfreeze layers."
+        )
+
+
+def params_of(model: keras.Model) -> list[tf.Tensor]:
+    """The model's trainable weights as a list of tensors (a snapshot, in ``model.trainable_variables`` order)."""
+    return [tf.convert_to_tensor(v) for v in model.trainable_variables]
+
+
+def forward(model: keras.Model, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    """Logits (batch, n_way) of ``model`` evaluated with weights ``params`` instead of its own (nothing mutated)."""
+    logits, _ = model.stateless_call(list(params), [], x, training=True)
+    return logits
+
+
+def loss_and_accuracy(model: keras.Model, params: Sequence[tf.Tensor], x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mean cross-entropy on logits and accuracy of ``model`` with weights ``params`` on ``(x, y)``."""
+    logits = forward(model, params, x)
+    loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+    acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), logits.dtype))
+    return loss, acc
+
+
+def inner_loop(model: keras.Model, params: Sequence[tf.Tensor], x: tf.Tensor, y: tf.Tensor, *, steps: int,
+               lr: float | Sequence[tf.Tensor], first_order: bool = False) -> list[tf.Tensor]:
+    """``steps`` plain SGD steps on ``(x, y)`` starting from ``params``; returns the adapted parameters.
+
+    ``lr`` is a float or one tensor per parameter (Meta-SGD's learned rates). Under an enclosing
+    ``GradientTape`` the result stays differentiable w.r.t. ``params`` *through* the gradient steps
+    (second order); ``first_order=True`` stops the gradient through the inner gradients, so d(adapted)/d(params)
+    is the identity (first-order MAML).
+    """
+    params = list(params)
+    lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(params)
+    for _ in range(int(steps)):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss, _ = loss_and_accuracy(model, params, x, y)
+        grads = tape.gradient(loss, params)
+        if first_order:
+            grads = [tf.stop_gradient(g) for g in grads]
+        params = [p - a * g for p, a, g in zip(params, lrs, grads)]
+    return params
+
+
+def maml_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, query_x, query_y, *,
+                       steps: int, lr: float | Sequence[tf.Tensor], first_order: bool = False,
+                       lr_params: Sequence[tf.Tensor] | None = None) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+    """One task's MAML meta-gradient: d L_query(adapt(params, support)) / d params.
+
+    Returns ``(grads, query_loss, query_accuracy)``; with ``lr_params`` (Meta-SGD) the gradients w.r.t. those
+    rates are appended to ``grads``. ``first_order=True`` gives first-order MAML: the query gradient at the
+    adapted parameters, with the second-order term (the Hessian of the inner loss) dropped.
+    """
+    params = [tf.identity(p) for p in params]
+    watched = params + (list(lr_params) if lr_params is not None else [])
+    with tf.GradientTape() as tape:
+        tape.watch(watched)
+        adapted = inner_loop(model, params, support_x, support_y, steps=steps,
+                             lr=list(lr_params) if lr_params is not None else lr, first_order=first_order)
+        loss, acc = loss_and_accuracy(model, adapted, query_x, query_y)
+    grads = tape.gradient(loss, watched)
+    return [tf.zeros_like(w) if g is None else g for w, g in zip(watched, grads)], loss, acc
+
+
+def reptile_task_delta(model: keras.Model, params: Sequence[tf.Tensor], x, y, *, steps: int, lr: float,
+                       query_x=None, query_y=None) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+    """One task's Reptile direction ``params - adapted`` after ``steps`` SGD steps on ``(x, y)``.
+
+    Reptile's update is ``theta <- theta + eps * mean_tasks(adapted - theta)``; feeding this delta to SGD with
+    learning rate ``eps`` as if it were a gradient gives exactly that. Returns ``(delta, loss, accuracy)``,
+    the loss/accuracy measured on ``(query_x, query_y)`` after adaptation when given (else on ``(x, y)``).
+    """
+    params = [tf.identity(p) for p in params]
+    adapted = inner_loop(model, params, x, y, steps=steps, lr=lr, first_order=True)
+    adapted = [tf.stop_gradient(a) for a in adapted]
+    loss, acc = loss_and_accuracy(model, adapted, x if query_x is None else query_x, y if query_y is None else query_y)
+    return [p - a for p, a in zip(params, adapted)], loss, acc
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy over many tasks: ``mean`` and ``ci95`` (1.96 * std / sqrt(n)), fractions in [0, 1].
+
+    ``accuracies``: float (tasks,) per-task query accuracy; ``curve``: (steps + 1,) mean accuracy after
+    0..steps adaptation steps, ``curve_ci95`` its half-widths.
+    """
+
+    mean: float
+    ci95: float
+    accuracies: np.ndarray
+    steps: int
+    lr: float
+    curve: np.ndarray
+    curve_ci95: np.ndarray
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.ci95
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.ci95
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.1f} +- {100 * self.ci95:.1f}% ({len(self.accuracies)} tasks, {self.steps} steps)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "ci95": self.ci95, "test_steps": self.steps, "inner_lr": self.lr,
+                "tasks": len(self.accuracies)}
+
+
+def mean_ci95(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95% confidence half-width ``1.96 * std / sqrt(n)`` along ``axis`` (std with ddof=1)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[axis]
+    if n < 2:
+        raise ValueError(f"need at least 2 values for a confidence interval, got {n}")
+    return values.mean(axis=axis), 1.96 * values.std(axis=axis, ddof=1) / math.sqrt(n)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation by adaptation: shared by the meta-learners and the baselines
+# --------------------------------------------------------------------------------------------------
+def _adapt_curve_fn(model: keras.Model, steps: int, lr: float, head_only: bool):
+    """A compiled fn(params, tasks...) -> (tasks, steps+1) query accuracies after 0..steps SGD steps."""
+    n_params = len(model.trainable_variables)
+    first = n_params - 2 if head_only else 0  # the last Dense layer's kernel and bias
+
+    def one_task(params, sx, sy, qx, qy):
+        accs = tf.TensorArray(tf.float32, size=steps + 1)
+        accs = accs.write(0, loss_and_accuracy(model, params, qx, qy)[1])
+        for i in tf.range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                loss, _ = loss_and_accuracy(model, params, sx, sy)
+            grads = tape.gradient(loss, params[first:])
+            params = params[:first] + [p - lr * g for p, g in zip(params[first:], grads)]
+            accs = accs.write(i + 1, loss_and_accuracy(model, params, qx, qy)[1])
+        return accs.stack()
+
+    @tf.function(reduce_retracing=True)
+    def curve(params, sx, sy, qx, qy):
+        def body(task):
+            return one_task([tf.identity(p) for p in params], *task)
+
+        return tf.map_fn(body, (sx, sy, qx, qy), fn_output_signature=tf.float32, parallel_iterations=8)
+
+    return curve
+
+
+def evaluate_adaptation(model: keras.Model, tasks: Tasks, *, steps: int, lr: float, params: Sequence[tf.Tensor] | None = None,
+                        head_only: bool = False, chunk: int = 50) -> Evaluation:
+    """Adapt ``model`` (or ``params``) to every task with ``steps`` SGD steps at ``lr`` on its support set.
+
+    Returns an :class:`Evaluation` of query accuracy (mean, 95% CI, per-task values, and the curve over
+    0..steps). ``head_only`` adapts only the last layer (kernel and bias) and keeps the rest fixed.
+    This is how MAML-style initialisations, training from scratch (a freshly initialised model) and
+    pre-train + fine-tune are all measured, on the same tasks.
+    """
+    check_meta_model(model)
+    if not isinstance(tasks, Tasks):
+        raise TypeError(f"tasks must be a tutorial_lib.tasks.Tasks (from FewShotSampler.sample), got {type(tasks).__name__}")
+    if steps < 0 or lr < 0:
+        raise ValueError(f"steps and lr must be >= 0, got steps={steps}, lr={lr}")
+    params = params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
+    fn = _adapt_curve_fn(model, int(steps), float(lr), bool(head_only))
+    curves = []
+    for start in range(0, len(tasks), chunk):
+        t = tasks[start:start + chunk]
+        curves.append(fn(params, t.support_x, t.support_y, t.query_x, t.query_y).numpy())
+    curves = np.concatenate(curves)
+    mean, ci = mean_ci95(curves)
+    return Evaluation(mean=float(mean[-1]), ci95=float(ci[-1]), accuracies=curves[:, -1], steps=int(steps), lr=float(lr),
+                      curve=mean, curve_ci95=ci)
+
+
+# --------------------------------------------------------------------------------------------------
+# The meta-learners
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class MetaHistory:
+    """Per meta-step query loss and accuracy (after adaptation), averaged over the meta-batch."""
+
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, "accuracy": self.accuracy, "seconds": self.seconds}
+
+
+class MetaLearner:
+    """Shared machinery: wraps ``model`` (logits, no non-trainable state), keeps its weights as the
+    meta-parameters, and updates them with ``meta_optimizer`` from a meta-gradient over a meta-batch of tasks.
+
+    Subclasses define ``_task_update`` (one task's meta-gradient). Use :class:`MAML` or :class:`Reptile`.
+    """
+
+    method = "meta"
+
+    def __init__(self, model: keras.Model, *, inner_lr: float, inner_steps: int, test_steps: int | None = None,
+                 test_lr: float | None = None, meta_optimizer: keras.optimizers.Optimizer | None = None) -> None:
+        check_meta_model(model)
+        for name, value in (("inner_lr", inner_lr), ("test_lr", test_lr)):
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        for name, value in (("inner_steps", inner_steps), ("test_steps", test_steps)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        self.model = model
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        self.test_steps = int(test_steps) if test_steps is not None else self.inner_steps
+        self.test_lr = float(test_lr) if test_lr is not None else self.inner_lr
+        self.meta_optimizer = meta_optimizer if meta_optimizer is not None else self._default_optimizer()
+        self.meta_optimizer.build(self.meta_variables)
+        self.history = MetaHistory()
+        self._step_fn = None
+
+    def _default_optimizer(self) -> keras.optimizers.Optimizer:
+        return keras.optimizers.Adam(1e-3)
+
+    @property
+    def meta_variables(self) -> list:
+        """The variables the meta-optimizer updates (the model's weights, plus learned rates for Meta-SGD)."""
+        return list(self.model.trainable_variables)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.model.name}, inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
+                f"test_steps={self.test_steps}, test_lr={self.test_lr})")
+
+    # ---- adaptation -------------------------------------------------------------------------------
+    def adapt(self, support_x, support_y, steps: int | None = None, *, lr: float | None = None) -> list[tf.Tensor]:
+        """Adapted parameters for one task: ``steps`` (default ``test_steps``) SGD steps on its support set.
+
+        ``support_x``: float32 (n, 28, 28, 1); ``support_y``: int (n,) in 0..n_way-1. Returns a list of
+        tensors in ``model.trainable_variables`` order; the model itself is unchanged. Use
+        :meth:`predict` or :meth:`adapted_model` to run them.
+        """
+        sx = tf.convert_to_tensor(support_x, tf.float32)
+        sy = tf.convert_to_tensor(support_y, tf.int32)
+        if sx.shape.rank != 4 or sy.shape.rank != 1 or sx.shape[0] != sy.shape[0]:
+            raise ValueError(f"adapt takes one task: support_x (n, H, W, C) and support_y (n,), got {sx.shape}, {sy.shape}")
+        return inner_loop(self.model, params_of(self.model), sx, sy, steps=self.test_steps if steps is None else steps,
+                          lr=self.test_lr if lr is None else lr, first_order=True)
+
+    def predict(self, params: Sequence[tf.Tensor], x) -> np.ndarray:
+        """Logits (n, n_way) of the model run with adapted ``params`` on images ``x``."""
+        return forward(self.model, params, tf.convert_to_tensor(x, tf.float32)).numpy()
+
+    def adapted_model(self, params: Sequence[tf.Tensor]) -> keras.Model:
+        """A new Keras model (same architecture) holding ``params``; the wrapped model is untouched."""
+        clone = keras.models.clone_model(self.model)
+        clone.set_weights([np.asarray(p) for p in params])
+        return clone
+
+    # ---- meta-training ----------------------------------------------------------------------------
+    def _task_update(self, params, lrs, sx, sy, qx, qy):
+        raise NotImplementedError
+
+    def _lr_params(self):
+        return None
+
+    def _build_step(self):
+        variables = self.meta_variables
+
+        @tf.function(reduce_retracing=True)
+        def step(sx, sy, qx, qy):
+            params = [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
+            lrs = self._lr_params()
+            lrs = None if lrs is None else [tf.convert_to_tensor(v) for v in lrs]
+
+            def body(task):
+                grads, loss, acc = self._task_update(params, lrs, *task)
+                return grads, loss, acc
+
+            dtype = variables[0].dtype
+            signature = ([tf.TensorSpec(v.shape, v.dtype) for v in variables], tf.TensorSpec([], dtype),
+                         tf.TensorSpec([], dtype))
+            grads, losses, accs = tf.map_fn(body, (sx, sy, qx, qy), fn_output_signature=signature,
+                                            parallel_iterations=int(sx.shape[0] or 8))
+            mean_grads = [tf.reduce_mean(g, axis=0) for g in grads]
+            self.meta_optimizer.apply_gradients(zip(mean_grads, variables))
+            return tf.reduce_mean(losses), tf.reduce_mean(accs)
+
+        return step
+
+    def meta_step(self, tasks: Tasks) -> tuple[float, float]:
+        """One meta-update from a meta-batch of tasks (all in one compiled step); returns (query loss, accuracy)."""
+        if not isinstance(tasks, Tasks):
+            raise TypeError(f"meta_step takes a Tasks batch from FewShotSampler.sample, got {type(tasks).__name__}")
+        if self._step_fn is None:
+            self._step_fn = self._build_step()
+        dtype = self.model.trainable_variables[0].dtype
+        loss, acc = self._step_fn(tf.constant(tasks.support_x, dtype), tf.constant(tasks.support_y, tf.int32),
+                                  tf.constant(tasks.query_x, dtype), tf.constant(tasks.query_y, tf.int32))
+        return float(loss), float(acc)
+
+    def meta_fit(self, sampler: FewShotSampler, meta_steps: int, meta_batch: int = 4, *, verbose: int = 1,
+                 log_every: int | None = None) -> MetaHistory:
+        """Meta-train for ``meta_steps`` updates, each on ``meta_batch`` tasks drawn from ``sampler``.
+
+        ``verbose``: 0 silent; 1 a tqdm progress bar; 2 a compact log line every ``log_every`` steps
+        (default a tenth of the run; best in stored notebook outputs). Returns (and appends to)
+        ``self.history``: query loss and accuracy after adaptation per meta-step.
+        """
+        if not isinstance(sampler, FewShotSampler):
+            raise TypeError(f"sampler must be a FewShotSampler, got {type(sampler).__name__}")
+        for name, value in (("meta_steps", meta_steps), ("meta_batch", meta_batch)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        log_every = log_every or max(1, meta_steps // 10)
+        bar = None
+        if verbose == 1:
+            from tqdm import tqdm
+
+            bar = tqdm(total=meta_steps, desc=f"{self.method} meta-training", file=sys.stdout, mininterval=1.0)
+        start = time.perf_counter()
+        chunk = 50
+        done = 0
+        while done < meta_steps:
+            n = min(chunk, meta_steps - done)
+            batch = sampler.sample(n * meta_batch)
+            for i in range(n):
+                loss, acc = self.meta_step(batch[i * meta_batch:(i + 1) * meta_batch])
+                self.history.loss.append(loss)
+                self.history.accuracy.append(acc)
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+                    if done % 10 == 0:
+                        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}", refresh=False)
+                elif verbose >= 2 and (done % log_every == 0 or done == meta_steps):
+                    recent = slice(max(0, len(self.history.loss) - log_every), None)
+                    print(f"{self.method} step {done:5d}/{meta_steps}: query loss {np.mean(self.history.loss[recent]):.3f}, "
+                          f"accuracy {np.mean(self.history.accuracy[recent]):.3f} ({time.perf_counter() - start:.0f} s)")
+        if bar is not None:
+            bar.close()
+        self.history.seconds += time.perf_counter() - start
+        return self.history
+
+    def meta_evaluate(self, sampler: FewShotSampler, tasks: int = 200, *, steps: int | None = None,
+                      lr: float | None = None, seed: int = 0) -> Evaluation:
+        """Mean query accuracy with a 95% CI over ``tasks`` tasks from ``sampler`` (fixed by ``seed``, so every
+        method sees the same tasks), each adapted with ``steps`` (default ``test_steps``) SGD steps at ``lr``
+        (default ``test_lr``) from the meta-learned initialisation."""
+        return evaluate_adaptation(self.model, sampler.sample(tasks, seed=seed),
+                                   steps=self.test_steps if steps is None else steps,
+                                   lr=self.test_lr if lr is None else lr)
+
+
+class MAML(MetaLearner):
+    """Model-Agnostic Meta-Learning (Finn et al. 2017) with the true second-order meta-gradient.
+
+    Meta-objective: ``min_theta E_T [ L_query_T( theta - alpha * grad L_support_T(theta) ) ]`` (for one inner
+    step; ``inner_steps`` repeats the step). ``first_order=True`` is FOMAML (Hessian term dropped);
+    ``learn_inner_lr=True`` is Meta-SGD (one learned rate per weight, initialised at ``inner_lr``).
+    Meta-optimizer default: Adam(1e-3). Introduced in notebooks/04_meta_learning.ipynb.
+    """
+
+    method = "maml"
+
+    def __init__(self, model: keras.Model, *, inner_lr: float = 0.4, inner_steps: int = 1, test_steps: int | None = None,
+                 test_lr: float | None = None, first_order: bool = False, learn_inner_lr: bool = False,
+                 meta_optimizer: keras.optimizers.Optimizer | None = None) -> None:
+        self.first_order = bool(first_order)
+        self.learn_inner_lr = bool(learn_inner_lr)
+        self.inner_lrs = ([keras.Variable(np.full(v.shape, inner_lr, np.float32), name=f"lr_{i}")
+                           for i, v in enumerate(model.trainable_variables)] if learn_inner_lr else [])
+        if self.first_order:
+            self.method = "fomaml"
+        super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, test_steps=test_steps, test_lr=test_lr,
+                         meta_optimizer=meta_optimizer)
+        if learn_inner_lr and test_lr is not None:
+            raise ValueError("with learn_inner_lr=True the test-time rates are the learned ones; drop test_lr")
+
+    @property
+    def meta_variables(self) -> list:
+        return list(self.model.trainable_variables) + list(self.inner_lrs)
+
+    def _lr_params(self):
+        return self.inner_lrs or None
+
+    def _task_update(self, params, lrs, sx, sy, qx, qy):
+        return maml_task_gradient(self.model, params, sx, sy, qx, qy, steps=self.inner_steps, lr=self.inner_lr,
+                                  first_order=self.first_order, lr_params=lrs)
+
+    def adapt(self, support_x, support_y, steps: int | None = None, *, lr: float | None = None) -> list[tf.Tensor]:
+        if self.learn_inner_lr and lr is None:
+            sx = tf.convert_to_tensor(support_x, tf.float32)
+            sy = tf.convert_to_tensor(support_y, tf.int32)
+            return inner_loop(self.model, params_of(self.model), sx, sy, steps=self.test_steps if steps is None else steps,
+                              lr=[tf.convert_to_tensor(v) for v in self.inner_lrs], first_order=True)
+        return super().adapt(support_x, support_y, steps, lr=lr)
+
+    def meta_evaluate(self, sampler: FewShotSampler, tasks: int = 200, *, steps: int | None = None,
+                      lr: float | None = None, seed: int = 0) -> Evaluation:
+        if self.learn_inner_lr and lr is None:
+            raise NotImplementedError("meta_evaluate with learned per-weight rates is not supported; pass lr=")
+        return super().meta_evaluate(sampler, tasks, steps=steps, lr=lr, seed=seed)
+
+
+class Reptile(MetaLearner):
+    """Reptile (Nichol et al. 2018): adapt with SGD on each task, then move the initialisation towards the
+    adapted weights, ``theta <- theta + eps * mean_tasks(phi_T - theta)``.
+
+    The inner loop trains on the support and query images of each meta-training task together (all of the
+    task's data, as in the Reptile paper); no gradient flows through it. The default meta-optimizer is
+    SGD with ``learning_rate = eps = 0.5``, which applies the update above exactly.
+    Introduced in notebooks/04_meta_learning.ipynb.
+    """
+
+    method = "reptile"
+
+    def __init__(self, model: keras.Model, *, inner_lr: float = 0.1, inner_steps: int = 5, test_steps: int | None = None,
+                 test_lr: float | None = None, meta_optimizer: keras.optimizers.Optimizer | None = None) -> None:
+        super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, test_steps=test_steps, test_lr=test_lr,
+                         meta_optimizer=meta_optimizer)
+
+    def _default_optimizer(self) -> keras.optimizers.Optimizer:
+        return keras.optimizers.SGD(0.5)
+
+    def _task_update(self, params, lrs, sx, sy, qx, qy):
+        x = tf.concat([sx, qx], 0)
+        y = tf.concat([sy, qy], 0)
+        return reptile_task_delta(self.model, params, x, y, steps=self.inner_steps, lr=self.inner_lr,
+                                  query_x=qx, query_y=qy)
+
+
+# --------------------------------------------------------------------------------------------------
+# The seed article's step, kept for teaching and as a regression test. Do not use it to train.
+# --------------------------------------------------------------------------------------------------
+def seed_meta_train_step(model: keras.Model, task_x, task_y, *, optimizer: keras.optimizers.Optimizer,
+                         meta_optimizer: keras.optimizers.Optimizer) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    """The seed article's ``meta_train_step`` (without its FGSM part), made to run on real task tensors.
+
+    ``task_x``: float (tasks, n, H, W, C); ``task_y``: int (tasks, n). For each task in turn, under one outer
+    tape, it takes a gradient step on the task *in place* (``optimizer.apply_gradients`` on the shared
+    weights); then it differentiates the mean of the task losses w.r.t. the (already updated) weights and
+    applies that with ``meta_optimizer``. Returns ``(meta_loss, meta_grads)``; mutates ``model``.
+
+    Why this is not MAML: there are no adapted parameters theta' and no query set, and the outer tape cannot
+    see through the in-place assignments, so ``meta_grads`` is just the sum of ordinary gradients, each at
+    whatever weights the previous task left (divided by the number of tasks): sequential SGD plus a second,
+    mis-scaled step. The true meta-gradient differentiates the query loss *through* the adaptation
+    (:func:`maml_task_gradient`). Introduced in notebooks/04_meta_learning.ipynb.
+    """
+    variables = model.trainable_variables
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        task_losses = []
+        for i in range(len(task_x)):
+            with tf.GradientTape() as task_tape:
+                task_loss = loss_fn(task_y[i], model(task_x[i], training=True))
+            task_grads = task_tape.gradient(task_loss, variables)
+            optimizer.apply_gradients(zip(task_grads, variables))
+            task_losses.append(task_loss)
+        meta_loss = tf.reduce_mean(task_losses)
+    meta_grads = tape.gradient(meta_loss, variables)
+    meta_optimizer.apply_gradients(zip(meta_grads, variables))
+    return meta_loss, meta_grads
+
+
+def make_learner(method: str, model: keras.Model, **options) -> MetaLearner:
+    """``"maml"`` -> MAML, ``"fomaml"`` -> MAML(first_order=True), ``"reptile"`` -> Reptile, with ``options``."""
+    if method == "maml":
+        return MAML(model, **options)
+    if method == "fomaml":
+        return MAML(model, first_order=True, **options)
+    if method == "reptile":
+        return Reptile(model, **options)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
