@@ -394,3 +394,46 @@ def test_callbacks_reject_bad_input():
 def test_train_cached_rejects_bad_kwargs(mnist_subset):
     with pytest.raises(TypeError, match="fit_kwargs"):
         training.train_cached("03_bad", mnist_subset, {"eps": 0.3})
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook helpers
+# ----------------------------------------------------------------------------------------------
+def test_overfitting_monitor_samples_every_class(mnist_subset):
+    settings = runtime.get_profile("quick").adv_training
+    monitor = training.overfitting_monitor(mnist_subset, settings)
+    assert len(monitor.x) == settings.monitor_size
+    assert len(np.unique(monitor.y)) == 10  # the subset is sorted by class: the first images would all be zeros
+    assert monitor.pgd.steps == settings.monitor_pgd_steps and monitor.pgd.eps == settings.eps
+
+
+def test_robustness_summary_is_a_worst_case():
+    clf, (x, y) = tiny_model(), tiny_data(40)
+    r = training.robustness_summary(clf, x, y, eps=0.3, pgd_steps=5, pgd_step_size=0.1, strong_steps=8, restarts=2,
+                                    batch_size=16)
+    assert list(r) == ["clean", "fgsm", "pgd5", "pgd8_restarts2"]
+    assert r["pgd8_restarts2"] <= r["pgd5"] <= r["clean"]
+    clean = float(np.mean(np.argmax(clf.predict(x, verbose=0), -1) == y))
+    assert r["clean"] == pytest.approx(clean)
+    with pytest.raises(ValueError, match="eps must be"):
+        training.robustness_summary(clf, x, y, eps=3.0)
+
+
+def test_results_markdown_and_remedies():
+    table = training.results_markdown({"pgd": {"clean": 0.95, "pgd40": 0.8, "pgd100_restarts5": 0.79,
+                                               "seconds_per_epoch": 12.34}})
+    assert "| PGD-AT | 95.0% | 80.0% | 79.0% | 12.3 |" in table and "PGD-100 x 5" in table
+    with pytest.raises(ValueError, match="non-empty dict"):
+        training.results_markdown({})
+    s = runtime.get_profile("quick").adv_training
+    remedies = training.fast_at_remedies(s)
+    assert set(remedies) == {"stop_restore", "small_alpha", "eps_ramp", "gradalign"}
+    assert all(kw["method"] == "fgsm_rs" for kw in remedies.values())
+    assert remedies["gradalign"]["align_weight"] == s.align_weight
+
+
+def test_loss_and_accuracy_matches_keras():
+    clf, (x, y) = tiny_model(), tiny_data(16)
+    loss, acc = training.loss_and_accuracy(clf, x, y)
+    assert loss == pytest.approx(float(np.mean(ce(y, clf(x)))), rel=1e-5)
+    assert acc == pytest.approx(float(np.mean(np.argmax(clf(x), -1) == y)))

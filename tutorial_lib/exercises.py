@@ -61,6 +61,69 @@ def check_pixel_range(lo: float, hi: float) -> bool:
 # ---------------------------------------------------------------------------------------------
 # 03 adversarial training
 # ---------------------------------------------------------------------------------------------
+def _missing(answer: Any, what: str) -> bool:
+    if answer is None:
+        print(f"No answer yet: replace None with {what}, then run the cell again.")
+        return True
+    return False
+
+
+def check_seed_perturbation(x_seed: Any, x: np.ndarray, eps: float) -> bool:
+    """Exercise 03.1: the input the seed's formula L(x + eps, y) evaluates, as the model would see it."""
+    if _missing(x_seed, "np.clip(x + eps, 0, 1)"):
+        return False
+    expected = np.clip(np.asarray(x, dtype=np.float64) + eps, 0.0, 1.0)
+    return report(
+        close(x_seed, expected, atol=1e-6),
+        "the seed adds eps to every pixel: one fixed corner of the eps-ball, the same for every image and "
+        "chosen without looking at the loss; clipped to [0, 1] it barely changes the bright strokes.",
+        "add eps to every pixel of x and clip to the valid range [0, 1].",
+    )
+
+
+def check_trades_loss(trades_loss: Any) -> bool:
+    """Exercise 03.2: ``trades_loss(logits_clean, logits_adv, y, beta)`` -> the mean TRADES objective."""
+    if _missing(trades_loss, "a function of (logits_clean, logits_adv, y, beta)"):
+        return False
+    rng = np.random.default_rng(3)
+    clean, adv = rng.normal(size=(8, 10)).astype(np.float32), rng.normal(size=(8, 10)).astype(np.float32)
+    y, beta = rng.integers(0, 10, 8), 6.0
+
+    def log_softmax(z: np.ndarray) -> np.ndarray:
+        z = z.astype(np.float64) - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    lp, lq = log_softmax(clean), log_softmax(adv)
+    expected = -lp[np.arange(8), y].mean() + beta * (np.exp(lp) * (lp - lq)).sum(axis=1).mean()
+    try:
+        got = float(np.asarray(trades_loss(clean, adv, y, beta)))
+    except Exception as err:  # a learner's function may fail in any way; show it as feedback
+        print(f"Not yet: your function raised {type(err).__name__}: {err}")
+        return False
+    return report(
+        close(got, expected, atol=1e-4),
+        "cross-entropy on clean images plus beta times KL(p(x) || p(x')), averaged over the batch.",
+        "mean cross-entropy of the clean logits, plus beta * mean over examples of "
+        "sum_k p_k(x) (log p_k(x) - log p_k(x')) with p = softmax.",
+    )
+
+
+def check_ramp_value(answer: Any, eps: float = 0.3, ramp_epochs: int = 4, epoch: int = 1) -> bool:
+    """Exercise 03.3: the radius EpsilonRamp(eps, ramp_epochs) trains with in 0-based ``epoch``."""
+    if _missing(answer, "a number"):
+        return False
+    expected = eps * min(1.0, (epoch + 1) / ramp_epochs)
+    return report(close(answer, expected), f"epoch {epoch} trains at eps {expected:g}.",
+                  "the ramp is linear: eps * min(1, (epoch + 1) / ramp_epochs), epochs counted from 0.")
+
+
+def check_pgd_cost(answer: Any, steps: int = 7) -> bool:
+    """Exercise 03.4: forward-backward passes per batch of PGD-``steps`` adversarial training."""
+    if _missing(answer, "an integer"):
+        return False
+    return report(close(answer, steps + 1), f"{steps} attack steps plus one training step: about {steps + 1}x "
+                  "the cost of standard training, which the benchmark confirms.",
+                  "count the gradient computations: one per attack step, one for the weight update.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,7 +63,13 @@ class AdvTrainingSettings:
     train_step_scale: float = 2.5  # PGD/TRADES training step = scale * eps / train_pgd_steps
     fast_alpha: float = 1.25  # fast AT step = fast_alpha * eps (Wong et al.)
     trades_beta: float = 6.0
-    monitor_size: int = 500  # held-out images the catastrophic-overfitting monitor attacks each epoch
+    fast_epochs: int = 10  # FGSM-AT and fast AT (epochs above is for PGD-AT and TRADES)
+    eval_strong_steps: int = 100  # the strong evaluation: PGD-eval_strong_steps x eval_restarts
+    monitor_size: int = 500  # images the catastrophic-overfitting monitor attacks after each epoch
+    monitor_pgd_steps: int = 10
+    remedy_alpha: float = 1.0  # fast AT remedy "smaller step": alpha = remedy_alpha * eps
+    remedy_ramp_epochs: int = 5  # fast AT remedy "eps ramp"
+    align_weight: float = 1.0  # fast AT remedy GradAlign: lambda
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ PROFILES: dict[str, Profile] = {
         description="CI and a first look: the bundled 5,000-image subset, every notebook in minutes on 2 CPU cores.",
         baseline=BaselineSettings(epochs=10),
         attacks=AttackSettings(eval_size=1000),
-        adv_training=AdvTrainingSettings(epochs=10),
+        adv_training=AdvTrainingSettings(epochs=15, ramp_epochs=3, decay_epochs=3),
         meta=MetaSettings(meta_steps=1500, eval_tasks=200),
         meta_adv=MetaAdvSettings(meta_steps=1000, eval_tasks=200),
     ),
@@ -120,7 +126,7 @@ PROFILES: dict[str, Profile] = {
         description="A laptop CPU in well under an hour; full MNIST when it can be found or downloaded.",
         baseline=BaselineSettings(epochs=5, batch_size=128),
         attacks=AttackSettings(eval_size=2000),
-        adv_training=AdvTrainingSettings(epochs=10, batch_size=128),
+        adv_training=AdvTrainingSettings(epochs=10, batch_size=128, ramp_epochs=2, decay_epochs=2),
         meta=MetaSettings(meta_steps=5000, eval_tasks=600),
         meta_adv=MetaAdvSettings(meta_steps=3000, eval_tasks=600),
     ),
@@ -130,8 +136,9 @@ PROFILES: dict[str, Profile] = {
         description="Paper settings on a GPU (Madry et al.: PGD-40 adversarial training at eps 0.3); not run in CI.",
         baseline=BaselineSettings(epochs=10, batch_size=128),
         attacks=AttackSettings(eval_size=10000, restarts=10),
-        adv_training=AdvTrainingSettings(epochs=60, batch_size=128, train_pgd_steps=40, eval_size=10000,
-                                         eval_pgd_steps=100, eval_restarts=10),
+        adv_training=AdvTrainingSettings(epochs=80, batch_size=50, train_pgd_steps=40, train_step_scale=4 / 3,
+                                         learning_rate=1e-4, eval_size=10000, eval_pgd_steps=40,
+                                         eval_restarts=5, fast_epochs=15, monitor_size=1000),
         meta=MetaSettings(meta_steps=60000, eval_tasks=1000, meta_batch=32),
         meta_adv=MetaAdvSettings(meta_steps=30000, eval_tasks=1000),
     ),

@@ -287,8 +287,8 @@ class EpsilonRamp(keras.callbacks.Callback):
 class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
     """Watch for catastrophic overfitting: PGD accuracy collapses while FGSM accuracy holds or climbs.
 
-    After each epoch it attacks a held-out batch ``(x, y)`` with ``fgsm`` and ``pgd`` (attack specs) and
-    records both accuracies in ``history``. An epoch is flagged when PGD accuracy falls more than ``drop``
+    After each epoch it attacks a fixed batch ``(x, y)`` (held-out images, or a fixed sample of training
+    images as in Wong et al.) with ``fgsm`` and ``pgd`` (attack specs) and records both accuracies in ``history``. An epoch is flagged when PGD accuracy falls more than ``drop``
     below the best PGD accuracy so far while FGSM accuracy is at least its value at that best epoch minus
     ``drop`` (the attack the model trains against still looks beaten). On a flag it warns
     (``on_overfit="warn"``) or also stops training (``"stop"``). With ``restore_best`` the classifier gets the
@@ -320,7 +320,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         return getattr(self.model, "classifier", self.model)
 
     def measure(self) -> tuple[float, float]:
-        """(FGSM accuracy, PGD accuracy) of the current classifier on the held-out batch."""
+        """(FGSM accuracy, PGD accuracy) of the current classifier on the monitor batch."""
         clf = self._classifier()
         acc = []
         for spec in (self.fgsm, self.pgd):
@@ -460,15 +460,49 @@ def recipe(method: str, settings: Any) -> dict[str, Any]:
     if method == "none":
         kw.update(epochs=s.standard_epochs, decay_epochs=0)
     elif method == "fgsm":
-        kw.update(ramp_epochs=s.ramp_epochs)
+        kw.update(epochs=s.fast_epochs, decay_epochs=0)
     elif method == "fgsm_rs":
-        kw.update(step_size=s.fast_alpha * s.eps, ramp_epochs=s.ramp_epochs)
+        kw.update(epochs=s.fast_epochs, decay_epochs=0, step_size=s.fast_alpha * s.eps)
     elif method in ("pgd", "trades"):
         kw.update(steps=s.train_pgd_steps, step_size=s.train_step_scale * s.eps / s.train_pgd_steps,
                   ramp_epochs=s.ramp_epochs)
         if method == "trades":
             kw.update(beta=s.trades_beta)
     return kw
+
+
+def overfitting_monitor(data: Any, settings: Any, *, seed: int = 0, **kwargs: Any) -> CatastrophicOverfittingMonitor:
+    """A :class:`CatastrophicOverfittingMonitor` on ``settings.monitor_size`` training images drawn at random.
+
+    The images are a fixed random sample (seed ``seed``; the bundled subset is sorted by class, so the first
+    images would all be zeros). It attacks with FGSM and PGD-``settings.monitor_pgd_steps`` (step
+    2.5 eps / steps, random start) at ``settings.eps``, like Wong et al.'s check on a training batch (test
+    images stay unseen, so restoring the best epoch is not tuned on the test set). ``kwargs`` go to the
+    monitor (``on_overfit``, ``restore_best``...). Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    n, steps = settings.monitor_size, settings.monitor_pgd_steps
+    idx = np.random.default_rng(seed).choice(len(data.x_train), size=min(n, len(data.x_train)), replace=False)
+    return CatastrophicOverfittingMonitor(
+        data.x_train[idx], data.y_train[idx], fgsm=attacks.FGSM(eps=settings.eps),
+        pgd=attacks.PGD(eps=settings.eps, steps=steps, step_size=2.5 * settings.eps / steps, seed=0), **kwargs)
+
+
+def fast_at_remedies(settings: Any) -> dict[str, dict[str, Any]]:
+    """Fast-AT variants against catastrophic overfitting: ``{name: adversarial_fit options}``.
+
+    ``"stop_restore"`` is plain fast AT meant to run with an ``overfitting_monitor(on_overfit="stop")``
+    (early stopping at the flag, best weights restored); ``"small_alpha"`` uses step ``remedy_alpha * eps``;
+    ``"eps_ramp"`` warms eps up over ``remedy_ramp_epochs``; ``"gradalign"`` adds the GradAlign term.
+    Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    base = recipe("fgsm_rs", settings)
+    s = settings
+    return {
+        "stop_restore": dict(base),
+        "small_alpha": {**base, "step_size": s.remedy_alpha * s.eps},
+        "eps_ramp": {**base, "ramp_epochs": s.remedy_ramp_epochs},
+        "gradalign": {**base, "align_weight": s.align_weight},
+    }
 
 
 def train_cached(
@@ -558,3 +592,89 @@ def robustness_summary(
         alive[idx] = correct(strong(model, x[padded], y[padded]), y[padded])[: idx.size]
     return {"clean": float(clean_ok.mean()), "fgsm": float((clean_ok & correct(fgsm(model, x, y), y)).mean()),
             f"pgd{pgd_steps}": float(pgd_ok.mean()), f"pgd{strong_steps}_restarts{restarts}": float(alive.mean())}
+
+
+def results_markdown(results: dict[str, dict[str, float]], *, labels: dict[str, str] | None = None) -> str:
+    """A Markdown table of :func:`robustness_summary` results (fractions shown as percents) keyed by row name.
+
+    Columns are the union of the result keys in first-seen order; ``seconds_per_epoch`` and
+    ``train_seconds`` are shown in seconds. Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    if not isinstance(results, dict) or not results:
+        raise ValueError("results must be a non-empty dict {row name: {column: value}}")
+    names = {"clean": "clean", "fgsm": "FGSM", "seconds_per_epoch": "s / epoch", "train_seconds": "train s"}
+    columns: list[str] = []
+    for row in results.values():
+        columns += [c for c in row if c not in columns]
+    def header(c: str) -> str:
+        if c in names:
+            return names[c]
+        if c.startswith("pgd") and "_restarts" in c:
+            steps, restarts = c[3:].split("_restarts")
+            return f"PGD-{steps} x {restarts}"
+        return f"PGD-{c[3:]}" if c.startswith("pgd") and c[3:].isdigit() else c
+    def cell(c: str, v: Any) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.1f}" if c in ("seconds_per_epoch", "train_seconds") else f"{100 * v:.1f}%"
+    lines = ["| method | " + " | ".join(header(c) for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for key, row in results.items():
+        label = (labels or {}).get(key, METHOD_TITLES.get(key, key))
+        lines.append(f"| {label} | " + " | ".join(cell(c, row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def plot_robustness(results: dict[str, dict[str, float]], *, labels: dict[str, str] | None = None, ax: Any = None) -> Any:
+    """Grouped bars: accuracy under each attack (columns that are fractions) per method; returns the Axes.
+
+    Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.2))
+    keys = [k for k in next(iter(results.values())) if k not in ("seconds_per_epoch", "train_seconds")]
+    width = 0.8 / len(keys)
+    for i, k in enumerate(keys):
+        ax.bar(np.arange(len(results)) + i * width, [100 * r[k] for r in results.values()], width,
+               label=results_markdown({"_": {k: 0.0}}).split("|")[2].strip())
+    ax.set_xticks(np.arange(len(results)) + 0.4 - width / 2)
+    ax.set_xticklabels([(labels or {}).get(m, METHOD_TITLES.get(m, m)) for m in results], fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=len(keys), loc="upper right")
+    return ax
+
+
+def plot_monitor(history: list[dict[str, Any]], *, title: str = "", ax: Any = None) -> Any:
+    """FGSM and PGD accuracy per epoch from a :class:`CatastrophicOverfittingMonitor`, flagged epochs marked.
+
+    Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    epochs = [h["epoch"] + 1 for h in history]
+    ax.plot(epochs, [100 * h["fgsm"] for h in history], "o-", label="FGSM")
+    ax.plot(epochs, [100 * h["pgd"] for h in history], "s-", label="PGD")
+    flagged = [h for h in history if h["flagged"]]
+    if flagged:
+        ax.scatter([h["epoch"] + 1 for h in flagged], [100 * h["pgd"] for h in flagged], s=120, facecolors="none",
+                   edgecolors="red", label="flagged", zorder=3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy on monitor batch (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def loss_and_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 500) -> tuple[float, float]:
+    """Mean cross-entropy (from logits) and accuracy of ``model`` on ``(x, y)``; x float32 in [0, 1].
+
+    Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    logits = np.asarray(model.predict(np.asarray(x, np.float32), batch_size=batch_size, verbose=0), np.float32)
+    loss = keras.losses.sparse_categorical_crossentropy(np.asarray(y), logits, from_logits=True)
+    return float(np.mean(loss)), float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y)))

@@ -1,0 +1,80 @@
+"""Benchmark: seconds per epoch of each adversarial-training method relative to standard training, in one run.
+
+Usage: python benchmarks/training.py [--out DIR] [--train-size N] [--epochs E] [--repeats R]
+Writes DIR/training.json and DIR/training.md (default DIR: build/bench). Each method trains the seed CNN
+on the same images; the first epoch (tracing) is dropped and the median of the rest is reported. The
+methods are timed in interleaved rounds so a change in machine load hits them alike; ratios are what to read.
+Expected: fast AT <= 2.5x standard; PGD-k about (k + 1)x (k attack steps plus the training step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+import tutorial_lib as tl
+
+METHODS = {  # label: adversarial_fit options (eps 0.3, quick-profile batch size)
+    "standard": {"method": "none"},
+    "FGSM-AT": {"method": "fgsm"},
+    "fast AT (FGSM-RS)": {"method": "fgsm_rs"},
+    "fast AT + GradAlign": {"method": "fgsm_rs", "align_weight": 1.0},
+    "PGD-3 AT": {"method": "pgd", "steps": 3},
+    "PGD-7 AT": {"method": "pgd", "steps": 7},
+    "TRADES-7": {"method": "trades", "steps": 7},
+}
+EXPECTED = {"FGSM-AT": "about 2x", "fast AT (FGSM-RS)": "<= 2.5x", "fast AT + GradAlign": "",
+            "PGD-3 AT": "about 4x", "PGD-7 AT": "about 8x", "TRADES-7": "about 9x"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=tl.runtime.build_dir() / "bench")
+    parser.add_argument("--train-size", type=int, default=2000, help="training images per epoch")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per method and round (first is dropped)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds over all methods")
+    args = parser.parse_args(argv)
+    if args.epochs < 2 or args.train_size < 64 or args.repeats < 1:
+        parser.error("need --epochs >= 2 (the first is tracing), --train-size >= 64 and --repeats >= 1")
+
+    profile = tl.runtime.setup(seed=0, verbose=False)
+    s = profile.adv_training
+    data = tl.data.load_mnist(profile.data_source)
+    x, y = data.x_train[: args.train_size], data.y_train[: args.train_size]
+    seconds: dict[str, list[float]] = {label: [] for label in METHODS}
+    for _ in range(args.repeats):
+        for label, options in METHODS.items():
+            tl.runtime.set_seed(0)
+            _, info = tl.training.adversarial_fit(tl.models.seed_cnn(), x, y, eps=s.eps, epochs=args.epochs,
+                                                  batch_size=s.batch_size, verbose=0, **options)
+            seconds[label].extend(info["epoch_seconds"][1:])
+            print(f"{label:22s} {np.median(info['epoch_seconds'][1:]):6.2f} s/epoch", flush=True)
+    base = float(np.median(seconds["standard"]))
+    rows = [{"method": label, "seconds_per_epoch": float(np.median(v)), "ratio": float(np.median(v)) / base,
+             "expected": EXPECTED.get(label, "1x")} for label, v in seconds.items()]
+    result = {"benchmark": "training", "train_size": args.train_size, "batch_size": s.batch_size, "eps": s.eps,
+              "epochs_timed": (args.epochs - 1) * args.repeats, "python": platform.python_version(),
+              "cpu_count": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "training.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"Seconds per epoch, seed CNN, {args.train_size} MNIST images, batch {s.batch_size}, eps {s.eps}, "
+             f"{os.cpu_count()} CPU cores (median of {result['epochs_timed']} epochs per method, one run)", "",
+             "| method | s / epoch | x standard | expected |", "|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['seconds_per_epoch']:.2f} | {r['ratio']:.2f}x | {r['expected']} |" for r in rows]
+    (args.out / "training.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {tl.runtime.display_path(args.out / 'training.json')} and training.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
