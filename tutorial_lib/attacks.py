@@ -377,6 +377,9 @@ def clear_cache(model: Any = None) -> None:
 
 def _compiled(model: Any, settings: dict[str, Any], sample_shape: tuple[int, ...], jit_compile: bool | None) -> Any:
     jit = _default_jit() if jit_compile is None else bool(jit_compile)
+    if jit and settings.get("unroll") is None:
+        # XLA compiles a tf.while_loop once; a 40-step unrolled graph took over 24 GiB to compile on CPU.
+        settings = {**settings, "unroll": False}
     key = (tuple(sorted(settings.items(), key=lambda kv: kv[0])), sample_shape, jit)
     per_model = _CACHE.setdefault(model, {})
     if key in per_model:
