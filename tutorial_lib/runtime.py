@@ -43,6 +43,8 @@ class AttackSettings:
     pgd_step_size: float = 0.01
     restarts: int = 5
     sweep_points: int = 7  # eps values in an accuracy-vs-eps sweep
+    iterative_size: int = 1000  # test images for notebook 02's attack table and sanity checks
+    sweep_size: int = 500  # test images for notebook 02's iterative-attack eps sweeps
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ PROFILES: dict[str, Profile] = {
         data_source="subset",
         description="CI and a first look: the bundled 5,000-image subset, every notebook in minutes on 2 CPU cores.",
         baseline=BaselineSettings(epochs=10),
-        attacks=AttackSettings(eval_size=1000),
+        attacks=AttackSettings(eval_size=1000, iterative_size=300, sweep_size=100),
         adv_training=AdvTrainingSettings(epochs=15, ramp_epochs=3, decay_epochs=3),
         meta=MetaSettings(meta_steps=1500, eval_tasks=200),
         meta_adv=MetaAdvSettings(meta_steps=1000, eval_tasks=200),
@@ -135,7 +137,7 @@ PROFILES: dict[str, Profile] = {
         data_source="full",
         description="Paper settings on a GPU (Madry et al.: PGD-40 adversarial training at eps 0.3); not run in CI.",
         baseline=BaselineSettings(epochs=10, batch_size=128),
-        attacks=AttackSettings(eval_size=10000, restarts=10),
+        attacks=AttackSettings(eval_size=10000, restarts=10, iterative_size=10000, sweep_size=2000),
         adv_training=AdvTrainingSettings(epochs=80, batch_size=50, train_pgd_steps=40, train_step_scale=4 / 3,
                                          learning_rate=1e-4, eval_size=10000, eval_pgd_steps=40,
                                          eval_restarts=5, fast_epochs=15, monitor_size=1000),

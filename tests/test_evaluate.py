@@ -1,0 +1,166 @@
+"""Tests for tutorial_lib.evaluate: accuracy, robust accuracy, sweeps and the gradient-masking checks."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tutorial_lib import evaluate
+
+
+def _stand_in_fgsm(eps: float):
+    """A minimal FGSM (logits, clipped) so these tests do not depend on tutorial_lib.attacks' internals."""
+
+    def attack(model, x, y):
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = keras.losses.sparse_categorical_crossentropy(y, model(x), from_logits=True)
+        return tf.clip_by_value(x + eps * tf.sign(tape.gradient(loss, x)), 0.0, 1.0).numpy()
+
+    attack.name = "stand-in FGSM"
+    return attack
+
+
+@pytest.fixture(scope="module")
+def small(mnist_subset):
+    """A small MLP trained for a few seconds on 2,000 images, and 200 test images."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(mnist_subset.x_train[:2000], mnist_subset.y_train[:2000], epochs=4, batch_size=64, verbose=0)
+    return model, mnist_subset.x_test[:200], mnist_subset.y_test[:200]
+
+
+def test_accuracy_matches_argmax_and_is_batch_independent(small):
+    model, x, y = small
+    expected = float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
+    assert evaluate.accuracy(model, x, y) == pytest.approx(expected)
+    assert evaluate.accuracy(model, x, y, batch_size=7) == pytest.approx(expected)
+    assert 0.7 < expected <= 1.0
+
+
+def test_robust_accuracy_is_at_most_clean_and_falls_with_eps(small):
+    model, x, y = small
+    clean = evaluate.accuracy(model, x, y)
+    weak = evaluate.robust_accuracy(model, x, y, _stand_in_fgsm(0.05))
+    strong = evaluate.robust_accuracy(model, x, y, _stand_in_fgsm(0.25), batch_size=64)
+    assert strong < weak <= clean
+
+
+def test_robust_accuracy_counts_only_examples_right_before_and_after(small):
+    model, x, y = small
+
+    def identity_on_wrong(model, xb, yb):  # an "attack" that changes nothing
+        return xb
+
+    assert evaluate.robust_accuracy(model, x, y, identity_on_wrong) == pytest.approx(evaluate.accuracy(model, x, y))
+
+
+def test_epsilon_sweep_shapes_label_and_monotone(small):
+    model, x, y = small
+    sweep = evaluate.epsilon_sweep(model, x, y, _stand_in_fgsm, [0.0, 0.05, 0.1, 0.2])
+    assert sweep.eps.shape == sweep.accuracy.shape == (4,)
+    assert sweep.label == "stand-in FGSM"
+    assert sweep.accuracy[0] == pytest.approx(evaluate.accuracy(model, x, y))
+    assert sweep.accuracy[-1] < sweep.accuracy[0]
+    assert sweep.accuracy_at(0.1) == sweep.accuracy[2]
+    assert set(sweep.to_dict("fgsm")) == {"fgsm_eps0", "fgsm_eps0.05", "fgsm_eps0.1", "fgsm_eps0.2"}
+    assert "| 0.1 |" in sweep._repr_markdown_()
+    with pytest.raises(ValueError, match="not a point"):
+        sweep.accuracy_at(0.3)
+
+
+@pytest.mark.parametrize("eps_values", [[0.1, 0.05], [-0.1, 0.1], []])
+def test_epsilon_sweep_rejects_bad_eps(small, eps_values):
+    model, x, y = small
+    with pytest.raises(ValueError, match="eps_values"):
+        evaluate.epsilon_sweep(model, x, y, _stand_in_fgsm, eps_values)
+
+
+def test_bad_inputs_get_clear_errors(small):
+    model, x, y = small
+    with pytest.raises(ValueError, match="one-hot"):
+        evaluate.accuracy(model, x, keras.utils.to_categorical(y, 10))
+    with pytest.raises(ValueError, match="different numbers"):
+        evaluate.accuracy(model, x, y[:-1])
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate.accuracy(model, x, y, batch_size=0)
+    with pytest.raises(TypeError, match="attack spec"):
+        evaluate.robust_accuracy(model, x, y, 0.1)
+
+
+def test_probability_detector():
+    logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert evaluate.looks_like_probabilities(probs)
+    assert not evaluate.looks_like_probabilities(logits)
+
+
+def test_saturated_model_keeps_predictions_but_zeroes_gradients(small):
+    model, x, y = small
+    masked = evaluate.saturated_model(model, temperature=1000.0)
+    np.testing.assert_array_equal(evaluate.correct(masked, x, y), evaluate.correct(model, x, y))
+    zero = lambda m: np.mean(np.all(evaluate.input_gradients(m, x, y).reshape(len(x), -1) == 0, axis=1))
+    assert zero(model) < 0.05 < 0.5 < zero(masked)
+    # the stand-in FGSM looks far weaker against the masked copy, although the models are the same function
+    assert (evaluate.robust_accuracy(masked, x, y, _stand_in_fgsm(0.2))
+            > evaluate.robust_accuracy(model, x, y, _stand_in_fgsm(0.2)) + 0.3)
+
+
+def test_seed_fgsm_does_not_clip_and_loses_gradients_on_softmax(small):
+    model, x, y = small
+    x_adv = evaluate.seed_fgsm(evaluate.softmax_model(model), x, keras.utils.to_categorical(y, 10), 0.1)
+    assert x_adv.shape == x.shape
+    assert x_adv.min() < 0.0 or x_adv.max() > 1.0  # no clipping: invalid images
+    unchanged = np.all(x_adv == x, axis=(1, 2, 3)).mean()
+    honest = _stand_in_fgsm(0.1)(model, x, y)
+    assert np.all(honest == x, axis=(1, 2, 3)).mean() < unchanged  # saturated probabilities give zero gradients
+
+
+def test_sanity_checks_pass_an_honest_model_and_flag_a_masked_one(small):
+    pytest.importorskip("tutorial_lib.attacks")
+    model, x, y = small
+    x, y = x[:100], y[:100]
+    honest = evaluate.sanity_checks(model, x, y, 0.3, steps=10, restarts=2)
+    assert honest.passed, str(honest)
+    assert honest.numbers["pgd"] <= honest.numbers["fgsm"] <= honest.numbers["clean"]
+    masked = evaluate.sanity_checks(evaluate.saturated_model(model), x, y, 0.3, steps=10, restarts=2)
+    assert not masked.passed
+    assert not masked.check("nonzero_gradients").passed
+    assert not masked.check("large_eps_breaks_model").passed
+    assert "FAIL" in str(masked) and "**FAIL**" in masked._repr_markdown_()
+    assert masked.to_dict()["sanity_passed"] is False
+
+
+def test_sanity_checks_flags_probability_outputs(small):
+    pytest.importorskip("tutorial_lib.attacks")
+    model, x, y = small
+
+    class Probabilities(keras.Model):  # a softmax hidden from check_logits_model inside a subclass
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def call(self, x):
+            return tf.nn.softmax(self.inner(x))
+
+    wrapped = Probabilities(model)
+    try:
+        report = evaluate.sanity_checks(wrapped, x[:50], y[:50], 0.3, steps=5, restarts=1)
+    except (ValueError, TypeError) as err:  # the attacks may refuse the model outright: also a clear signal
+        assert "softmax" in str(err) or "probab" in str(err)
+        return
+    assert not report.check("logits_not_probabilities").passed
+    assert not report.passed
+
+
+def test_sanity_checks_rejects_bad_settings(small):
+    model, x, y = small
+    with pytest.raises(ValueError, match="eps"):
+        evaluate.sanity_checks(model, x, y, 0.0)
+    with pytest.raises(ValueError, match="large_eps"):
+        evaluate.sanity_checks(model, x, y, 0.5, large_eps=0.4)

@@ -1,0 +1,417 @@
+"""Honest robustness numbers: clean and robust accuracy, accuracy-vs-eps sweeps, gradient-masking checks.
+
+Builds on :mod:`tutorial_lib.attacks` (attacks are passed in as specs such as ``attacks.PGD(eps=0.3)``);
+:mod:`tutorial_lib.viz` plots what this module computes. Introduced in notebooks/01_fgsm.ipynb and
+notebooks/02_iterative_attacks.ipynb.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import models
+
+Attack = Callable[[keras.Model, np.ndarray, np.ndarray], np.ndarray]
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks shared by the public functions
+# --------------------------------------------------------------------------------------------------
+def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch of images (n, height, width, channels), got shape {x.shape}")
+    if y.ndim == 2 and y.shape[0] == x.shape[0] and y.shape[1] > 1:
+        raise ValueError(
+            f"y looks one-hot (shape {y.shape}); tutorial_lib takes integer labels. "
+            "Convert with y = y.argmax(axis=1)."
+        )
+    if y.ndim != 1:
+        raise ValueError(f"y must be a 1-D array of integer labels, got shape {y.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y hold different numbers of examples ({len(x)} vs {len(y)}); pass matching slices")
+    if len(x) == 0:
+        raise ValueError("x and y are empty; pass at least one example")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}; e.g. y.astype('int64')")
+    return x.astype(np.float32, copy=False), y
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return int(batch_size)
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+# --------------------------------------------------------------------------------------------------
+# Predictions and accuracy
+# --------------------------------------------------------------------------------------------------
+def predict_logits(model: keras.Model, x: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
+    """The model's outputs for ``x`` in batches, as float32 numpy of shape (n, num_classes).
+
+    ``x``: float32 images in [0, 1], shape (n, 28, 28, 1). Introduced in notebooks/01_fgsm.ipynb.
+    """
+    batch_size = _check_batch_size(batch_size)
+    x = np.asarray(x, dtype=np.float32)
+    outs = [np.asarray(model(x[s], training=False), dtype=np.float32) for s in _batches(len(x), batch_size)]
+    return np.concatenate(outs, axis=0)
+
+
+def correct(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
+    """Per-example correctness: bool array of shape (n,), True where argmax of the logits equals ``y``."""
+    x, y = _check_xy(x, y)
+    return np.argmax(predict_logits(model, x, batch_size=batch_size), axis=1) == y
+
+
+def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 500) -> float:
+    """Clean accuracy: the fraction in [0, 1] of ``x`` (float32 in [0, 1], NHWC) classified as ``y`` (int labels).
+
+    Introduced in notebooks/01_fgsm.ipynb.
+    """
+    return float(np.mean(correct(model, x, y, batch_size=batch_size)))
+
+
+def adversarial_examples(model: keras.Model, x: np.ndarray, y: np.ndarray, attack: Attack, *,
+                         batch_size: int = 500) -> np.ndarray:
+    """Run ``attack(model, x_batch, y_batch)`` batch by batch; returns float32 images shaped like ``x``.
+
+    ``attack`` is an attack spec from :mod:`tutorial_lib.attacks` (e.g. ``attacks.PGD(eps=0.3)``) or any
+    callable with that signature. Batching bounds memory for large ``x``.
+    Introduced in notebooks/01_fgsm.ipynb.
+    """
+    if not callable(attack):
+        raise TypeError(
+            f"attack must be an attack spec such as tl.attacks.FGSM(eps=0.1), got {type(attack).__name__}; "
+            "for a function with extra arguments wrap it, e.g. lambda m, x, y: tl.attacks.fgsm(m, x, y, 0.1)"
+        )
+    x, y = _check_xy(x, y)
+    batch_size = _check_batch_size(batch_size)
+    out = [np.asarray(attack(model, x[s], y[s]), dtype=np.float32) for s in _batches(len(x), batch_size)]
+    x_adv = np.concatenate(out, axis=0)
+    if x_adv.shape != x.shape:
+        raise ValueError(f"the attack returned shape {x_adv.shape} for inputs of shape {x.shape}; it must keep shapes")
+    return x_adv
+
+
+def robust_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, attack: Attack, *,
+                    batch_size: int = 500) -> float:
+    """Accuracy under ``attack``: the fraction in [0, 1] of examples classified correctly both clean and attacked.
+
+    Counting an example only when its clean prediction is also right (as AutoAttack and the MNIST
+    challenge do) makes ``robust_accuracy <= accuracy`` hold for every attack. ``attack`` is a spec,
+    e.g. ``attacks.FGSM(eps=0.1)``. Introduced in notebooks/01_fgsm.ipynb.
+    """
+    x, y = _check_xy(x, y)
+    x_adv = adversarial_examples(model, x, y, attack, batch_size=batch_size)
+    both = correct(model, x, y, batch_size=batch_size) & correct(model, x_adv, y, batch_size=batch_size)
+    return float(np.mean(both))
+
+
+# --------------------------------------------------------------------------------------------------
+# Accuracy-vs-eps sweeps
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepResult:
+    """Accuracy at each eps of a sweep: ``eps`` and ``accuracy`` are float arrays of the same length.
+
+    ``accuracy[i]`` is robust accuracy (fraction in [0, 1]) at ``eps[i]``; at eps 0 it is clean accuracy.
+    Plot with :func:`tutorial_lib.viz.plot_sweep`. Introduced in notebooks/01_fgsm.ipynb.
+    """
+
+    eps: np.ndarray
+    accuracy: np.ndarray
+    label: str
+    seconds: float = 0.0
+
+    def accuracy_at(self, eps: float) -> float:
+        """Accuracy at the sweep point equal to ``eps`` (within 1e-9); ValueError if it was not swept."""
+        hits = np.flatnonzero(np.isclose(self.eps, eps, rtol=0.0, atol=1e-9))
+        if len(hits) == 0:
+            raise ValueError(f"eps {eps} is not a point of this sweep; swept values: {np.round(self.eps, 4).tolist()}")
+        return float(self.accuracy[hits[0]])
+
+    def to_dict(self, prefix: str | None = None) -> dict[str, float]:
+        """Flat ``{"<prefix>_eps<e>": accuracy}`` fields for :func:`tutorial_lib.runtime.save_results`."""
+        prefix = prefix or self.label.lower().replace(" ", "_").replace("-", "")
+        return {f"{prefix}_eps{e:g}": float(a) for e, a in zip(self.eps, self.accuracy)}
+
+    def table(self) -> str:
+        """A Markdown table of eps against accuracy."""
+        rows = [f"| {e:.3g} | {a:.3f} |" for e, a in zip(self.eps, self.accuracy)]
+        return "\n".join([f"| eps | {self.label} accuracy |", "|---|---|", *rows])
+
+    def _repr_markdown_(self) -> str:
+        return self.table()
+
+
+def epsilon_sweep(model: keras.Model, x: np.ndarray, y: np.ndarray, attack_factory: Callable[[float], Attack],
+                  eps_values: Sequence[float], *, label: str | None = None, batch_size: int = 500) -> SweepResult:
+    """Robust accuracy of ``model`` at each eps in ``eps_values`` (non-negative, increasing).
+
+    ``attack_factory(eps)`` returns an attack spec, e.g. ``lambda e: attacks.FGSM(eps=e)`` or
+    ``attacks.PGD(eps=0.3, steps=40).with_eps``. At eps 0 the clean accuracy is used (no attack runs).
+    ``label`` defaults to the spec's ``name``. Returns a :class:`SweepResult`.
+    Introduced in notebooks/01_fgsm.ipynb.
+    """
+    if not callable(attack_factory):
+        raise TypeError("attack_factory must be a callable eps -> attack spec, e.g. lambda e: tl.attacks.FGSM(eps=e)")
+    eps = np.asarray(eps_values, dtype=np.float64)
+    if eps.ndim != 1 or len(eps) == 0:
+        raise ValueError(f"eps_values must be a non-empty 1-D sequence of floats, got shape {eps.shape}")
+    if np.any(eps < 0) or np.any(np.diff(eps) <= 0):
+        raise ValueError(f"eps_values must be non-negative and strictly increasing, got {eps.tolist()}")
+    x, y = _check_xy(x, y)
+    start = time.perf_counter()
+    clean = correct(model, x, y, batch_size=batch_size)
+    accs, name = [], label
+    for e in eps:
+        if e == 0.0:
+            accs.append(float(np.mean(clean)))
+            continue
+        attack = attack_factory(float(e))
+        name = name or getattr(attack, "name", None) or type(attack).__name__
+        x_adv = adversarial_examples(model, x, y, attack, batch_size=batch_size)
+        accs.append(float(np.mean(clean & correct(model, x_adv, y, batch_size=batch_size))))
+    return SweepResult(eps=eps, accuracy=np.asarray(accs), label=name or "attack",
+                       seconds=time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gradient-masking sanity checks
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    """One sanity check: a name, the measured value (as text), whether it passed, and what it means."""
+
+    name: str
+    value: str
+    passed: bool
+    meaning: str
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else "FAIL"
+
+
+@dataclass
+class SanityReport:
+    """The outcome of :func:`sanity_checks`. ``passed`` is True only if every check passed.
+
+    ``checks`` lists :class:`Check` records; ``numbers`` holds the raw measurements (accuracies as
+    fractions in [0, 1]) for asserts and :func:`tutorial_lib.runtime.save_results`.
+    """
+
+    eps: float
+    checks: list[Check] = field(default_factory=list)
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def check(self, name: str) -> Check:
+        """The check called ``name`` (KeyError listing the names if there is none)."""
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(f"no check named {name!r}; checks are {[c.name for c in self.checks]}")
+
+    def failed(self) -> list[str]:
+        return [c.name for c in self.checks if not c.passed]
+
+    def to_dict(self, prefix: str = "sanity") -> dict[str, Any]:
+        """Flat verdict fields (``<prefix>_passed``, ``<prefix>_<check>``) for save_results."""
+        out: dict[str, Any] = {f"{prefix}_passed": self.passed}
+        out.update({f"{prefix}_{c.name}": c.passed for c in self.checks})
+        return out
+
+    def __str__(self) -> str:
+        width = max(len(c.name) for c in self.checks) if self.checks else 0
+        head = f"sanity checks at eps {self.eps:g}: {'all passed' if self.passed else 'FAILED: ' + ', '.join(self.failed())}"
+        lines = [f"  [{c.verdict:>4}] {c.name:<{width}}  {c.value}" for c in self.checks]
+        return "\n".join([head, *lines])
+
+    def _repr_markdown_(self) -> str:
+        verdict = "**all checks passed**" if self.passed else f"**FAILED**: {', '.join(self.failed())}"
+        rows = [f"| {c.name} | {c.value} | {'pass' if c.passed else '**FAIL**'} | {c.meaning} |" for c in self.checks]
+        return "\n".join([f"Sanity checks at eps = {self.eps:g}: {verdict}", "",
+                          "| check | measured | verdict | a failure means |", "|---|---|---|---|", *rows])
+
+
+def looks_like_probabilities(outputs: np.ndarray, *, atol: float = 1e-3) -> bool:
+    """True when every row of ``outputs`` (n, classes) is in [0, 1] and sums to 1: a softmax, not logits."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    return bool(np.all(outputs >= -atol) and np.all(outputs <= 1 + atol)
+                and np.allclose(outputs.sum(axis=1), 1.0, atol=atol))
+
+
+def input_gradients(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
+    """Gradient of the per-example cross-entropy (on logits) w.r.t. the input: float32, shaped like ``x``.
+
+    A gradient that is ``None`` (the graph has no gradient path, e.g. ``tf.round``) is returned as zeros.
+    Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    x, y = _check_xy(x, y)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    grads = []
+    for s in _batches(len(x), _check_batch_size(batch_size)):
+        xb = tf.convert_to_tensor(x[s])
+        with tf.GradientTape() as tape:
+            tape.watch(xb)
+            loss = loss_fn(y[s], model(xb, training=False))
+        g = tape.gradient(loss, xb)
+        grads.append(np.zeros_like(x[s]) if g is None else g.numpy())
+    return np.concatenate(grads, axis=0)
+
+
+def random_noise(x: np.ndarray, eps: float, *, seed: int = 0, clip_min: float = 0.0, clip_max: float = 1.0) -> np.ndarray:
+    """``x`` plus random signs of size ``eps`` (a corner of the L-inf ball), clipped to the pixel range.
+
+    The baseline an attack must beat: an attack no stronger than this noise is not using the gradient.
+    """
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=np.shape(x))
+    return np.clip(np.asarray(x, dtype=np.float32) + np.float32(eps) * signs, clip_min, clip_max)
+
+
+def _pct(a: float) -> str:
+    return f"{100 * a:.1f}%"
+
+
+def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, *, steps: int = 40,
+                  step_size: float | None = None, restarts: int = 5, large_eps: float = 0.5,
+                  chance_margin: float = 0.1, restart_gain_limit: float = 0.02, fgsm_margin: float = 0.01,
+                  zero_grad_limit: float = 0.01, seed: int = 0, batch_size: int = 500) -> SanityReport:
+    """Check an L-inf robustness evaluation at ``eps`` for signs of gradient masking.
+
+    ``x``: float32 images in [0, 1] (n, 28, 28, 1); ``y``: int labels. Runs FGSM, PGD-``steps`` (step size
+    ``step_size``, default ``2.5 * eps / steps``) with 1 and with ``restarts`` random restarts, PGD at
+    ``large_eps``, and random sign noise, then checks (names as in the report):
+
+    * ``logits_not_probabilities``: outputs are not rows in [0, 1] summing to 1 (AutoAttack's softmax check);
+    * ``nonzero_gradients``: at most ``zero_grad_limit`` of the examples have an all-zero input gradient;
+    * ``pgd_beats_fgsm``: PGD accuracy <= FGSM accuracy + ``fgsm_margin``;
+    * ``large_eps_breaks_model``: PGD accuracy at ``large_eps`` <= ``chance_margin`` (an image can be pushed
+      to uniform grey at eps 0.5, so an honest attack reaches ~0);
+    * ``attack_beats_noise``: PGD accuracy is below the accuracy under random noise of the same size;
+    * ``restarts_change_little``: restarts lower PGD accuracy by at most ``restart_gain_limit``.
+
+    Returns a :class:`SanityReport` (``.passed``, ``.checks``, ``.numbers``). Cost: about ``restarts + 2``
+    PGD runs over ``x``, so pass a few hundred examples. Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    from . import attacks
+
+    x, y = _check_xy(x, y)
+    if not np.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a positive float, got {eps}")
+    if large_eps <= eps:
+        raise ValueError(f"large_eps ({large_eps}) must be larger than eps ({eps}); 0.5 suits MNIST")
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+    step_size = 2.5 * eps / steps if step_size is None else float(step_size)
+    report = SanityReport(eps=float(eps))
+    num = report.numbers
+
+    outputs = predict_logits(model, x, batch_size=batch_size)
+    probs = looks_like_probabilities(outputs)
+    report.checks.append(Check("logits_not_probabilities", "rows sum to 1" if probs else "unnormalised logits",
+                               not probs, "the model returns a softmax: losses saturate and gradients vanish"))
+    grads = input_gradients(model, x, y, batch_size=batch_size)
+    zero = float(np.mean(np.all(grads.reshape(len(x), -1) == 0, axis=1)))
+    num["zero_gradient_fraction"] = zero
+    report.checks.append(Check("nonzero_gradients", f"{_pct(zero)} of examples have an all-zero gradient",
+                               zero <= zero_grad_limit, "gradient attacks have nothing to follow (masking)"))
+
+    def pgd(e: float, r: int) -> Attack:
+        size = step_size * e / eps
+        return attacks.PGD(eps=e, steps=steps, step_size=size, norm="inf", random_start=True, restarts=r)
+
+    def rob(attack: Attack) -> float:
+        return robust_accuracy(model, x, y, attack, batch_size=batch_size)
+
+    num["clean"] = accuracy(model, x, y, batch_size=batch_size)
+    num["fgsm"] = rob(attacks.FGSM(eps=eps))
+    num["pgd"] = rob(pgd(eps, 1))
+    num["pgd_restarts"] = rob(pgd(eps, restarts)) if restarts > 1 else num["pgd"]
+    num["pgd_large_eps"] = rob(pgd(large_eps, 1))
+    num["noise"] = rob(lambda m, xb, yb: random_noise(xb, eps, seed=seed))
+    report.checks += [
+        Check("pgd_beats_fgsm", f"PGD {_pct(num['pgd'])} vs FGSM {_pct(num['fgsm'])}",
+              num["pgd"] <= num["fgsm"] + fgsm_margin, "the iterative attack is stuck (masked or broken gradients)"),
+        Check("large_eps_breaks_model", f"PGD at eps {large_eps:g}: {_pct(num['pgd_large_eps'])}",
+              num["pgd_large_eps"] <= chance_margin, "the attack cannot succeed even when it could erase the digit"),
+        Check("attack_beats_noise", f"PGD {_pct(num['pgd'])} vs random noise {_pct(num['noise'])}",
+              num["pgd"] < num["noise"], "the gradient is no better a direction than a random one"),
+        Check("restarts_change_little", f"1 restart {_pct(num['pgd'])} vs {restarts} restarts {_pct(num['pgd_restarts'])}",
+              num["pgd"] - num["pgd_restarts"] <= restart_gain_limit, "single-run numbers depend on luck: report restarts"),
+    ]
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Models that fool weak evaluations, and the seed's naive FGSM (for side-by-side comparisons)
+# --------------------------------------------------------------------------------------------------
+def saturated_model(model: keras.Model, *, temperature: float = 1000.0) -> keras.Model:
+    """A deliberately gradient-masked copy of ``model``: its logits multiplied by ``temperature``.
+
+    Predictions (argmax) are identical, so it is exactly as (non-)robust, but the softmax saturates:
+    cross-entropy gradients underflow to exactly zero for confidently classified inputs, and gradient
+    attacks appear to fail. Used to show what :func:`sanity_checks` catches.
+    Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    models.check_logits_model(model)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    inputs = keras.Input(shape=model.input_shape[1:])
+    outputs = keras.layers.Rescaling(float(temperature), name="temperature")(model(inputs))
+    return keras.Model(inputs, outputs, name=f"{model.name}_saturated")
+
+
+def softmax_model(model: keras.Model) -> keras.Model:
+    """``model`` followed by a softmax, as the seed article builds its CNN (probabilities out).
+
+    Only for showing what goes wrong; tutorial_lib attacks refuse such models.
+    Introduced in notebooks/01_fgsm.ipynb.
+    """
+    inputs = keras.Input(shape=model.input_shape[1:])
+    outputs = keras.layers.Softmax(name="softmax")(model(inputs))
+    return keras.Model(inputs, outputs, name=f"{model.name}_softmax")
+
+
+def seed_fgsm(model: keras.Model, images: np.ndarray, labels: np.ndarray, epsilon: float, *,
+              keras_logits_rescue: bool = True) -> np.ndarray:
+    """The seed article's ``fgsm_attack``, reproduced faithfully, flaws included; do not use it.
+
+    ``model`` outputs probabilities (see :func:`softmax_model`), ``labels`` are one-hot (n, 10), the loss is
+    ``CategoricalCrossentropy()`` on probabilities, the whole array goes through one eager tape (no
+    batching), and the result is never clipped to [0, 1]. Returns float32 numpy shaped like ``images``.
+
+    Keras 3 quietly rescues the probability loss: a Softmax layer's output carries its logits, and the
+    loss uses them. Anything that makes a fresh tensor (a served or exported model, a hand-written softmax)
+    drops them; ``keras_logits_rescue=False`` shows that case (the loss then sees clipped probabilities).
+    Introduced in notebooks/01_fgsm.ipynb.
+    """
+    loss_fn = keras.losses.CategoricalCrossentropy()
+    images = tf.convert_to_tensor(images, dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        predictions = model(images)
+        if not keras_logits_rescue:
+            predictions = tf.identity(predictions)  # a plain tensor: no hidden logits attached
+        loss = loss_fn(labels, predictions)
+    gradients = tape.gradient(loss, images)
+    return (images + epsilon * tf.sign(gradients)).numpy()
