@@ -1,0 +1,90 @@
+"""Tests for tutorial_lib.viz: figures have the expected axes, and the explorer works headless."""
+
+from __future__ import annotations
+
+import keras
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from tutorial_lib import evaluate, viz
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """An untrained tiny model (enough for shapes and widgets) and 6 random images in [0, 1]."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    x = np.random.default_rng(0).uniform(0, 1, size=(6, 28, 28, 1)).astype("float32")
+    y = np.arange(6) % 10
+    return model, x, y
+
+
+def _signs(eps):
+    """A stand-in attack: fixed-sign perturbation, clipped (no tutorial_lib.attacks needed)."""
+
+    def attack(model, x, y):
+        return np.clip(x + eps * np.where(np.arange(x[0].size).reshape(x.shape[1:]) % 2, 1.0, -1.0), 0, 1).astype("float32")
+
+    attack.name = "signs"
+    return attack
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_adversarial_grid_has_three_rows(tiny):
+    model, x, y = tiny
+    fig = viz.adversarial_grid(model, x, _signs(0.1)(model, x, y), y, n=4)
+    assert len(fig.axes) == 12
+    assert "pred" in fig.axes[0].get_title() and "true" in fig.axes[0].get_title()
+    fig = viz.adversarial_grid(model, x[:2], x[:2], n=8)  # fewer images than n
+    assert len(fig.axes) == 6
+    with pytest.raises(ValueError, match="same shape"):
+        viz.adversarial_grid(model, x, x[:3])
+
+
+def test_plot_sweep_one_and_many(tiny):
+    model, x, y = tiny
+    a = evaluate.SweepResult(eps=np.array([0.0, 0.1, 0.2]), accuracy=np.array([1.0, 0.5, 0.1]), label="A")
+    b = evaluate.SweepResult(eps=np.array([0.0, 0.2]), accuracy=np.array([1.0, 0.3]), label="B")
+    fig = viz.plot_sweep(a)
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 2  # curve + chance line
+    fig, axes = plt.subplots(1, 2)
+    assert viz.plot_sweep([a, b], ax=axes[1], chance=None) is fig
+    assert len(axes[1].lines) == 2 and [t.get_text() for t in axes[1].get_legend().get_texts()] == ["A", "B"]
+    with pytest.raises(TypeError, match="SweepResult"):
+        viz.plot_sweep([1, 2])
+
+
+def test_plot_probabilities_marks_true_class():
+    probs = np.full(10, 0.1)
+    fig = viz.plot_probabilities(probs, true_label=3)
+    bars = fig.axes[0].patches
+    assert len(bars) == 10 and bars[3].get_facecolor() != bars[0].get_facecolor()
+
+
+def test_explorer_builds_and_updates_headless(tiny):
+    model, x, y = tiny
+    explorer = viz.attack_explorer(model, x, y, {"signs": _signs, "none": lambda e: (lambda m, xb, yb: xb)},
+                                   eps=0.1, eps_max=0.5)
+    assert explorer.state["index"] == 0 and explorer.state["linf"] == pytest.approx(0.1, abs=1e-6)
+    explorer.image_slider.value = 3  # observers fire as in a browser
+    assert explorer.state["index"] == 3 and explorer.state["label"] == int(y[3])
+    explorer.eps_slider.value = 0.3
+    assert explorer.state["linf"] == pytest.approx(0.3, abs=1e-6)
+    explorer.attack_menu.value = "none"
+    assert explorer.state["linf"] == 0.0 and explorer.state["adv_pred"] == explorer.state["clean_pred"]
+    assert np.isclose(explorer.state["adv_prob"].sum(), 1.0)
+    fig = explorer.render()
+    assert len(fig.axes) == 4
+    assert explorer.widget.children  # a real ipywidgets box
+    with pytest.raises(ValueError, match="eps"):
+        viz.attack_explorer(model, x, y, {"signs": _signs}, eps=0.9, eps_max=0.5)

@@ -1,0 +1,200 @@
+"""Figures and widgets for the attack chapters: image grids with predictions, eps-sweep plots, an explorer.
+
+Plots what :mod:`tutorial_lib.evaluate` computes; every function returns a matplotlib ``Figure`` (small,
+for stored notebook outputs). Introduced in notebooks/01_fgsm.ipynb.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import keras
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from . import evaluate
+
+DIGITS = tuple(str(i) for i in range(10))
+
+
+def _probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    logits = evaluate.predict_logits(model, x)
+    return np.asarray(keras.ops.softmax(logits, axis=-1), dtype=np.float64)
+
+
+def _image(ax, img: np.ndarray, title: str, **kw) -> None:
+    ax.imshow(np.squeeze(img), cmap=kw.pop("cmap", "gray"), vmin=kw.pop("vmin", 0.0), vmax=kw.pop("vmax", 1.0), **kw)
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _check_images(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be a batch of images (n, height, width, channels), got shape {x.shape}")
+    return x
+
+
+def adversarial_grid(model: keras.Model, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray | None = None, *,
+                     n: int = 8, class_names: Sequence[str] = DIGITS, figsize: tuple[float, float] | None = None) -> Figure:
+    """Three rows for the first ``n`` examples: clean image, adversarial image, perturbation ``x_adv - x``.
+
+    ``x``, ``x_adv``: float32 images in [0, 1], shape (m, 28, 28, 1), m >= 1; ``y``: optional int labels.
+    Titles give the predicted class and its softmax confidence (and the true label on the clean row);
+    the perturbation uses a diverging map centred on 0. Returns a Figure with ``3 * min(n, m)`` axes.
+    Introduced in notebooks/01_fgsm.ipynb.
+    """
+    x, x_adv = _check_images(x, "x"), _check_images(x_adv, "x_adv")
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv must have the same shape, got {x.shape} and {x_adv.shape}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    k = min(n, len(x))
+    p_clean, p_adv = _probabilities(model, x[:k]), _probabilities(model, x_adv[:k])
+    delta = x_adv[:k] - x[:k]
+    bound = max(float(np.abs(delta).max()), 1e-6)
+    fig, axes = plt.subplots(3, k, figsize=figsize or (1.1 * k + 0.6, 3.9), squeeze=False)
+    for i in range(k):
+        pc, pa = int(p_clean[i].argmax()), int(p_adv[i].argmax())
+        truth = f"true {class_names[int(y[i])]}\n" if y is not None else ""
+        _image(axes[0, i], x[i], f"{truth}pred {class_names[pc]} ({p_clean[i, pc]:.0%})")
+        _image(axes[1, i], x_adv[i], f"pred {class_names[pa]} ({p_adv[i, pa]:.0%})")
+        _image(axes[2, i], delta[i], f"max |d| {np.abs(delta[i]).max():.2f}", cmap="seismic", vmin=-bound, vmax=bound)
+    for row, name in enumerate(("clean", "adversarial", "perturbation")):
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(results: Any, ax: matplotlib.axes.Axes | None = None, *, title: str | None = None,
+               chance: float | None = 0.1) -> Figure:
+    """Accuracy against eps for one :class:`~tutorial_lib.evaluate.SweepResult` or a list of them.
+
+    Draws on ``ax`` if given (and returns its figure), else on a new small figure with one axes. A dotted
+    line marks ``chance`` accuracy (0.1 for ten classes; None to omit). Introduced in notebooks/01_fgsm.ipynb.
+    """
+    sweeps = [results] if isinstance(results, evaluate.SweepResult) else list(results)
+    if not sweeps or not all(isinstance(s, evaluate.SweepResult) for s in sweeps):
+        raise TypeError("results must be a SweepResult or a non-empty list of them (from tl.evaluate.epsilon_sweep)")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    else:
+        fig = ax.figure
+    for s in sweeps:
+        ax.plot(s.eps, s.accuracy, marker="o", markersize=3, label=s.label)
+    if chance is not None:
+        ax.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
+    ax.set_xlabel(r"$\epsilon$ ($L_\infty$ unless labelled)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_probabilities(probs: np.ndarray, ax: matplotlib.axes.Axes | None = None, *, true_label: int | None = None,
+                       title: str | None = None, class_names: Sequence[str] = DIGITS) -> Figure:
+    """Bar chart of one example's class probabilities (shape (classes,), summing to 1); the true class in green."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(3.2, 2.2))
+    else:
+        fig = ax.figure
+    colors = ["tab:green" if i == true_label else "tab:blue" for i in range(len(probs))]
+    ax.bar(range(len(probs)), probs, color=colors)
+    ax.set_xticks(range(len(probs)), class_names[: len(probs)], fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("probability", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return fig
+
+
+class AttackExplorer:
+    """An ipywidgets explorer: choose an image, an attack and eps; see the adversarial image and class probabilities.
+
+    ``attacks`` maps a display name to a factory ``eps -> attack spec`` (e.g.
+    ``{"FGSM": lambda e: tl.attacks.FGSM(eps=e)}``). ``x``: float32 images in [0, 1] (n, 28, 28, 1),
+    ``y``: int labels. Display it in a notebook (``explorer`` as the last line of a cell); for a static
+    picture of the current state use :meth:`render`. :meth:`update` recomputes, and runs headless
+    (no browser needed), which is what tests and nbval exercise. Introduced in notebooks/01_fgsm.ipynb.
+    """
+
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray,
+                 attacks: Mapping[str, Callable[[float], Any]], *, eps: float = 0.1, eps_max: float = 0.5,
+                 eps_step: float = 0.01, index: int = 0) -> None:
+        import ipywidgets as widgets
+
+        self.x = _check_images(x, "x")
+        self.y = np.asarray(y)
+        if len(self.x) != len(self.y) or len(self.x) == 0:
+            raise ValueError(f"x and y must be non-empty and the same length, got {len(self.x)} and {len(self.y)}")
+        if not attacks or not all(callable(f) for f in attacks.values()):
+            raise TypeError("attacks must be a non-empty dict {name: eps -> attack spec}")
+        if not 0 <= eps <= eps_max:
+            raise ValueError(f"eps must be in [0, eps_max={eps_max}], got {eps}")
+        self.model, self.attacks = model, dict(attacks)
+        self.eps_slider = widgets.FloatSlider(value=eps, min=0.0, max=eps_max, step=eps_step, description="eps",
+                                              continuous_update=False, readout_format=".2f")
+        self.image_slider = widgets.IntSlider(value=index, min=0, max=len(self.x) - 1, description="image",
+                                              continuous_update=False)
+        self.attack_menu = widgets.Dropdown(options=list(self.attacks), description="attack")
+        self.output = widgets.Output()
+        for w in (self.eps_slider, self.image_slider, self.attack_menu):
+            w.observe(lambda change: self.update(), names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.attack_menu, self.eps_slider, self.image_slider]), self.output])
+        self.state: dict[str, Any] = {}
+        self.update()
+
+    def update(self) -> dict[str, Any]:
+        """Attack the chosen image with the chosen attack at the chosen eps; refresh the view; return the state.
+
+        The state holds ``index``, ``attack``, ``eps``, ``label``, ``clean_pred``, ``adv_pred``, ``adv_prob``
+        (class probabilities of the adversarial image) and ``linf`` (the perturbation's size).
+        """
+        from IPython.display import display
+
+        i, name, eps = int(self.image_slider.value), self.attack_menu.value, float(self.eps_slider.value)
+        x, y = self.x[i : i + 1], self.y[i : i + 1]
+        x_adv = x if eps == 0 else np.asarray(self.attacks[name](eps)(self.model, x, y), dtype=np.float32)
+        p_clean, p_adv = _probabilities(self.model, x)[0], _probabilities(self.model, x_adv)[0]
+        self._x_adv = x_adv
+        self.state = {"index": i, "attack": name, "eps": eps, "label": int(y[0]), "clean_pred": int(p_clean.argmax()),
+                      "adv_pred": int(p_adv.argmax()), "adv_prob": p_adv, "clean_prob": p_clean,
+                      "linf": float(np.abs(x_adv - x).max())}
+        fig = self.render()
+        self.output.clear_output(wait=True)
+        with self.output:
+            display(fig)
+        plt.close(fig)
+        return self.state
+
+    def render(self) -> Figure:
+        """A static figure of the current state: clean image, adversarial image, perturbation, probability bars."""
+        s, i = self.state, self.state["index"]
+        fig, axes = plt.subplots(1, 4, figsize=(8.0, 2.2), gridspec_kw={"width_ratios": [1, 1, 1, 1.8]})
+        delta = self._x_adv[0] - self.x[i]
+        bound = max(float(np.abs(delta).max()), 1e-6)
+        _image(axes[0], self.x[i], f"clean: pred {s['clean_pred']} ({s['clean_prob'].max():.0%})")
+        _image(axes[1], self._x_adv[0], f"{s['attack']} eps {s['eps']:.2f}: pred {s['adv_pred']} ({s['adv_prob'].max():.0%})")
+        _image(axes[2], delta, f"perturbation (max {s['linf']:.2f})", cmap="seismic", vmin=-bound, vmax=bound)
+        plot_probabilities(s["adv_prob"], axes[3], true_label=s["label"], title="adversarial probabilities")
+        fig.tight_layout()
+        return fig
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def attack_explorer(model: keras.Model, x: np.ndarray, y: np.ndarray, attacks: Mapping[str, Callable[[float], Any]],
+                    **options: Any) -> AttackExplorer:
+    """Build an :class:`AttackExplorer` (same arguments). Introduced in notebooks/01_fgsm.ipynb."""
+    return AttackExplorer(model, x, y, attacks, **options)
