@@ -88,3 +88,13 @@ def test_explorer_builds_and_updates_headless(tiny):
     assert explorer.widget.children  # a real ipywidgets box
     with pytest.raises(ValueError, match="eps"):
         viz.attack_explorer(model, x, y, {"signs": _signs}, eps=0.9, eps_max=0.5)
+
+
+def test_digit_grid_one_column_per_class():
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 28, 28, 1), dtype=np.float32)
+    y = np.arange(40) % 10
+    fig = viz.digit_grid(x, y, per_class=3)
+    assert len(fig.axes) == 30 and fig.axes[0].get_title() == "0"
+    with pytest.raises(ValueError, match="per_class"):
+        viz.digit_grid(x, y, per_class=0)

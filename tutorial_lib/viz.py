@@ -198,3 +198,27 @@ def attack_explorer(model: keras.Model, x: np.ndarray, y: np.ndarray, attacks: M
                     **options: Any) -> AttackExplorer:
     """Build an :class:`AttackExplorer` (same arguments). Introduced in notebooks/01_fgsm.ipynb."""
     return AttackExplorer(model, x, y, attacks, **options)
+
+
+def digit_grid(x: np.ndarray, y: np.ndarray, *, per_class: int = 4, class_names: Sequence[str] = DIGITS) -> Figure:
+    """The first ``per_class`` images of each class, one column per class, titled with the label.
+
+    ``x``: images (n, 28, 28, 1) in [0, 1]; ``y``: int labels. Returns a Figure with
+    ``per_class * len(class_names)`` axes. Introduced in notebooks/00_setup_and_data.ipynb.
+    """
+    x, y = _check_images(x, "x"), np.asarray(y)
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    classes = range(len(class_names))
+    fig, axes = plt.subplots(per_class, len(class_names), figsize=(0.75 * len(class_names), 0.8 * per_class),
+                             squeeze=False, dpi=80)
+    for c in classes:
+        idx = np.flatnonzero(y == c)[:per_class]
+        for r in range(per_class):
+            ax = axes[r, c]
+            if r < len(idx):
+                _image(ax, x[idx[r]], class_names[c] if r == 0 else "")
+            else:
+                ax.axis("off")
+    fig.tight_layout(pad=0.2)
+    return fig
