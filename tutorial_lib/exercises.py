@@ -129,3 +129,34 @@ def check_pgd_cost(answer: Any, steps: int = 7) -> bool:
 # ---------------------------------------------------------------------------------------------
 # 04 meta-learning
 # ---------------------------------------------------------------------------------------------
+def check_meta_train_classes(answer: Any, *, digits: int = 5, rotations: int = 4, flips: bool = True) -> bool:
+    """Exercise 04.1: meta-training classes from ``digits`` digits under ``rotations`` rotations (and flips)."""
+    expected = digits * rotations * (2 if flips else 1)
+    return report(
+        answer is not None and close(answer, expected),
+        f"{digits} digits x {rotations} rotations" + (" x 2 (mirrored or not)" if flips else "") + f" = {expected} classes.",
+        "every (digit, rotation, flip) combination is its own class: multiply the counts.",
+    )
+
+
+def check_ci95(answer: Any, accuracies: Any) -> bool:
+    """Exercise 04.2: the 95% confidence half-width 1.96 * std(ddof=1) / sqrt(n) of per-task accuracies."""
+    acc = np.asarray(accuracies, dtype=np.float64)
+    expected = 1.96 * acc.std(ddof=1) / np.sqrt(len(acc))
+    return report(
+        answer is not None and close(answer, expected, rtol=1e-4, atol=1e-6),
+        f"the half-width is {expected:.4f}, i.e. +- {100 * expected:.1f} points over {len(acc)} tasks.",
+        "use np.std(acc, ddof=1) / np.sqrt(len(acc)) for the standard error, then multiply by 1.96.",
+    )
+
+
+def check_maml_quadratic(answer: Any, *, theta: float, a: float, b: float, alpha: float) -> bool:
+    """Exercise 04.3: d/dtheta of 0.5 * (theta' - b)^2 with theta' = theta - alpha * (theta - a)."""
+    adapted = theta - alpha * (theta - a)
+    expected = (adapted - b) * (1 - alpha)
+    return report(
+        answer is not None and close(answer, expected),
+        f"theta' = {adapted:g} and d theta'/d theta = 1 - alpha, so the meta-gradient is "
+        f"({adapted:g} - {b:g}) * {1 - alpha:g} = {expected:g}. First-order MAML would drop the factor {1 - alpha:g}.",
+        "apply the chain rule: dL_Q/dtheta = L_Q'(theta') * d theta'/d theta, and differentiate the inner step.",
+    )

@@ -128,10 +128,11 @@ def reptile_task_delta(model: keras.Model, params: Sequence[tf.Tensor], x, y, *,
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Evaluation:
-    """Accuracy over many tasks: ``mean`` and ``ci95`` (1.96 * std / sqrt(n)), fractions in [0, 1].
+    """Query accuracy over many tasks after adaptation, fractions in [0, 1].
 
-    ``accuracies``: float (tasks,) per-task query accuracy; ``curve``: (steps + 1,) mean accuracy after
-    0..steps adaptation steps, ``curve_ci95`` its half-widths.
+    ``mean`` and ``ci95`` (1.96 * std / sqrt(n)) are for the final ``steps``; ``accuracies`` (tasks,) the
+    per-task values. ``curve_steps`` (m,) lists the step counts at which accuracy was also recorded, with
+    ``per_task`` (tasks, m) the per-task accuracies there and ``curve`` / ``curve_ci95`` (m,) their mean and CI.
     """
 
     mean: float
@@ -139,8 +140,16 @@ class Evaluation:
     accuracies: np.ndarray
     steps: int
     lr: float
-    curve: np.ndarray
-    curve_ci95: np.ndarray
+    curve_steps: np.ndarray
+    per_task: np.ndarray
+
+    @property
+    def curve(self) -> np.ndarray:
+        return self.per_task.mean(axis=0)
+
+    @property
+    def curve_ci95(self) -> np.ndarray:
+        return mean_ci95(self.per_task)[1]
 
     @property
     def low(self) -> float:
@@ -149,6 +158,17 @@ class Evaluation:
     @property
     def high(self) -> float:
         return self.mean + self.ci95
+
+    def at(self, steps: int) -> "Evaluation":
+        """The same evaluation read off after ``steps`` adaptation steps (must be one of ``curve_steps``)."""
+        hits = np.flatnonzero(self.curve_steps == steps)
+        if not len(hits):
+            raise ValueError(f"accuracy was recorded after {list(self.curve_steps)} steps, not {steps}; "
+                             "evaluate again with that step count in record=")
+        j = int(hits[0])
+        acc = self.per_task[:, j]
+        mean, ci = mean_ci95(acc)
+        return Evaluation(float(mean), float(ci), acc, int(steps), self.lr, self.curve_steps[: j + 1], self.per_task[:, : j + 1])
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.1f} +- {100 * self.ci95:.1f}% ({len(self.accuracies)} tasks, {self.steps} steps)"
@@ -170,57 +190,74 @@ def mean_ci95(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray
 # --------------------------------------------------------------------------------------------------
 # Evaluation by adaptation: shared by the meta-learners and the baselines
 # --------------------------------------------------------------------------------------------------
-def _adapt_curve_fn(model: keras.Model, steps: int, lr: float, head_only: bool):
-    """A compiled fn(params, tasks...) -> (tasks, steps+1) query accuracies after 0..steps SGD steps."""
+def _adapt_curve_fn(model: keras.Model, record: tuple[int, ...], lr: float, head_only: bool):
+    """A compiled fn(params, tasks...) -> (tasks, len(record)) query accuracies after ``record`` SGD steps."""
     n_params = len(model.trainable_variables)
     first = n_params - 2 if head_only else 0  # the last Dense layer's kernel and bias
 
-    def one_task(params, sx, sy, qx, qy):
-        accs = tf.TensorArray(tf.float32, size=steps + 1)
-        accs = accs.write(0, loss_and_accuracy(model, params, qx, qy)[1])
-        for i in tf.range(steps):
+    def sgd(params, sx, sy, n):
+        for _ in tf.range(n):
             with tf.GradientTape() as tape:
                 tape.watch(params)
                 loss, _ = loss_and_accuracy(model, params, sx, sy)
             grads = tape.gradient(loss, params[first:])
             params = params[:first] + [p - lr * g for p, g in zip(params[first:], grads)]
-            accs = accs.write(i + 1, loss_and_accuracy(model, params, qx, qy)[1])
-        return accs.stack()
+        return params
+
+    def one_task(params, sx, sy, qx, qy):
+        accs, done = [], 0
+        for target in record:  # a while-loop per segment, accuracy on the queries at each recorded step
+            if target > done:
+                params = sgd(params, sx, sy, tf.constant(target - done))
+                done = target
+            accs.append(loss_and_accuracy(model, params, qx, qy)[1])
+        return tf.stack(accs)
 
     @tf.function(reduce_retracing=True)
     def curve(params, sx, sy, qx, qy):
         def body(task):
             return one_task([tf.identity(p) for p in params], *task)
 
-        return tf.map_fn(body, (sx, sy, qx, qy), fn_output_signature=tf.float32, parallel_iterations=8)
+        return tf.map_fn(body, (sx, sy, qx, qy), fn_output_signature=params[0].dtype, parallel_iterations=8)
 
     return curve
 
 
+def default_record(steps: int) -> tuple[int, ...]:
+    """Step counts at which accuracy is recorded: every step up to 10, then 20, 30, 50, 100... up to ``steps``."""
+    marks = [s for s in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500) if s < steps]
+    return tuple(marks) + (int(steps),)
+
+
 def evaluate_adaptation(model: keras.Model, tasks: Tasks, *, steps: int, lr: float, params: Sequence[tf.Tensor] | None = None,
-                        head_only: bool = False, chunk: int = 50) -> Evaluation:
+                        head_only: bool = False, record: Sequence[int] | None = None, chunk: int = 50) -> Evaluation:
     """Adapt ``model`` (or ``params``) to every task with ``steps`` SGD steps at ``lr`` on its support set.
 
-    Returns an :class:`Evaluation` of query accuracy (mean, 95% CI, per-task values, and the curve over
-    0..steps). ``head_only`` adapts only the last layer (kernel and bias) and keeps the rest fixed.
-    This is how MAML-style initialisations, training from scratch (a freshly initialised model) and
-    pre-train + fine-tune are all measured, on the same tasks.
+    Returns an :class:`Evaluation` of query accuracy: mean and 95% CI after ``steps`` steps, per-task values,
+    and the accuracy after each step count in ``record`` (default :func:`default_record`). ``head_only``
+    adapts only the last layer (kernel and bias). MAML-style initialisations, training from scratch (a
+    freshly initialised model) and pre-train + fine-tune are all measured this way, on the same tasks.
     """
     check_meta_model(model)
     if not isinstance(tasks, Tasks):
         raise TypeError(f"tasks must be a tutorial_lib.tasks.Tasks (from FewShotSampler.sample), got {type(tasks).__name__}")
     if steps < 0 or lr < 0:
         raise ValueError(f"steps and lr must be >= 0, got steps={steps}, lr={lr}")
+    record = tuple(sorted({int(r) for r in (record if record is not None else default_record(steps))} | {int(steps)}))
+    if record[0] < 0 or record[-1] > steps:
+        raise ValueError(f"record must hold step counts in 0..{steps}, got {record}")
     params = params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
-    fn = _adapt_curve_fn(model, int(steps), float(lr), bool(head_only))
+    fn = _adapt_curve_fn(model, record, float(lr), bool(head_only))
+    dtype = params[0].dtype
     curves = []
     for start in range(0, len(tasks), chunk):
         t = tasks[start:start + chunk]
-        curves.append(fn(params, t.support_x, t.support_y, t.query_x, t.query_y).numpy())
-    curves = np.concatenate(curves)
-    mean, ci = mean_ci95(curves)
-    return Evaluation(mean=float(mean[-1]), ci95=float(ci[-1]), accuracies=curves[:, -1], steps=int(steps), lr=float(lr),
-                      curve=mean, curve_ci95=ci)
+        curves.append(fn(params, tf.constant(t.support_x, dtype), tf.constant(t.support_y, tf.int32),
+                         tf.constant(t.query_x, dtype), tf.constant(t.query_y, tf.int32)).numpy())
+    per_task = np.concatenate(curves).astype(np.float64)
+    mean, ci = mean_ci95(per_task[:, -1])
+    return Evaluation(mean=float(mean), ci95=float(ci), accuracies=per_task[:, -1], steps=int(steps), lr=float(lr),
+                      curve_steps=np.array(record), per_task=per_task)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,7 +387,7 @@ class MetaLearner:
         """Meta-train for ``meta_steps`` updates, each on ``meta_batch`` tasks drawn from ``sampler``.
 
         ``verbose``: 0 silent; 1 a tqdm progress bar; 2 a compact log line every ``log_every`` steps
-        (default a tenth of the run; best in stored notebook outputs). Returns (and appends to)
+        (default a quarter of the run; best in stored notebook outputs). Returns (and appends to)
         ``self.history``: query loss and accuracy after adaptation per meta-step.
         """
         if not isinstance(sampler, FewShotSampler):
@@ -358,7 +395,7 @@ class MetaLearner:
         for name, value in (("meta_steps", meta_steps), ("meta_batch", meta_batch)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        log_every = log_every or max(1, meta_steps // 10)
+        log_every = log_every or max(1, meta_steps // 4)
         bar = None
         if verbose == 1:
             from tqdm import tqdm
@@ -402,51 +439,24 @@ class MAML(MetaLearner):
     """Model-Agnostic Meta-Learning (Finn et al. 2017) with the true second-order meta-gradient.
 
     Meta-objective: ``min_theta E_T [ L_query_T( theta - alpha * grad L_support_T(theta) ) ]`` (for one inner
-    step; ``inner_steps`` repeats the step). ``first_order=True`` is FOMAML (Hessian term dropped);
-    ``learn_inner_lr=True`` is Meta-SGD (one learned rate per weight, initialised at ``inner_lr``).
+    step; ``inner_steps`` repeats the step). ``first_order=True`` is FOMAML (Hessian term dropped).
     Meta-optimizer default: Adam(1e-3). Introduced in notebooks/04_meta_learning.ipynb.
     """
 
     method = "maml"
 
     def __init__(self, model: keras.Model, *, inner_lr: float = 0.4, inner_steps: int = 1, test_steps: int | None = None,
-                 test_lr: float | None = None, first_order: bool = False, learn_inner_lr: bool = False,
+                 test_lr: float | None = None, first_order: bool = False,
                  meta_optimizer: keras.optimizers.Optimizer | None = None) -> None:
         self.first_order = bool(first_order)
-        self.learn_inner_lr = bool(learn_inner_lr)
-        self.inner_lrs = ([keras.Variable(np.full(v.shape, inner_lr, np.float32), name=f"lr_{i}")
-                           for i, v in enumerate(model.trainable_variables)] if learn_inner_lr else [])
         if self.first_order:
             self.method = "fomaml"
         super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, test_steps=test_steps, test_lr=test_lr,
                          meta_optimizer=meta_optimizer)
-        if learn_inner_lr and test_lr is not None:
-            raise ValueError("with learn_inner_lr=True the test-time rates are the learned ones; drop test_lr")
-
-    @property
-    def meta_variables(self) -> list:
-        return list(self.model.trainable_variables) + list(self.inner_lrs)
-
-    def _lr_params(self):
-        return self.inner_lrs or None
 
     def _task_update(self, params, lrs, sx, sy, qx, qy):
         return maml_task_gradient(self.model, params, sx, sy, qx, qy, steps=self.inner_steps, lr=self.inner_lr,
-                                  first_order=self.first_order, lr_params=lrs)
-
-    def adapt(self, support_x, support_y, steps: int | None = None, *, lr: float | None = None) -> list[tf.Tensor]:
-        if self.learn_inner_lr and lr is None:
-            sx = tf.convert_to_tensor(support_x, tf.float32)
-            sy = tf.convert_to_tensor(support_y, tf.int32)
-            return inner_loop(self.model, params_of(self.model), sx, sy, steps=self.test_steps if steps is None else steps,
-                              lr=[tf.convert_to_tensor(v) for v in self.inner_lrs], first_order=True)
-        return super().adapt(support_x, support_y, steps, lr=lr)
-
-    def meta_evaluate(self, sampler: FewShotSampler, tasks: int = 200, *, steps: int | None = None,
-                      lr: float | None = None, seed: int = 0) -> Evaluation:
-        if self.learn_inner_lr and lr is None:
-            raise NotImplementedError("meta_evaluate with learned per-weight rates is not supported; pass lr=")
-        return super().meta_evaluate(sampler, tasks, steps=steps, lr=lr, seed=seed)
+                                  first_order=self.first_order)
 
 
 class Reptile(MetaLearner):
@@ -510,6 +520,49 @@ def seed_meta_train_step(model: keras.Model, task_x, task_y, *, optimizer: keras
     return meta_loss, meta_grads
 
 
+def seed_vs_maml(model: keras.Model, tasks: Tasks, *, inner_lr: float) -> dict[str, np.ndarray]:
+    """Flattened "meta-gradients" on one meta-batch, for comparison (the model is not changed).
+
+    ``seed``: the seed's :func:`seed_meta_train_step` (inner SGD at ``inner_lr`` on each task's support set,
+    run on a copy of the model); ``sequential_sgd``: the mean of plain support-set gradients taken one task
+    after another from the weights the previous task left (what the seed's step really computes);
+    ``maml``: the true second-order MAML gradient (one inner step on the support set, loss on the query set);
+    ``fomaml``: the same without the second-order term. All averaged over the tasks.
+    """
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    sx = tf.constant(tasks.support_x)
+    sy = tf.constant(tasks.support_y)
+    _, seed_grads = seed_meta_train_step(clone, sx, sy, optimizer=keras.optimizers.SGD(inner_lr),
+                                         meta_optimizer=keras.optimizers.SGD(0.0))
+    params, seq = params_of(model), []
+    for i in range(len(tasks)):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss, _ = loss_and_accuracy(model, params, sx[i], sy[i])
+        grads = tape.gradient(loss, params)
+        seq.append(grads)
+        params = [p - inner_lr * g for p, g in zip(params, grads)]
+    out = {"seed": seed_grads, "sequential_sgd": [tf.add_n(list(g)) / len(tasks) for g in zip(*seq)]}
+    for name, first_order in (("maml", False), ("fomaml", True)):
+        per_task = [maml_task_gradient(model, params_of(model), sx[i], sy[i], tf.constant(tasks.query_x[i]),
+                                       tf.constant(tasks.query_y[i]), steps=1, lr=inner_lr, first_order=first_order)[0]
+                    for i in range(len(tasks))]
+        out[name] = [tf.add_n(list(g)) / len(tasks) for g in zip(*per_task)]
+    return {k: np.concatenate([np.ravel(g) for g in v]) for k, v in out.items()}
+
+
+def gradient_table(grads: dict[str, np.ndarray], reference: str = "maml") -> str:
+    """Markdown table: norm of each gradient, cosine similarity and relative difference to ``reference``."""
+    ref = grads[reference]
+    lines = [f"| gradient | norm | cosine with {reference} | relative difference to {reference} |", "|---|---|---|---|"]
+    for name, g in grads.items():
+        cos = float(g @ ref / (np.linalg.norm(g) * np.linalg.norm(ref)))
+        rel = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
+        lines.append(f"| {name} | {np.linalg.norm(g):.4f} | {cos:.3f} | {rel:.3f} |")
+    return "\n".join(lines)
+
+
 def make_learner(method: str, model: keras.Model, **options) -> MetaLearner:
     """``"maml"`` -> MAML, ``"fomaml"`` -> MAML(first_order=True), ``"reptile"`` -> Reptile, with ``options``."""
     if method == "maml":
@@ -519,3 +572,180 @@ def make_learner(method: str, model: keras.Model, **options) -> MetaLearner:
     if method == "reptile":
         return Reptile(model, **options)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures and tables for the notebook
+# --------------------------------------------------------------------------------------------------
+def plot_histories(histories: dict[str, MetaHistory], *, window: int = 50):
+    """Query accuracy after adaptation during meta-training (moving average over ``window`` steps), one line
+    per entry of ``histories`` (e.g. ``{"maml 1-shot": learner.history}``). Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for name, hist in histories.items():
+        acc = np.asarray(hist.accuracy if isinstance(hist, MetaHistory) else hist["accuracy"], dtype=float)
+        w = max(1, min(window, len(acc) // 5))
+        ax.plot(np.arange(w, len(acc) + 1), np.convolve(acc, np.ones(w) / w, mode="valid"), label=name)
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel("query accuracy (meta-train tasks)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_step_curves(curves: dict[str, Evaluation], *, title: str = ""):
+    """Mean query accuracy (with 95% CI band) against the number of adaptation steps, one line per entry."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for name, ev in curves.items():
+        steps = ev.curve_steps
+        ax.plot(steps, 100 * ev.curve, marker=".", label=name)
+        ax.fill_between(steps, 100 * (ev.curve - ev.curve_ci95), 100 * (ev.curve + ev.curve_ci95), alpha=0.2)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("adaptation steps on the support set")
+    ax.set_ylabel("query accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def results_markdown(results: dict[str, dict[str, Evaluation]]) -> str:
+    """A Markdown table: one row per method, one column per shot setting, ``mean +- ci95`` in percent."""
+    shots = sorted({s for r in results.values() for s in r}, key=lambda s: int(s.rstrip("shot")))
+    lines = ["| method | " + " | ".join(f"5-way {s[:-4]}-shot" for s in shots) + " |",
+             "|---|" + "---|" * len(shots)]
+    for method, row in results.items():
+        cells = [f"{100 * row[s].mean:.1f} ± {100 * row[s].ci95:.1f}% ({row[s].steps} steps, lr {row[s].lr:g})"
+                 if s in row else "" for s in shots]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# The notebook's experiments: settings from the profile, cached meta-training, the two baselines
+# --------------------------------------------------------------------------------------------------
+def samplers(data, settings, k_shot: int, *, seed: int = 0) -> tuple[FewShotSampler, FewShotSampler]:
+    """(meta-train, meta-test) samplers of the series' split for ``k_shot`` (digits 0-4 with the profile's
+    rotations/flips vs digits 5-9 upright; train and test images pooled per digit). ``settings`` is
+    ``profile.meta``."""
+    from .tasks import digit_splits
+
+    return digit_splits(data, n_way=settings.n_way, k_shot=k_shot, q_queries=settings.q_queries,
+                        rotations=settings.rotations, flips=settings.flips, seed=seed)
+
+
+def method_options(method: str, settings) -> dict[str, Any]:
+    """Keyword arguments of :func:`make_learner` for ``method`` from ``settings`` (``profile.meta``)."""
+    s = settings
+    if method == "maml":
+        return dict(inner_lr=s.inner_lr, inner_steps=s.train_steps, test_steps=s.test_steps,
+                    meta_optimizer=keras.optimizers.Adam(s.meta_lr))
+    if method == "fomaml":
+        return dict(inner_lr=s.fomaml_inner_lr, inner_steps=s.fomaml_train_steps, test_steps=s.test_steps,
+                    meta_optimizer=keras.optimizers.Adam(s.meta_lr))
+    if method == "reptile":
+        return dict(inner_lr=s.reptile_inner_lr, inner_steps=s.reptile_train_steps, test_steps=s.test_steps,
+                    meta_optimizer=keras.optimizers.SGD(s.reptile_eps))
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def meta_config(method: str, k_shot: int, settings, data, *, seed: int = 0) -> dict[str, Any]:
+    """Everything that determines a meta-trained initialisation (the cache key of :func:`meta_train`)."""
+    opts = {k: v for k, v in method_options(method, settings).items() if k not in ("meta_optimizer", "test_steps")}
+    optimizer = method_options(method, settings)["meta_optimizer"]
+    return {"method": method, "k_shot": k_shot, "n_way": settings.n_way, "q_queries": settings.q_queries,
+            "meta_batch": settings.meta_batch, "meta_steps": settings.meta_steps, **opts,
+            "meta_optimizer": {"class": type(optimizer).__name__, "learning_rate": float(optimizer.learning_rate)},
+            "rotations": list(settings.rotations), "flips": settings.flips, "filters": settings.filters,
+            "blocks": settings.blocks, "data": f"{data.source}:{len(data.x_train)}+{len(data.x_test)}", "seed": seed}
+
+
+def meta_train(method: str, k_shot: int, data, settings, *, seed: int = 0, verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
+    """Meta-train ``method`` for ``k_shot``-shot tasks with the profile's ``settings``, cached by config.
+
+    Returns ``(model, info)``: the meta-learned initialisation (a :func:`tutorial_lib.models.few_shot_cnn`)
+    and ``info`` with the training ``history`` and ``train_seconds`` (``info["cached"]`` when loaded).
+    A copy is saved as ``build/models/04_<method>_<k>shot.keras`` (safe-mode loadable).
+    """
+    from . import runtime
+
+    def train():
+        runtime.set_seed(seed)
+        train_sampler, _ = samplers(data, settings, k_shot, seed=seed)
+        model = _models.few_shot_cnn(settings.n_way, filters=settings.filters, blocks=settings.blocks)
+        learner = make_learner(method, model, **method_options(method, settings))
+        history = learner.meta_fit(train_sampler, settings.meta_steps, settings.meta_batch, verbose=verbose)
+        return model, {"history": {"loss": history.loss, "accuracy": history.accuracy}}
+
+    name = f"04_{method}_{k_shot}shot"
+    model, info = _models.load_or_train(name, meta_config(method, k_shot, settings, data, seed=seed), train,
+                                        verbose=verbose > 0)
+    _models.save_model(model, runtime.build_subdir("models") / f"{name}.keras")
+    return model, info
+
+
+def pretrained_classifier(data, settings, *, seed: int = 0, verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
+    """Baseline: the few-shot CNN trained as an ordinary classifier on all meta-train classes (cached).
+
+    Same classes and images as meta-training (digits 0-4 under the profile's rotations/flips), Adam 1e-3,
+    ``settings.pretrain_epochs`` epochs with ``model.fit``. Returns ``(model, info)``.
+    """
+    from . import runtime
+
+    def train():
+        runtime.set_seed(seed)
+        sampler, _ = samplers(data, settings, 1, seed=seed)
+        x, y = sampler.labelled_images()
+        model = _models.few_shot_cnn(sampler.num_classes, filters=settings.filters, blocks=settings.blocks)
+        hist = _models.train_classifier(model, x, y, epochs=settings.pretrain_epochs, verbose=verbose)
+        return model, {"history": hist.history}
+
+    config = {"rotations": list(settings.rotations), "flips": settings.flips, "filters": settings.filters,
+              "blocks": settings.blocks, "epochs": settings.pretrain_epochs,
+              "data": f"{data.source}:{len(data.x_train)}+{len(data.x_test)}", "seed": seed}
+    return _models.load_or_train("04_pretrain", config, train, verbose=verbose > 0)
+
+
+def finetune_init(pretrained: keras.Model, n_way: int) -> keras.Model:
+    """An ``n_way`` few-shot CNN with ``pretrained``'s convolutional layers and a zero-initialised head.
+
+    A zero head gives every class the same logit before fine-tuning, so no class is favoured by the
+    pre-training labels (which mean nothing for the new digits).
+    """
+    conv = [layer for layer in pretrained.layers if isinstance(layer, keras.layers.Conv2D)]
+    model = _models.few_shot_cnn(n_way, filters=conv[0].filters, blocks=len(conv))
+    weights = pretrained.get_weights()[:-2]
+    head = model.get_weights()[-2:]
+    model.set_weights(weights + [np.zeros_like(w) for w in head])
+    return model
+
+
+def scratch_init(settings, *, seed: int = 0) -> keras.Model:
+    """Baseline: a freshly initialised few-shot CNN (Glorot-uniform weights, zero biases), seeded."""
+    keras.utils.set_random_seed(seed)
+    return _models.few_shot_cnn(settings.n_way, filters=settings.filters, blocks=settings.blocks)
+
+
+def plot_results(results: dict[str, dict[str, Evaluation]]):
+    """Grouped bars (one group per shot setting) of mean query accuracy with 95% CI error bars."""
+    import matplotlib.pyplot as plt
+
+    shots = sorted({s for r in results.values() for s in r}, key=lambda s: int(s.rstrip("shot")))
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    width = 0.8 / len(results)
+    for i, (method, row) in enumerate(results.items()):
+        xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(shots))]
+        ax.bar(xs, [100 * row[s].mean for s in shots], width, yerr=[100 * row[s].ci95 for s in shots],
+               capsize=2, label=method)
+    ax.set_xticks(range(len(shots)), [f"5-way {s[:-4]}-shot" for s in shots])
+    ax.set_ylabel("query accuracy on digits 5-9 (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    fig.tight_layout()
+    return fig

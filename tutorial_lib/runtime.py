@@ -76,13 +76,36 @@ class AdvTrainingSettings:
 
 @dataclass(frozen=True)
 class MetaSettings:
-    """Notebook 04: few-shot meta-learning."""
+    """Notebook 04: few-shot meta-learning (MAML, first-order MAML, Reptile and two baselines)."""
 
     meta_steps: int
     eval_tasks: int
     n_way: int = 5
     q_queries: int = 15
     meta_batch: int = 4
+    shots: tuple[int, ...] = (1, 5)
+    rotations: tuple[int, ...] = (0, 90, 180, 270)  # meta-train classes: digits 0-4 under these rotations
+    flips: bool = False  # also mirrored copies as classes (x2)
+    filters: int = 32  # few_shot_cnn width and depth
+    blocks: int = 3
+    # MAML and first-order MAML: inner SGD while meta-training, and at test time; Adam on the meta-gradient
+    inner_lr: float = 0.4
+    train_steps: int = 1
+    test_steps: int = 10
+    meta_lr: float = 3e-3
+    fomaml_inner_lr: float = 0.1
+    fomaml_train_steps: int = 5
+    # Reptile: inner SGD on each task's support + query images; SGD(eps) outer step
+    reptile_inner_lr: float = 0.1
+    reptile_train_steps: int = 5
+    reptile_eps: float = 0.5
+    # baselines: SGD on the support set from a random init / from a pre-trained backbone with a zero head
+    scratch_steps: int = 50
+    scratch_lr: float = 0.1
+    pretrain_epochs: int = 3
+    finetune_steps: int = 50
+    finetune_lr: float = 0.1
+    curve_steps: int = 30  # accuracy-vs-adaptation-steps figure goes up to this many steps
 
 
 @dataclass(frozen=True)

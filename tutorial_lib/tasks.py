@@ -163,6 +163,16 @@ class FewShotSampler:
         return (f"FewShotSampler({self.n_way}-way {self.k_shot}-shot, {self.q_queries} queries, "
                 f"{self.num_classes} classes {self.class_names}, seed={self.seed})")
 
+    def labelled_images(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every image of every class, transformed, as ``(x, y)`` with ``y`` int64 in 0..num_classes-1.
+
+        This is what a pre-training baseline sees: the same classes as meta-training, as one ordinary
+        classification problem.
+        """
+        x = np.concatenate([self.pool[i, :c] for i, c in enumerate(self.counts)])
+        y = np.repeat(np.arange(self.num_classes, dtype=np.int64), self.counts)
+        return x, y
+
     def sample(self, tasks: int, *, seed: int | None = None) -> Tasks:
         """Draw ``tasks`` tasks as a :class:`Tasks` of numpy arrays.
 
@@ -214,3 +224,32 @@ def digit_splits(data, *, n_way: int, k_shot: int, q_queries: int, meta_train: I
                            seed=seed, **common)
     test = FewShotSampler(x, y, classes=list(meta_test), seed=seed + 1, **common)
     return train, test
+
+
+def plot_task(tasks: Tasks, sampler: FewShotSampler, index: int = 0, *, queries_per_class: int = 3):
+    """Figure of one task: a row per label with its support images, then a few of its query images.
+
+    Titles give the renumbered label and the class behind it (e.g. ``label 2 = digit 4@90``).
+    Returns the matplotlib Figure. Introduced in notebooks/04_meta_learning.ipynb.
+    """
+    import matplotlib.pyplot as plt
+
+    t = tasks[index]
+    n, k = sampler.n_way, sampler.k_shot
+    qn = min(queries_per_class, sampler.q_queries)
+    fig, axes = plt.subplots(n, k + qn, figsize=(1.1 * (k + qn), 1.2 * n), squeeze=False)
+    for label in range(n):
+        support = t.support_x[0][t.support_y[0] == label][:k]
+        query = t.query_x[0][t.query_y[0] == label][:qn]
+        for j, img in enumerate(list(support) + list(query)):
+            ax = axes[label, j]
+            ax.imshow(img[..., 0], cmap="gray" if j < k else "Blues_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(f"{label} = {sampler.class_names[t.classes[0, label]]}", fontsize=8)
+            if label == 0:
+                ax.set_title("support" if j < k else "query", fontsize=8)
+    fig.suptitle(f"{n}-way {k}-shot task (labels renumbered 0..{n - 1}; queries in blue)", fontsize=9)
+    fig.tight_layout()
+    return fig
