@@ -9,9 +9,39 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 # Keep TensorFlow's C++ info and warning lines out of notebook outputs (errors still show).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow and list its devices with the process's stderr (fd 2) muted.
+
+    TensorFlow's C++ start-up lines (oneDNN notes, "could not find cuda drivers", cuInit on a machine
+    without a GPU) are written before its log level applies; Jupyter would store them in every notebook.
+    Python exceptions are unaffected: they propagate after stderr is restored.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable fd 2 (rare embedded interpreters): import normally
+        import tensorflow as tf  # noqa: F401
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_import_tensorflow_quietly()
 
 __version__ = "0.1.0"
 
@@ -22,7 +52,7 @@ _SUBMODULES = (
 
 
 def __getattr__(name: str):
-    # Submodules load on first use, so `import tutorial_lib` stays cheap and does not import TensorFlow.
+    # Submodules load on first use.
     if name in _SUBMODULES:
         module = importlib.import_module(f".{name}", __name__)
         globals()[name] = module
