@@ -234,3 +234,15 @@ def test_meta_step_traces_once_and_memory_does_not_grow(mnist_subset):
     grown = _rss_mib() - start
     assert learner._step_fn.experimental_get_tracing_count() == 1
     assert grown < 30, f"resident memory grew by {grown:.1f} MiB over 150 meta-steps"
+
+
+def test_zero_head_starts_each_task_from_a_zero_last_layer():
+    model, task = tiny_mlp(), tiny_task(5)
+    params = [v.numpy() for v in model.trainable_variables]
+    grads, loss, _ = M.maml_task_gradient(model, params, *task, steps=2, lr=0.5, zero_head=True)
+    assert all(float(tf.reduce_max(tf.abs(g))) == 0.0 for g in grads[-2:])  # the head's value is never used
+    assert float(tf.reduce_max(tf.abs(grads[0]))) > 0
+    zeroed = params[:-2] + [np.zeros_like(p) for p in params[-2:]]
+    np.testing.assert_allclose(float(loss), meta_loss(model, zeroed, task, 2, 0.5), rtol=1e-12)
+    learner = M.MAML(model, inner_lr=0.5, first_order=True, zero_head=True)
+    assert learner.method == "fomaml" and not np.any(model.trainable_variables[-2].numpy())

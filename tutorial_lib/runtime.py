@@ -88,13 +88,14 @@ class MetaSettings:
     flips: bool = False  # also mirrored copies as classes (x2)
     filters: int = 32  # few_shot_cnn width and depth
     blocks: int = 3
-    # MAML and first-order MAML: inner SGD while meta-training, and at test time; Adam on the meta-gradient
+    # MAML and first-order MAML (same settings): inner SGD while meta-training and at test time, each task
+    # starting from a zero last layer (zeroing trick; without it FOMAML collapsed to chance in our probes);
+    # Adam on the meta-gradient
     inner_lr: float = 0.4
     train_steps: int = 1
     test_steps: int = 10
     meta_lr: float = 3e-3
-    fomaml_inner_lr: float = 0.1
-    fomaml_train_steps: int = 5
+    zero_head: bool = True
     # Reptile: inner SGD on each task's support + query images; SGD(eps) outer step
     reptile_inner_lr: float = 0.1
     reptile_train_steps: int = 5
@@ -105,7 +106,7 @@ class MetaSettings:
     pretrain_epochs: int = 3
     finetune_steps: int = 50
     finetune_lr: float = 0.1
-    curve_steps: int = 30  # accuracy-vs-adaptation-steps figure goes up to this many steps
+    curve_steps: int = 50  # accuracy-vs-adaptation-steps figure goes up to this many steps
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ PROFILES: dict[str, Profile] = {
         baseline=BaselineSettings(epochs=10),
         attacks=AttackSettings(eval_size=1000, iterative_size=300, sweep_size=100),
         adv_training=AdvTrainingSettings(epochs=15, ramp_epochs=3, decay_epochs=3),
-        meta=MetaSettings(meta_steps=1500, eval_tasks=200),
+        meta=MetaSettings(meta_steps=500, eval_tasks=200),
         meta_adv=MetaAdvSettings(meta_steps=1000, eval_tasks=200),
     ),
     "standard": Profile(
