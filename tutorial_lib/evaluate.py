@@ -71,6 +71,14 @@ def predict_logits(model: keras.Model, x: np.ndarray, *, batch_size: int = 500) 
     return np.concatenate(outs, axis=0)
 
 
+def probabilities(model: keras.Model, x: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
+    """Softmax of the model's logits: float32 of shape (n, num_classes), rows summing to 1.
+
+    For display and confidence numbers only; attacks and losses use the logits. Introduced in notebooks/01_fgsm.ipynb.
+    """
+    return np.asarray(keras.ops.softmax(predict_logits(model, x, batch_size=batch_size), axis=-1), dtype=np.float32)
+
+
 def correct(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
     """Per-example correctness: bool array of shape (n,), True where argmax of the logits equals ``y``."""
     x, y = _check_xy(x, y)
@@ -119,6 +127,30 @@ def robust_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, attack: At
     x_adv = adversarial_examples(model, x, y, attack, batch_size=batch_size)
     both = correct(model, x, y, batch_size=batch_size) & correct(model, x_adv, y, batch_size=batch_size)
     return float(np.mean(both))
+
+
+def accuracy_under(model: keras.Model, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, *,
+                   batch_size: int = 500) -> float:
+    """Robust accuracy for adversarial examples computed elsewhere: the fraction right on both ``x`` and ``x_adv``.
+
+    ``x_adv`` must have the shape of ``x``. Introduced in notebooks/01_fgsm.ipynb.
+    """
+    x, y = _check_xy(x, y)
+    x_adv = np.asarray(x_adv, dtype=np.float32)
+    if x_adv.shape != x.shape:
+        raise ValueError(f"x_adv has shape {x_adv.shape} but x has shape {x.shape}; pass matching arrays")
+    both = correct(model, x, y, batch_size=batch_size) & correct(model, x_adv, y, batch_size=batch_size)
+    return float(np.mean(both))
+
+
+def activation_bytes(model: keras.Model, n: int) -> int:
+    """Bytes of float32 layer outputs in one forward pass over ``n`` images: what a GradientTape keeps alive.
+
+    Counts every layer's output (``model.layers``); a lower bound on the memory of an unbatched attack.
+    Introduced in notebooks/01_fgsm.ipynb.
+    """
+    per_image = sum(int(np.prod(layer.output.shape[1:])) for layer in model.layers)
+    return int(n) * per_image * 4
 
 
 # --------------------------------------------------------------------------------------------------

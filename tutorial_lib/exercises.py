@@ -51,11 +51,65 @@ def check_pixel_range(lo: float, hi: float) -> bool:
 # ---------------------------------------------------------------------------------------------
 # 01 FGSM (attacks chapter adds its checks here)
 # ---------------------------------------------------------------------------------------------
+def check_linear_change(answer: Any, w: Any, eps: float) -> bool:
+    """Exercise 01.1: the largest change of ``w @ x`` over perturbations with max-norm ``eps`` (eps * ||w||_1)."""
+    expected = float(eps * np.abs(np.asarray(w, dtype=np.float64)).sum())
+    return report(
+        answer is not None and close(answer, expected, rtol=1e-4),
+        f"eps * ||w||_1 = {expected:.4g}, reached by eta = eps * sign(w); it grows with the number of inputs.",
+        "each input may move by at most eps; move every one in the direction of its weight's sign and add up.",
+    )
+
+
+def check_fgsm_step(answer: Any, x: Any, grad: Any, eps: float) -> bool:
+    """Exercise 01.2: one FGSM step by hand, clip(x + eps * sign(grad), 0, 1), as an array shaped like ``x``."""
+    expected = np.clip(np.asarray(x, dtype=np.float64) + eps * np.sign(np.asarray(grad, dtype=np.float64)), 0.0, 1.0)
+    if answer is not None and close(np.asarray(answer, dtype=np.float64), np.asarray(x) + eps * np.sign(grad)) \
+            and not close(answer, expected):
+        return report(False, "", "right direction, but some pixels left [0, 1]: clip the result with np.clip(..., 0, 1).")
+    return report(
+        answer is not None and close(answer, expected, atol=1e-6),
+        "a step of eps along the gradient's sign, clipped to the valid pixel range.",
+        "use np.sign(grad) (not the gradient itself), scale by eps, add to x, and clip to [0, 1].",
+    )
+
+
+def check_first_eps_below(answer: Any, sweep: Any, level: float = 0.5) -> bool:
+    """Exercise 01.3: the smallest swept eps at which accuracy is below ``level`` (a SweepResult from the notebook)."""
+    below = np.flatnonzero(np.asarray(sweep.accuracy) < level)
+    expected = float(sweep.eps[below[0]]) if len(below) else None
+    if expected is None:
+        return report(False, "", f"accuracy never drops below {level:.0%} in this sweep: widen the eps range.")
+    return report(
+        answer is not None and close(answer, expected),
+        f"accuracy first drops below {level:.0%} at eps = {expected:g}.",
+        "look for the first index where sweep.accuracy < level, e.g. with np.flatnonzero, and read sweep.eps there.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # 02 iterative attacks
 # ---------------------------------------------------------------------------------------------
+def check_linf_projection(answer: Any, x: Any, z: Any, eps: float) -> bool:
+    """Exercise 02.1: project ``z`` onto {|z - x|_inf <= eps} intersected with [0, 1] (PGD's projection)."""
+    x, z = np.asarray(x, dtype=np.float64), np.asarray(z, dtype=np.float64)
+    expected = np.clip(np.clip(z, x - eps, x + eps), 0.0, 1.0)
+    return report(
+        answer is not None and close(answer, expected, atol=1e-6),
+        "clip to the eps-box around x, then to the pixel range (both are boxes, so the order does not matter).",
+        "use np.clip(z, x - eps, x + eps) and then np.clip(..., 0, 1).",
+    )
+
+
+def check_masking_diagnosis(answer: Any, report_: Any) -> bool:
+    """Exercise 02.2: the names of the sanity checks a report failed (any iterable of names)."""
+    expected = set(report_.failed())
+    got = None if answer is None else {str(a) for a in answer}
+    return report(
+        got == expected,
+        f"the failed checks are {sorted(expected)}.",
+        "print the report (or use report.failed()) and list the checks marked FAIL.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,15 +17,16 @@ from matplotlib.figure import Figure
 from . import evaluate
 
 DIGITS = tuple(str(i) for i in range(10))
+#: Resolution of every figure here: small PNGs in stored notebook outputs.
+DPI = 72
 
 
 def _probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    logits = evaluate.predict_logits(model, x)
-    return np.asarray(keras.ops.softmax(logits, axis=-1), dtype=np.float64)
+    return evaluate.probabilities(model, x).astype(np.float64)
 
 
 def _image(ax, img: np.ndarray, title: str, **kw) -> None:
-    ax.imshow(np.squeeze(img), cmap=kw.pop("cmap", "gray"), vmin=kw.pop("vmin", 0.0), vmax=kw.pop("vmax", 1.0), **kw)
+    ax.imshow(np.squeeze(img), interpolation="nearest", cmap=kw.pop("cmap", "gray"), vmin=kw.pop("vmin", 0.0), vmax=kw.pop("vmax", 1.0), **kw)
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -56,7 +57,7 @@ def adversarial_grid(model: keras.Model, x: np.ndarray, x_adv: np.ndarray, y: np
     p_clean, p_adv = _probabilities(model, x[:k]), _probabilities(model, x_adv[:k])
     delta = x_adv[:k] - x[:k]
     bound = max(float(np.abs(delta).max()), 1e-6)
-    fig, axes = plt.subplots(3, k, figsize=figsize or (1.1 * k + 0.6, 3.9), squeeze=False)
+    fig, axes = plt.subplots(3, k, figsize=figsize or (1.1 * k + 0.6, 3.9), squeeze=False, dpi=DPI)
     for i in range(k):
         pc, pa = int(p_clean[i].argmax()), int(p_adv[i].argmax())
         truth = f"true {class_names[int(y[i])]}\n" if y is not None else ""
@@ -80,7 +81,7 @@ def plot_sweep(results: Any, ax: matplotlib.axes.Axes | None = None, *, title: s
     if not sweeps or not all(isinstance(s, evaluate.SweepResult) for s in sweeps):
         raise TypeError("results must be a SweepResult or a non-empty list of them (from tl.evaluate.epsilon_sweep)")
     if ax is None:
-        fig, ax = plt.subplots(figsize=(4.8, 3.2))
+        fig, ax = plt.subplots(figsize=(4.8, 3.2), dpi=DPI)
     else:
         fig = ax.figure
     for s in sweeps:
@@ -103,7 +104,7 @@ def plot_probabilities(probs: np.ndarray, ax: matplotlib.axes.Axes | None = None
     """Bar chart of one example's class probabilities (shape (classes,), summing to 1); the true class in green."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(3.2, 2.2))
+        fig, ax = plt.subplots(figsize=(3.2, 2.2), dpi=DPI)
     else:
         fig = ax.figure
     colors = ["tab:green" if i == true_label else "tab:blue" for i in range(len(probs))]
@@ -178,7 +179,7 @@ class AttackExplorer:
     def render(self) -> Figure:
         """A static figure of the current state: clean image, adversarial image, perturbation, probability bars."""
         s, i = self.state, self.state["index"]
-        fig, axes = plt.subplots(1, 4, figsize=(8.0, 2.2), gridspec_kw={"width_ratios": [1, 1, 1, 1.8]})
+        fig, axes = plt.subplots(1, 4, figsize=(8.0, 2.2), gridspec_kw={"width_ratios": [1, 1, 1, 1.8]}, dpi=DPI)
         delta = self._x_adv[0] - self.x[i]
         bound = max(float(np.abs(delta).max()), 1e-6)
         _image(axes[0], self.x[i], f"clean: pred {s['clean_pred']} ({s['clean_prob'].max():.0%})")
