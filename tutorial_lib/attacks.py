@@ -26,9 +26,12 @@ __all__ = [
     "trace_count", "clear_cache", "UNROLL_MAX_STEPS",
 ]
 
-#: Loops of at most this many steps are unrolled into the graph; longer ones use ``tf.while_loop``.
-#: Measured on a 2-core CPU (benchmarks/attacks.py): the unrolled PGD-40 graph is faster than the loop.
+#: Loops of at most this many steps are unrolled into the graph; longer ones run a ``tf.while_loop`` whose
+#: body holds :data:`UNROLL_CHUNK` unrolled steps. Measured on a 2-core CPU (benchmarks/attacks.py, CPU time):
+#: PGD-40 unrolled 1.00x the 40-pass floor, a one-step-per-iteration tf.while_loop 1.55x, a loop of 10-step
+#: chunks 1.05x.
 UNROLL_MAX_STEPS = 64
+UNROLL_CHUNK = 10
 #: How far outside [clip_min, clip_max] input pixels may lie (float rounding) before it is an error.
 RANGE_TOLERANCE = 1e-5
 _NORMS = {"inf": "inf", "linf": "inf", "l_inf": "inf", "2": 2, "l2": 2}
@@ -120,6 +123,14 @@ def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def _check_unroll(unroll: Any) -> bool | int | None:
+    if unroll is None or isinstance(unroll, (bool, np.bool_)):
+        return None if unroll is None else bool(unroll)
+    if not isinstance(unroll, (int, np.integer)) or unroll < 1:
+        raise ValueError(f"unroll must be None, True, False or a number of steps >= 1 per loop iteration, got {unroll!r}")
+    return int(unroll)
 
 
 def _check_decay(decay: Any) -> float:
@@ -253,7 +264,7 @@ def gradient_ascent(
     clip_min: float = 0.0,
     clip_max: float = 1.0,
     seed: Any = None,
-    unroll: bool | None = None,
+    unroll: bool | int | None = None,
 ) -> tf.Tensor:
     """Maximise ``loss_fn`` around ``x`` by projected gradient steps; pure TensorFlow, graph-compatible.
 
@@ -265,8 +276,10 @@ def gradient_ascent(
     ``tf.random.stateless_*`` when ``seed`` (shape (2,) int tensor) is given, else from TF's global generator.
 
     ``x``: float tensor (B, ...) inside [clip_min, clip_max]. ``eps``/``step_size``: Python floats or scalar
-    tensors (tensors do not cause retracing inside a tf.function). ``steps``: Python int; loops of at most
-    :data:`UNROLL_MAX_STEPS` steps are unrolled, longer ones use ``tf.while_loop`` (``unroll`` overrides).
+    tensors (tensors do not cause retracing inside a tf.function). ``steps``: Python int. ``unroll``: True unrolls
+    every step into the graph; False runs a ``tf.while_loop`` of single steps; an int k runs a
+    ``tf.while_loop`` whose body holds k unrolled steps; None (default) unrolls up to
+    :data:`UNROLL_MAX_STEPS` steps and uses chunks of :data:`UNROLL_CHUNK` beyond.
     Values are not validated here (the numpy-level functions do that). Returns x_adv with the dtype of x,
     gradient stopped. Used by TRADES in notebooks/03. Introduced in notebooks/02_iterative_attacks.ipynb.
     """
@@ -296,18 +309,35 @@ def gradient_ascent(
     if random_start:
         x_adv = _project(x + _random_delta(x, eps, norm, seed), x, eps, norm, clip_min, clip_max)
     g = tf.zeros_like(x)
-    if unroll is None:
-        unroll = steps <= UNROLL_MAX_STEPS
-    if unroll:
-        for _ in range(steps):
+    chunk = _chunk_size(unroll, steps)
+
+    def unrolled(n: int, x_adv: tf.Tensor, g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        for _ in range(n):
             x_adv, g = step(x_adv, g)
-    else:
+        return x_adv, g
+
+    loops, rest = divmod(steps, chunk)
+    if loops > 1:
         _, x_adv, g = tf.while_loop(
-            lambda i, *_: i < steps,
-            lambda i, xa, gg: (i + 1, *step(xa, gg)),
+            lambda i, *_: i < loops,
+            lambda i, xa, gg: (i + 1, *unrolled(chunk, xa, gg)),
             [tf.constant(0), x_adv, g],
         )
+    else:
+        rest += loops * chunk
+    x_adv, g = unrolled(rest, x_adv, g)
     return tf.stop_gradient(x_adv)
+
+
+def _chunk_size(unroll: bool | int | None, steps: int) -> int:
+    """Steps per tf.while_loop iteration (``steps`` itself means fully unrolled)."""
+    if unroll is None:
+        return steps if steps <= UNROLL_MAX_STEPS else UNROLL_CHUNK
+    if unroll is True:
+        return steps
+    if unroll is False:
+        return 1
+    return max(1, min(int(unroll), steps))
 
 
 def _per_example_loss(model: Any, x: tf.Tensor, y: tf.Tensor, targeted: bool) -> tf.Tensor:
@@ -320,7 +350,7 @@ def _per_example_loss(model: Any, x: tf.Tensor, y: tf.Tensor, targeted: bool) ->
 def _attack(
     model: Any, x: tf.Tensor, y: tf.Tensor, *, eps: Any, step_size: Any, steps: int, norm: str | int,
     random_start: bool, restarts: int, momentum: float | None, targeted: bool, clip_min: float,
-    clip_max: float, seed: Any, unroll: bool | None,
+    clip_max: float, seed: Any, unroll: bool | int | None,
 ) -> tf.Tensor:
     """The attack as TensorFlow ops; with restarts, per example the restart with the highest loss."""
     in_dtype = x.dtype
@@ -417,13 +447,12 @@ def _seed_pair(seed: Any) -> np.random.Generator:
 def _run(
     model: Any, x: Any, y: Any, *, eps: float, step_size: float, steps: int, norm: str | int,
     random_start: bool, restarts: int, momentum: float | None, targeted: bool, clip_min: float,
-    clip_max: float, batch_size: int | None, seed: Any, jit_compile: bool | None, unroll: bool | None,
+    clip_max: float, batch_size: int | None, seed: Any, jit_compile: bool | None, unroll: bool | int | None,
 ) -> np.ndarray:
     """Validate, then run the cached compiled attack batch by batch; numpy out."""
     x, y = _prepare(model, x, y, clip_min, clip_max)
     batch_size = _check_batch_size(batch_size)
-    if unroll is not None:
-        unroll = _check_bool("unroll", unroll)
+    unroll = _check_unroll(unroll)
     rng = _seed_pair(seed)
     settings = dict(steps=steps, norm=norm, random_start=random_start, restarts=restarts, momentum=momentum,
                     targeted=targeted, clip_min=clip_min, clip_max=clip_max, unroll=unroll)
@@ -467,7 +496,7 @@ def pgd(
     model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, norm: str | int = "inf",
     random_start: bool = True, restarts: int = 1, targeted: bool = False, clip_min: float = 0.0,
     clip_max: float = 1.0, batch_size: int | None = None, seed: int | None = None,
-    jit_compile: bool | None = None, unroll: bool | None = None,
+    jit_compile: bool | None = None, unroll: bool | int | None = None,
 ) -> np.ndarray:
     """Projected Gradient Descent (Madry et al.): ``steps`` gradient-ascent steps projected on the eps ball.
 
@@ -475,7 +504,7 @@ def pgd(
     uniform random point of the ball; ``restarts`` > 1 repeats from new random starts and keeps, per
     example, the result with the highest loss. ``seed`` makes the random starts repeatable (None: drawn from
     numpy's global generator, which ``runtime.setup`` seeds). Other arguments as in :func:`fgsm`.
-    ``unroll`` overrides the unrolled / ``tf.while_loop`` choice (see :data:`UNROLL_MAX_STEPS`).
+    ``unroll`` overrides how the steps are laid out in the graph (see :func:`gradient_ascent`).
     Returns float32 numpy of x's shape, inside the ball and the pixel range.
     Introduced in notebooks/02_iterative_attacks.ipynb.
     """
@@ -492,7 +521,7 @@ def pgd(
 def bim(
     model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, targeted: bool = False,
     clip_min: float = 0.0, clip_max: float = 1.0, batch_size: int | None = None,
-    jit_compile: bool | None = None, unroll: bool | None = None,
+    jit_compile: bool | None = None, unroll: bool | int | None = None,
 ) -> np.ndarray:
     """Basic Iterative Method (Kurakin et al.): L-inf PGD from x itself (no random start, no restarts).
 
@@ -506,7 +535,7 @@ def bim(
 def mim(
     model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, decay: float = 1.0,
     norm: str | int = "inf", targeted: bool = False, clip_min: float = 0.0, clip_max: float = 1.0,
-    batch_size: int | None = None, jit_compile: bool | None = None, unroll: bool | None = None,
+    batch_size: int | None = None, jit_compile: bool | None = None, unroll: bool | int | None = None,
 ) -> np.ndarray:
     """Momentum Iterative Method (Dong et al.): g = decay * g + grad / mean|grad|; step along sign(g).
 
@@ -643,13 +672,14 @@ class PGD(Attack):
     batch_size: int | None = None
     seed: int | None = None
     jit_compile: bool | None = None
-    unroll: bool | None = None
+    unroll: bool | int | None = None
 
     def __post_init__(self) -> None:
         self._validate_common()
         object.__setattr__(self, "steps", _check_steps(self.steps))
         object.__setattr__(self, "step_size", _check_step_size(self.step_size))
         object.__setattr__(self, "norm", _check_norm(self.norm))
+        object.__setattr__(self, "unroll", _check_unroll(self.unroll))
         object.__setattr__(self, "random_start", _check_bool("random_start", self.random_start))
         object.__setattr__(self, "restarts", _check_restarts(self.restarts, self.random_start))
 
@@ -696,13 +726,14 @@ class MIM(Attack):
     clip_max: float = 1.0
     batch_size: int | None = None
     jit_compile: bool | None = None
-    unroll: bool | None = None
+    unroll: bool | int | None = None
 
     def __post_init__(self) -> None:
         self._validate_common()
         object.__setattr__(self, "steps", _check_steps(self.steps))
         object.__setattr__(self, "step_size", _check_step_size(self.step_size))
         object.__setattr__(self, "norm", _check_norm(self.norm))
+        object.__setattr__(self, "unroll", _check_unroll(self.unroll))
         object.__setattr__(self, "decay", _check_decay(self.decay))
 
     def _name(self) -> str:
