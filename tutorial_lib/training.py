@@ -198,6 +198,8 @@ class AdversarialTrainer(keras.Model):
 
     def _grad_align(self, x, y):
         eta = tf.random.uniform(tf.shape(x), -1.0, 1.0) * tf.cast(self.eps, tf.float32)
+        # Both gradients are differentiated (double backprop); the GradAlign reference code detaches the clean
+        # one, which is cheaper but did not train a more robust model in our quick-profile probes.
         g1 = tf.reshape(self._input_gradient(x, y), [tf.shape(x)[0], -1])
         g2 = tf.reshape(self._input_gradient(tf.clip_by_value(x + eta, 0.0, 1.0), y), [tf.shape(x)[0], -1])
         cos = tf.reduce_sum(g1 * g2, -1) / (tf.norm(g1, axis=-1) * tf.norm(g2, axis=-1) + 1e-12)
