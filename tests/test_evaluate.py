@@ -168,3 +168,14 @@ def test_sanity_checks_rejects_bad_settings(small):
         evaluate.sanity_checks(model, x, y, 0.0)
     with pytest.raises(ValueError, match="large_eps"):
         evaluate.sanity_checks(model, x, y, 0.5, large_eps=0.4)
+
+
+def test_test_subset_interleaves_classes(mnist_subset):
+    x, y = evaluate.test_subset(mnist_subset, 30)
+    assert x.shape == (30, 28, 28, 1) and np.bincount(y, minlength=10).tolist() == [3] * 10
+    x2, y2 = evaluate.test_subset(mnist_subset, 30)
+    np.testing.assert_array_equal(y, y2)  # fixed by the seed
+    full_x, full_y = evaluate.test_subset(mnist_subset, len(mnist_subset.y_test))
+    assert sorted(full_y.tolist()) == sorted(mnist_subset.y_test.tolist())  # a permutation of the whole split
+    with pytest.raises(ValueError, match="n must be"):
+        evaluate.test_subset(mnist_subset, 0)

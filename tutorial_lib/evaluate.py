@@ -57,6 +57,27 @@ def _batches(n: int, batch_size: int):
         yield slice(start, min(start + batch_size, n))
 
 
+def test_subset(data: Any, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` test images and labels from ``data`` (a :class:`~tutorial_lib.data.MNIST`), classes interleaved.
+
+    The bundled subset's test split is sorted by class, so ``data.x_test[:n]`` would hold only the first
+    digits. Here each class is shuffled (with ``seed``) and the classes take turns, so any ``n`` is as
+    balanced as it can be and the first images show every digit. Returns ``(x, y)``: float32 (n, 28, 28, 1)
+    in [0, 1] and int64 (n,). Introduced in notebooks/01_fgsm.ipynb.
+    """
+    y_all = np.asarray(data.y_test)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= len(y_all):
+        raise ValueError(f"n must be an int in 1..{len(y_all)} (the number of test images), got {n!r}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y_all))
+    rank = np.empty(len(y_all), dtype=np.int64)
+    for c in np.unique(y_all):
+        members = order[y_all[order] == c]
+        rank[members] = np.arange(len(members))
+    pick = np.lexsort((y_all, rank))[:n]  # round-robin over classes, shuffled within each class
+    return np.asarray(data.x_test)[pick], y_all[pick]
+
+
 # --------------------------------------------------------------------------------------------------
 # Predictions and accuracy
 # --------------------------------------------------------------------------------------------------
@@ -370,7 +391,9 @@ def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, 
 
     def pgd(e: float, r: int) -> Attack:
         size = step_size * e / eps
-        return attacks.PGD(eps=e, steps=steps, step_size=size, norm="inf", random_start=True, restarts=r)
+        # unroll=False: each setting runs once here, and a tf.while_loop compiles far faster than unrolled steps
+        return attacks.PGD(eps=e, steps=steps, step_size=size, norm="inf", random_start=True, restarts=r,
+                           seed=seed, unroll=False)
 
     def rob(attack: Attack) -> float:
         return robust_accuracy(model, x, y, attack, batch_size=batch_size)

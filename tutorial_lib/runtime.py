@@ -141,7 +141,7 @@ PROFILES: dict[str, Profile] = {
         data_source="subset",
         description="CI and a first look: the bundled 5,000-image subset, every notebook in minutes on 2 CPU cores.",
         baseline=BaselineSettings(epochs=10),
-        attacks=AttackSettings(eval_size=1000, iterative_size=300, sweep_size=100),
+        attacks=AttackSettings(eval_size=1000, iterative_size=200, sweep_size=100),
         adv_training=AdvTrainingSettings(epochs=15, ramp_epochs=3, decay_epochs=3),
         meta=MetaSettings(meta_steps=500, eval_tasks=200),
         meta_adv=MetaAdvSettings(meta_steps=1000, eval_tasks=200),

@@ -71,7 +71,7 @@ def adversarial_grid(model: keras.Model, x: np.ndarray, x_adv: np.ndarray, y: np
 
 
 def plot_sweep(results: Any, ax: matplotlib.axes.Axes | None = None, *, title: str | None = None,
-               chance: float | None = 0.1) -> Figure:
+               chance: float | None = 0.1, xlabel: str = r"$\epsilon$ ($L_\infty$)") -> Figure:
     """Accuracy against eps for one :class:`~tutorial_lib.evaluate.SweepResult` or a list of them.
 
     Draws on ``ax`` if given (and returns its figure), else on a new small figure with one axes. A dotted
@@ -88,7 +88,7 @@ def plot_sweep(results: Any, ax: matplotlib.axes.Axes | None = None, *, title: s
         ax.plot(s.eps, s.accuracy, marker="o", markersize=3, label=s.label)
     if chance is not None:
         ax.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
-    ax.set_xlabel(r"$\epsilon$ ($L_\infty$ unless labelled)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
