@@ -228,8 +228,8 @@ def _adapt_curve_fn(model: keras.Model, record: tuple[int, ...], lr: float, head
 
 
 def default_record(steps: int) -> tuple[int, ...]:
-    """Step counts at which accuracy is recorded: every step up to 10, then 20, 30, 50, 100... up to ``steps``."""
-    marks = [s for s in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500) if s < steps]
+    """Step counts at which accuracy is recorded: 0, 1, 2, 3, 5, 10, 20, 30, 50, 100... up to ``steps``."""
+    marks = [s for s in (0, 1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500) if s < steps]
     return tuple(marks) + (int(steps),)
 
 
@@ -654,10 +654,12 @@ def method_options(method: str, settings) -> dict[str, Any]:
     """Keyword arguments of :func:`make_learner` for ``method`` from ``settings`` (``profile.meta``)."""
     s = settings
     if method in ("maml", "fomaml"):
-        return dict(inner_lr=s.inner_lr, inner_steps=s.train_steps, test_steps=s.test_steps, zero_head=s.zero_head,
+        return dict(inner_lr=s.inner_lr, inner_steps=s.train_steps, test_steps=s.test_steps or s.train_steps,
+                    zero_head=s.zero_head,
                     meta_optimizer=keras.optimizers.Adam(s.meta_lr))
     if method == "reptile":
-        return dict(inner_lr=s.reptile_inner_lr, inner_steps=s.reptile_train_steps, test_steps=s.test_steps,
+        return dict(inner_lr=s.reptile_inner_lr, inner_steps=s.reptile_train_steps,
+                    test_steps=s.test_steps or s.reptile_train_steps,
                     meta_optimizer=keras.optimizers.SGD(s.reptile_eps))
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 

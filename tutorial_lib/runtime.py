@@ -93,7 +93,7 @@ class MetaSettings:
     # Adam on the meta-gradient
     inner_lr: float = 0.4
     train_steps: int = 1
-    test_steps: int = 10
+    test_steps: int | None = None  # None: test with as many steps as in meta-training (matched)
     meta_lr: float = 3e-3
     zero_head: bool = True
     # Reptile: inner SGD on each task's support + query images; SGD(eps) outer step
@@ -105,8 +105,8 @@ class MetaSettings:
     scratch_lr: float = 0.1
     pretrain_epochs: int = 3
     finetune_steps: int = 50
-    finetune_lr: float = 0.1
-    curve_steps: int = 50  # accuracy-vs-adaptation-steps figure goes up to this many steps
+    finetune_lr: float = 0.02
+    curve_steps: int = 20  # meta-learners' accuracy-vs-adaptation-steps curves go up to this many steps
 
 
 @dataclass(frozen=True)
