@@ -179,3 +179,18 @@ def test_test_subset_interleaves_classes(mnist_subset):
     assert sorted(full_y.tolist()) == sorted(mnist_subset.y_test.tolist())  # a permutation of the whole split
     with pytest.raises(ValueError, match="n must be"):
         evaluate.test_subset(mnist_subset, 0)
+
+
+def test_pgd_sweep_is_monotone_and_below_fgsm(small):
+    from tutorial_lib import attacks
+
+    model, x, y = small
+    x, y = x[:100], y[:100]
+    eps = [0.0, 0.1, 0.2, 0.3]
+    pgd = attacks.PGD(eps=0.3, steps=10, step_size=0.05, seed=0, unroll=False)
+    p = evaluate.epsilon_sweep(model, x, y, pgd.with_eps, eps)
+    f = evaluate.epsilon_sweep(model, x, y, lambda e: attacks.FGSM(eps=e), eps)
+    assert p.label == pgd.name
+    assert np.all(np.diff(p.accuracy) <= 0.02)  # monotone up to one or two examples
+    assert np.all(p.accuracy <= f.accuracy + 0.02) and p.accuracy[-1] < 0.1
+    assert evaluate.slug("PGD-40 L2 x5") == "pgd40_l2_x5"

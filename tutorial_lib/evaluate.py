@@ -174,6 +174,11 @@ def activation_bytes(model: keras.Model, n: int) -> int:
     return int(n) * per_image * 4
 
 
+def slug(name: str) -> str:
+    """A results-file field name from an attack name: ``"PGD-40 L2 x5"`` -> ``"pgd40_l2_x5"``."""
+    return "_".join(str(name).lower().replace("-", "").split())
+
+
 # --------------------------------------------------------------------------------------------------
 # Accuracy-vs-eps sweeps
 # --------------------------------------------------------------------------------------------------
@@ -199,7 +204,7 @@ class SweepResult:
 
     def to_dict(self, prefix: str | None = None) -> dict[str, float]:
         """Flat ``{"<prefix>_eps<e>": accuracy}`` fields for :func:`tutorial_lib.runtime.save_results`."""
-        prefix = prefix or self.label.lower().replace(" ", "_").replace("-", "")
+        prefix = prefix or slug(self.label)
         return {f"{prefix}_eps{e:g}": float(a) for e, a in zip(self.eps, self.accuracy)}
 
     def table(self) -> str:
