@@ -589,8 +589,9 @@ def robustness_summary(
         idx = np.flatnonzero(alive)
         if idx.size == 0:
             break
-        strong = attacks.PGD(eps=eps, steps=strong_steps, step_size=pgd_step_size, batch_size=batch_size, seed=r + 1)
-        padded = np.resize(idx, -(-idx.size // batch_size) * batch_size)  # full batches: one compiled shape
+        chunk = min(batch_size, 100)
+        strong = attacks.PGD(eps=eps, steps=strong_steps, step_size=pgd_step_size, batch_size=chunk, seed=r + 1)
+        padded = np.resize(idx, -(-idx.size // chunk) * chunk)  # whole chunks: one compiled shape, little waste
         alive[idx] = correct(strong(model, x[padded], y[padded]), y[padded])[: idx.size]
     return {"clean": float(clean_ok.mean()), "fgsm": float((clean_ok & correct(fgsm(model, x, y), y)).mean()),
             f"pgd{pgd_steps}": float(pgd_ok.mean()), f"pgd{strong_steps}_restarts{restarts}": float(alive.mean())}
