@@ -45,6 +45,7 @@ def test_adversarial_grid_has_three_rows(tiny):
     fig = viz.adversarial_grid(model, x, _signs(0.1)(model, x, y), y, n=4)
     assert len(fig.axes) == 12
     assert "pred" in fig.axes[0].get_title() and "true" in fig.axes[0].get_title()
+    assert "target" in viz.adversarial_grid(model, x, x, y, n=1, label_title="target").axes[0].get_title()
     fig = viz.adversarial_grid(model, x[:2], x[:2], n=8)  # fewer images than n
     assert len(fig.axes) == 6
     with pytest.raises(ValueError, match="same shape"):

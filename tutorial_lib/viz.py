@@ -40,10 +40,12 @@ def _check_images(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def adversarial_grid(model: keras.Model, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray | None = None, *,
-                     n: int = 8, class_names: Sequence[str] = DIGITS, figsize: tuple[float, float] | None = None) -> Figure:
+                     n: int = 8, class_names: Sequence[str] = DIGITS, figsize: tuple[float, float] | None = None,
+                     label_title: str = "true") -> Figure:
     """Three rows for the first ``n`` examples: clean image, adversarial image, perturbation ``x_adv - x``.
 
-    ``x``, ``x_adv``: float32 images in [0, 1], shape (m, 28, 28, 1), m >= 1; ``y``: optional int labels.
+    ``x``, ``x_adv``: float32 images in [0, 1], shape (m, 28, 28, 1), m >= 1; ``y``: optional int labels,
+    shown on the clean row after ``label_title`` (e.g. "target" for a targeted attack's target classes).
     Titles give the predicted class and its softmax confidence (and the true label on the clean row);
     the perturbation uses a diverging map centred on 0. Returns a Figure with ``3 * min(n, m)`` axes.
     Introduced in notebooks/01_fgsm.ipynb.
@@ -60,7 +62,7 @@ def adversarial_grid(model: keras.Model, x: np.ndarray, x_adv: np.ndarray, y: np
     fig, axes = plt.subplots(3, k, figsize=figsize or (1.1 * k + 0.6, 3.9), squeeze=False, dpi=DPI)
     for i in range(k):
         pc, pa = int(p_clean[i].argmax()), int(p_adv[i].argmax())
-        truth = f"true {class_names[int(y[i])]}\n" if y is not None else ""
+        truth = f"{label_title} {class_names[int(y[i])]}\n" if y is not None else ""
         _image(axes[0, i], x[i], f"{truth}pred {class_names[pc]} ({p_clean[i, pc]:.0%})")
         _image(axes[1, i], x_adv[i], f"pred {class_names[pa]} ({p_adv[i, pa]:.0%})")
         _image(axes[2, i], delta[i], f"max |d| {np.abs(delta[i]).max():.2f}", cmap="seismic", vmin=-bound, vmax=bound)
