@@ -327,7 +327,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         acc = []
         for spec in (self.fgsm, self.pgd):
             x_adv = spec(clf, self.x, self.y)
-            pred = np.argmax(clf.predict(x_adv, batch_size=500, verbose=0), axis=-1)
+            pred = np.argmax(_logits_numpy(clf, x_adv), axis=-1)
             acc.append(float(np.mean(pred == self.y)))
         return acc[0], acc[1]
 
@@ -578,7 +578,7 @@ def robustness_summary(
     x, y = np.asarray(x, dtype=np.float32), np.asarray(y)
 
     def correct(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return np.argmax(model.predict(images, batch_size=batch_size, verbose=0), axis=-1) == labels
+        return np.argmax(_logits_numpy(model, images, batch_size), axis=-1) == labels
 
     fgsm = attacks.FGSM(eps=eps, batch_size=batch_size)
     pgd = attacks.PGD(eps=eps, steps=pgd_steps, step_size=pgd_step_size, batch_size=batch_size, seed=0)
@@ -678,6 +678,13 @@ def loss_and_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch
 
     Introduced in notebooks/03_adversarial_training.ipynb.
     """
-    logits = np.asarray(model.predict(np.asarray(x, np.float32), batch_size=batch_size, verbose=0), np.float32)
+    logits = _logits_numpy(model, x, batch_size)
     loss = keras.losses.sparse_categorical_crossentropy(np.asarray(y), logits, from_logits=True)
     return float(np.mean(loss)), float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y)))
+
+
+def _logits_numpy(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """Logits as float32 numpy, batch by batch with direct calls (no ``predict``: no tf.data pipeline, no log noise)."""
+    x = np.asarray(x, np.float32)
+    return np.concatenate([np.asarray(model(x[i:i + batch_size], training=False), np.float32)
+                           for i in range(0, len(x), batch_size)], axis=0)
