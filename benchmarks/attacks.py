@@ -209,6 +209,16 @@ def build_methods(model, x, y, *, xla_pgd: bool) -> tuple[dict, list[str]]:
     return methods, notes
 
 
+def mixed_precision_strength(model, x, y, *, eps: float = 0.1) -> dict[str, Any]:
+    """Is PGD-40 computed on the bfloat16 copy as strong? Accuracy on the float32 model at an eps where it is not 0."""
+    mp_model = mixed_precision_copy(model)
+    out = {"eps": eps}
+    for label, attacked in (("float32", model), ("mixed_bfloat16", mp_model)):
+        x_adv = tl.attacks.pgd(attacked, x, y, eps, step_size=STEP, steps=STEPS, random_start=False)
+        out[label] = float((np.argmax(model.predict(x_adv, batch_size=1000, verbose=0), 1) == y).mean())
+    return out
+
+
 def restarts_run(model, x, y, *, tiles: int, restarts: int) -> dict[str, Any]:
     """PGD-40 with random starts and ``restarts`` restarts over ``tiles`` copies of the test images."""
     xs, ys = np.tile(x, (tiles, 1, 1, 1)), np.tile(y, tiles)
@@ -253,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = {**floor_methods, **methods}
     if args.only:
         keys = [k.strip().lower() for k in args.only.split(",")]
-        methods = {k: v for k, v in methods.items() if any(s in k.lower() for s in keys)}
+        methods = {k: v for k, v in methods.items() if k.startswith("floor") or any(s in k.lower() for s in keys)}
     for label, (_, run, warm) in methods.items():  # warm-up: tracing and first-call costs
         (warm or run)()
     seconds: dict[str, list[float]] = {label: [] for label in methods}
@@ -294,11 +304,16 @@ def main(argv: list[str] | None = None) -> int:
         restarts["cpu_x_one_run"] = restarts["cpu_seconds"] / one_cpu if one_cpu else None
         print(f"PGD-40 x5 restarts over {restarts['images']} images: {restarts['seconds']:.1f} s")
 
+    strength = None
+    if "ours PGD-40, mixed bfloat16" in by:
+        strength = mixed_precision_strength(model, x, y)
+        by["ours PGD-40, mixed bfloat16"]["strength_check"] = strength
+
     targets = evaluate_targets(by, restarts)
     result = {"benchmark": "attacks", "n": args.n, "eps": EPS, "step_size": STEP, "steps": STEPS,
               "clean_accuracy": clean_accuracy, "floor_seconds": floor, "floor_cpu_seconds": floor_cpu,
               "floor_xla_seconds": min(seconds["floor: 1 x forward+backward (XLA)"]),
-              "rows": rows, "restarts": restarts, "targets": targets, "notes": notes,
+              "rows": rows, "restarts": restarts, "mixed_precision_strength": strength, "targets": targets, "notes": notes,
               "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "python": platform.python_version(), "tensorflow": tf.__version__, "cpu_count": os.cpu_count(),
               "when": time.strftime("%Y-%m-%d %H:%M")}
@@ -377,6 +392,10 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{r['seconds']:.1f} s = {r['x_one_run']:.1f}x the one-run PGD-40 time (CPU time "
                      f"{r['cpu_x_one_run']:.1f}x); robust accuracy "
                      f"{r['robust_accuracy']:.1%}; peak RSS {r['peak_rss_mib']:.0f} MiB (+{r['rss_growth_mib']:.0f} MiB during the run).")
+    if result.get("mixed_precision_strength"):
+        m = result["mixed_precision_strength"]
+        lines.append(f"Mixed bfloat16 strength check, PGD-40 at eps {m['eps']} scored on the float32 model: robust "
+                     f"accuracy {m['float32']:.1%} when computed in float32, {m['mixed_bfloat16']:.1%} in bfloat16.")
     lines += ["", "| target | wall-time ratio | CPU-time ratio | goal | met (wall / CPU) |", "|---|---|---|---|---|"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     yes = lambda v: "n/a" if v is None else ("yes" if v else "no")  # noqa: E731
