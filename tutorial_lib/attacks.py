@@ -23,7 +23,7 @@ from . import models
 __all__ = [
     "fgsm", "bim", "pgd", "mim", "gradient_ascent",
     "Attack", "FGSM", "BIM", "PGD", "MIM",
-    "trace_count", "clear_cache", "UNROLL_MAX_STEPS",
+    "trace_count", "clear_cache", "UNROLL_MAX_STEPS", "UNROLL_CHUNK",
 ]
 
 #: Loops of at most this many steps are unrolled into the graph; longer ones run a ``tf.while_loop`` whose
