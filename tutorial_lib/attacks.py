@@ -28,8 +28,8 @@ __all__ = [
 
 #: Loops of at most this many steps are unrolled into the graph; longer ones run a ``tf.while_loop`` whose
 #: body holds :data:`UNROLL_CHUNK` unrolled steps. Measured on a 2-core CPU (benchmarks/attacks.py, CPU time):
-#: PGD-40 unrolled 1.00x the 40-pass floor, a one-step-per-iteration tf.while_loop 1.55x, a loop of 10-step
-#: chunks 1.05x.
+#: PGD-40 unrolled 1.00x the 40-pass floor, a loop of 10-step chunks 0.99-1.05x, a one-step-per-iteration
+#: tf.while_loop 1.01-1.55x depending on machine load (never faster than unrolled).
 UNROLL_MAX_STEPS = 64
 UNROLL_CHUNK = 10
 #: How far outside [clip_min, clip_max] input pixels may lie (float rounding) before it is an error.
