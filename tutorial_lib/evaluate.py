@@ -396,9 +396,7 @@ def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, 
 
     def pgd(e: float, r: int) -> Attack:
         size = step_size * e / eps
-        # unroll=False: each setting runs once here, and a tf.while_loop compiles far faster than unrolled steps
-        return attacks.PGD(eps=e, steps=steps, step_size=size, norm="inf", random_start=True, restarts=r,
-                           seed=seed, unroll=False)
+        return attacks.PGD(eps=e, steps=steps, step_size=size, norm="inf", random_start=True, restarts=r, seed=seed)
 
     def rob(attack: Attack) -> float:
         return robust_accuracy(model, x, y, attack, batch_size=batch_size)
