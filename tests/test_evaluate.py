@@ -85,7 +85,7 @@ def test_bad_inputs_get_clear_errors(small):
     model, x, y = small
     with pytest.raises(ValueError, match="one-hot"):
         evaluate.accuracy(model, x, keras.utils.to_categorical(y, 10))
-    with pytest.raises(ValueError, match="different numbers"):
+    with pytest.raises(ValueError, match="different batch sizes"):
         evaluate.accuracy(model, x, y[:-1])
     with pytest.raises(ValueError, match="batch_size"):
         evaluate.accuracy(model, x, y, batch_size=0)

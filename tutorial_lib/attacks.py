@@ -23,7 +23,7 @@ from . import models
 __all__ = [
     "fgsm", "bim", "pgd", "mim", "gradient_ascent",
     "Attack", "FGSM", "BIM", "PGD", "MIM",
-    "trace_count", "clear_cache", "UNROLL_MAX_STEPS", "UNROLL_CHUNK",
+    "check_images_and_labels", "trace_count", "clear_cache", "UNROLL_MAX_STEPS", "UNROLL_CHUNK",
 ]
 
 #: Loops of at most this many steps are unrolled into the graph; longer ones run a ``tf.while_loop`` whose
@@ -166,9 +166,13 @@ def _num_classes(model: Any, x: np.ndarray) -> int:
     return int(shape[-1])
 
 
-def _prepare(model: Any, x: Any, y: Any, clip_min: float, clip_max: float) -> tuple[np.ndarray, np.ndarray]:
-    """Validate the model, images and labels; return float32 images and int64 labels."""
-    models.check_logits_model(model)
+def check_images_and_labels(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a batch of images and integer labels; return float32 images and int64 labels.
+
+    ``x``: (batch, ...) numbers, finite, at least one; ``y``: integer class ids of shape (batch,). One-hot or
+    float labels and mismatched batch sizes are errors that say how to fix them. Shared by
+    :mod:`tutorial_lib.evaluate`. Introduced in notebooks/01_fgsm.ipynb.
+    """
     x = _as_numpy(x, "x")
     y = _as_numpy(y, "y")
     if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
@@ -180,6 +184,25 @@ def _prepare(model: Any, x: Any, y: Any, clip_min: float, clip_max: float) -> tu
     x = x.astype(np.float32, copy=False)
     if not np.all(np.isfinite(x)):
         raise ValueError("x contains NaN or infinite values")
+    if y.ndim == 2 and y.shape[0] == x.shape[0] and y.shape[1] > 1:
+        raise ValueError(
+            f"y has shape {y.shape}: it looks one-hot. tutorial_lib takes integer class ids of shape (batch,); "
+            "convert with y = np.argmax(y, axis=1)"
+        )
+    if y.ndim != 1:
+        raise ValueError(f"y must be integer class ids of shape (batch,), got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+        raise TypeError(f"y must hold integer class ids, got dtype {y.dtype}; convert with y.astype(int)")
+    if len(y) != len(x):
+        raise ValueError(f"x and y have different batch sizes: {len(x)} images but {len(y)} labels; "
+                         "pass matching slices")
+    return x, y.astype(np.int64, copy=False)
+
+
+def _prepare(model: Any, x: Any, y: Any, clip_min: float, clip_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the model, images (inside [clip_min, clip_max]) and labels (inside the model's classes)."""
+    models.check_logits_model(model)
+    x, y = check_images_and_labels(x, y)
     lo, hi = float(x.min()), float(x.max())
     if lo < clip_min - RANGE_TOLERANCE or hi > clip_max + RANGE_TOLERANCE:
         hint = " (uint8 images? divide by 255 first)" if hi > 1.5 and clip_max <= 1 else ""
@@ -189,24 +212,13 @@ def _prepare(model: Any, x: Any, y: Any, clip_min: float, clip_max: float) -> tu
         )
     if lo < clip_min or hi > clip_max:  # float rounding only
         x = np.clip(x, clip_min, clip_max)
-    if y.ndim == 2 and y.shape[0] == x.shape[0] and y.shape[1] > 1:
-        raise ValueError(
-            f"y has shape {y.shape}: it looks one-hot. Attacks take integer class ids of shape (batch,); "
-            "convert with y = np.argmax(y, axis=1)"
-        )
-    if y.ndim != 1:
-        raise ValueError(f"y must be integer class ids of shape (batch,), got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
-        raise TypeError(f"y must hold integer class ids, got dtype {y.dtype}; convert with y.astype(int)")
-    if len(y) != len(x):
-        raise ValueError(f"x and y have different batch sizes: {len(x)} images but {len(y)} labels")
     n_classes = _num_classes(model, x)
     if y.min() < 0 or y.max() >= n_classes:
         raise ValueError(
             f"labels must be in 0..{n_classes - 1} (the model has {n_classes} outputs), "
             f"got values in {int(y.min())}..{int(y.max())}"
         )
-    return x, y.astype(np.int64, copy=False)
+    return x, y
 
 
 # --------------------------------------------------------------------------------------------------

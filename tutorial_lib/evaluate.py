@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import models
+from . import attacks, models
 
 Attack = Callable[[keras.Model, np.ndarray, np.ndarray], np.ndarray]
 
@@ -24,24 +24,7 @@ Attack = Callable[[keras.Model, np.ndarray, np.ndarray], np.ndarray]
 # Input checks shared by the public functions
 # --------------------------------------------------------------------------------------------------
 def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x)
-    y = np.asarray(y)
-    if x.ndim < 2:
-        raise ValueError(f"x must be a batch of images (n, height, width, channels), got shape {x.shape}")
-    if y.ndim == 2 and y.shape[0] == x.shape[0] and y.shape[1] > 1:
-        raise ValueError(
-            f"y looks one-hot (shape {y.shape}); tutorial_lib takes integer labels. "
-            "Convert with y = y.argmax(axis=1)."
-        )
-    if y.ndim != 1:
-        raise ValueError(f"y must be a 1-D array of integer labels, got shape {y.shape}")
-    if len(x) != len(y):
-        raise ValueError(f"x and y hold different numbers of examples ({len(x)} vs {len(y)}); pass matching slices")
-    if len(x) == 0:
-        raise ValueError("x and y are empty; pass at least one example")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}; e.g. y.astype('int64')")
-    return x.astype(np.float32, copy=False), y
+    return attacks.check_images_and_labels(x, y)
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -371,8 +354,6 @@ def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, 
     Returns a :class:`SanityReport` (``.passed``, ``.checks``, ``.numbers``). Cost: about ``restarts + 2``
     PGD runs over ``x``, so pass a few hundred examples. Introduced in notebooks/02_iterative_attacks.ipynb.
     """
-    from . import attacks
-
     x, y = _check_xy(x, y)
     if not np.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps must be a positive float, got {eps}")
