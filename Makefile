@@ -48,8 +48,13 @@ unit: $(VENV)/.installed
 nbcheck: $(VENV)/.installed
 	$(PY) .ci/nbnorm.py --check $(NOTEBOOKS)
 
+# One pytest run per notebook, in order (later notebooks reuse models cached by earlier ones), timed.
 nbval: $(VENV)/.installed
-	TUTORIAL_PROFILE=quick $(PY) -m pytest --nbval-lax --nbval-cell-timeout=$(EXEC_TIMEOUT) -p no:cacheprovider notebooks/ -q
+	@for nb in $(NOTEBOOKS); do \
+	  start=$$(date +%s); \
+	  TUTORIAL_PROFILE=quick $(PY) -m pytest --nbval-lax --nbval-cell-timeout=$(EXEC_TIMEOUT) -p no:cacheprovider -q "$$nb" || exit 1; \
+	  echo "nbval $$nb: $$(( $$(date +%s) - start )) s"; \
+	done
 
 ## make notebooks: re-run tracked notebooks in place (quick profile) to refresh stored outputs; NB=path for one
 notebooks: $(VENV)/.installed
