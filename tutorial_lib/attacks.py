@@ -23,7 +23,7 @@ from . import models
 __all__ = [
     "fgsm", "bim", "pgd", "mim", "gradient_ascent",
     "Attack", "FGSM", "BIM", "PGD", "MIM",
-    "check_images_and_labels", "trace_count", "clear_cache", "UNROLL_MAX_STEPS", "UNROLL_CHUNK",
+    "check_images_and_labels", "check_positive_int", "trace_count", "clear_cache", "UNROLL_MAX_STEPS", "UNROLL_CHUNK",
 ]
 
 #: Loops of at most this many steps are unrolled into the graph; longer ones run a ``tf.while_loop`` whose
@@ -65,25 +65,31 @@ def _check_step_size(step_size: Any) -> float:
     return step_size
 
 
+def check_positive_int(name: str, value: Any, *, hint: str = "") -> int:
+    """Return ``value`` as an int if it is an int >= 1 (not a bool); else TypeError/ValueError naming ``name``.
+
+    Shared by the attacks, :mod:`tutorial_lib.evaluate` and :mod:`tutorial_lib.training` for counts such as
+    steps, restarts, epochs and batch sizes.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}){hint}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}{hint}")
+    return int(value)
+
+
 def _check_steps(steps: Any) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__} ({steps!r})")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return int(steps)
+    return check_positive_int("steps", steps)
 
 
 def _check_restarts(restarts: Any, random_start: bool) -> int:
-    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)):
-        raise TypeError(f"restarts must be an int, got {type(restarts).__name__} ({restarts!r})")
-    if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    restarts = check_positive_int("restarts", restarts)
     if restarts > 1 and not random_start:
         raise ValueError(
             f"restarts={restarts} needs random_start=True: without a random start every restart "
             "computes the same perturbation"
         )
-    return int(restarts)
+    return restarts
 
 
 def _check_norm(norm: Any) -> str | int:
@@ -114,11 +120,7 @@ def _check_clip(clip_min: Any, clip_max: Any) -> tuple[float, float]:
 def _check_batch_size(batch_size: Any) -> int | None:
     if batch_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError(f"batch_size must be an int or None, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 (or None for one batch), got {batch_size}")
-    return int(batch_size)
+    return check_positive_int("batch_size", batch_size, hint=" (or None for one batch)")
 
 
 def _check_bool(name: str, value: Any) -> bool:

@@ -28,11 +28,7 @@ def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return int(batch_size)
+    return attacks.check_positive_int("batch_size", batch_size)
 
 
 def _batches(n: int, batch_size: int):

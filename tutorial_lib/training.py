@@ -58,11 +58,7 @@ def _check_eps(eps: Any) -> float:
 
 
 def _check_steps(name: str, steps: Any) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(steps).__name__}")
-    if steps < 1:
-        raise ValueError(f"{name} must be >= 1, got {steps}")
-    return int(steps)
+    return attacks.check_positive_int(name, steps)
 
 
 # --------------------------------------------------------------------------------------------------
