@@ -194,3 +194,59 @@ def test_pgd_sweep_is_monotone_and_below_fgsm(small):
     assert np.all(np.diff(p.accuracy) <= 0.02)  # monotone up to one or two examples
     assert np.all(p.accuracy <= f.accuracy + 0.02) and p.accuracy[-1] < 0.1
     assert evaluate.slug("PGD-40 L2 x5") == "pgd40_l2_x5"
+
+
+# --------------------------------------------------------------------------------------------------
+# Intervals and the robustness table
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("hits, n, low, high", [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0),
+                                                (81, 100, 0.7222, 0.8749)])
+def test_accuracy_ci95_is_the_wilson_interval(hits, n, low, high):
+    # Wilson score bounds worked out by hand: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), z = 1.96
+    correct = np.arange(n) < hits
+    mean, half = evaluate.accuracy_ci95(correct)
+    assert mean == pytest.approx(hits / n)
+    assert half == pytest.approx(max(hits / n - low, high - hits / n), abs=1e-4)
+    assert half > 0  # never zero width, even at 0 % or 100 %
+    assert evaluate.accuracy_ci95(correct.astype(int)) == (mean, half)
+
+
+def test_accuracy_ci95_rejects_bad_input():
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        evaluate.accuracy_ci95(np.array([]))
+    with pytest.raises(TypeError, match="bools"):
+        evaluate.accuracy_ci95(np.array([0.5, 1.0]))
+
+
+def _two_basin_model() -> keras.Model:
+    """One pixel t in [0, 1], label 0: correct at t = 0.5 and t = 1 (p = 0.34, the higher loss), wrong at t = 0
+    (p = 0.45 against 0.55); the loss is lowest at t = 0.5, so PGD from a random start ends at t = 0 or t = 1."""
+    mid, left, right = np.float32([3.0, 0.0, -10.0]), np.log([0.45, 0.55, 1e-6]), np.log([0.34, 0.33, 0.33])
+    model = keras.Sequential([keras.Input((1, 1, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(2, activation="relu"), keras.layers.Dense(3)])
+    model.layers[1].set_weights([np.float32([[-1.0, 1.0]]), np.float32([0.5, -0.5])])
+    model.layers[2].set_weights([np.float32(np.stack([2 * (left - mid), 2 * (right - mid)])), mid])
+    return model
+
+
+def test_robustness_summary_numbers_and_worst_case_over_restarts(small):
+    from tutorial_lib import attacks
+
+    model, x, y = small
+    x, y = x[:60], y[:60]
+    r = evaluate.robustness_summary(model, x, y, eps=0.1, pgd_steps=5, pgd_step_size=0.05, strong_steps=5,
+                                    restarts=2, batch_size=16)
+    assert list(r) == ["clean", "fgsm", "pgd5", "pgd5_restarts2"]
+    assert r["clean"] == evaluate.accuracy(model, x, y)
+    assert r["fgsm"] == evaluate.robust_accuracy(model, x, y, attacks.FGSM(eps=0.1))
+    assert r["pgd5"] == evaluate.robust_accuracy(model, x, y, attacks.PGD(eps=0.1, steps=5, step_size=0.05, seed=0),
+                                                 batch_size=16)
+    assert "pgd5_restarts2" not in evaluate.robustness_summary(model, x, y, eps=0.1, pgd_steps=5, restarts=0)
+    # Half of the single runs end on the wrong side; with 8 restarts nearly every example is broken by one.
+    # (Keeping the highest-loss restart would leave about half of them standing.)
+    basin, xb, yb = _two_basin_model(), np.full((64, 1, 1, 1), 0.5, np.float32), np.zeros(64, np.int64)
+    r = evaluate.robustness_summary(basin, xb, yb, eps=0.5, pgd_steps=1, pgd_step_size=1.0, strong_steps=1,
+                                    restarts=8)
+    assert r["clean"] == 1.0 and 0.25 < r["pgd1"] < 0.75 and r["pgd1_restarts8"] < 0.05
+    with pytest.raises(ValueError, match="restarts"):
+        evaluate.robustness_summary(model, x, y, eps=0.1, restarts=-1)

@@ -407,18 +407,6 @@ def test_overfitting_monitor_samples_every_class(mnist_subset):
     assert monitor.pgd.steps == settings.monitor_pgd_steps and monitor.pgd.eps == settings.eps
 
 
-def test_robustness_summary_is_a_worst_case():
-    clf, (x, y) = tiny_model(), tiny_data(40)
-    r = training.robustness_summary(clf, x, y, eps=0.3, pgd_steps=5, pgd_step_size=0.1, strong_steps=8, restarts=2,
-                                    batch_size=16)
-    assert list(r) == ["clean", "fgsm", "pgd5", "pgd8_restarts2"]
-    assert r["pgd8_restarts2"] <= r["pgd5"] <= r["clean"]
-    clean = float(np.mean(np.argmax(clf.predict(x, verbose=0), -1) == y))
-    assert r["clean"] == pytest.approx(clean)
-    with pytest.raises(ValueError, match="eps must be"):
-        training.robustness_summary(clf, x, y, eps=3.0)
-
-
 def test_results_markdown_and_remedies():
     table = training.results_markdown({"pgd": {"clean": 0.95, "pgd40": 0.8, "pgd100_restarts5": 0.79,
                                                "seconds_per_epoch": 12.34}})

@@ -368,9 +368,15 @@ def _attack(
     random_start: bool, restarts: int, momentum: float | None, targeted: bool, clip_min: float,
     clip_max: float, seed: Any, unroll: bool | int | None,
 ) -> tf.Tensor:
-    """The attack as TensorFlow ops; with restarts, per example the restart with the highest loss."""
+    """The attack as TensorFlow ops.
+
+    With restarts, per example, a restart that succeeds (misclassifies; targeted: predicts the target) beats
+    one that does not, and among equals the higher loss wins, so an example counts as broken if any restart
+    breaks it. Restart ``r`` starts from the random seed ``stateless_fold_in(seed, r)``.
+    """
     in_dtype = x.dtype
     x = tf.cast(x, tf.float32)
+    y = tf.cast(y, tf.int32)
 
     def loss_fn(x_adv: tf.Tensor) -> tf.Tensor:
         return _per_example_loss(model, x_adv, y, targeted)
@@ -381,18 +387,25 @@ def _attack(
                                random_start=random_start, momentum=momentum, clip_min=clip_min,
                                clip_max=clip_max, seed=seed_r, unroll=unroll)
 
+    def score(x_adv: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(succeeded, loss) per example."""
+        logits = tf.cast(model(x_adv, training=False), tf.float32)
+        hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        return (hit, -loss) if targeted else (tf.logical_not(hit), loss)
+
     best = run(0)
     if restarts > 1:
         keep_shape = tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1], tf.int32)], 0)
 
-        def body(r: tf.Tensor, best: tf.Tensor, best_loss: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        def body(r: tf.Tensor, best: tf.Tensor, best_ok: tf.Tensor, best_loss: tf.Tensor) -> tuple:
             cand = run(r)
-            cand_loss = loss_fn(cand)
-            better = cand_loss > best_loss
-            return (r + 1, tf.where(tf.reshape(better, keep_shape), cand, best),
-                    tf.where(better, cand_loss, best_loss))
+            ok, loss = score(cand)
+            better = (ok & ~best_ok) | ((ok == best_ok) & (loss > best_loss))
+            return (r + 1, tf.where(tf.reshape(better, keep_shape), cand, best), ok | best_ok,
+                    tf.where(better, loss, best_loss))
 
-        _, best, _ = tf.while_loop(lambda r, *_: r < restarts, body, [tf.constant(1), best, loss_fn(best)])
+        _, best, _, _ = tf.while_loop(lambda r, *_: r < restarts, body, [tf.constant(1), best, *score(best)])
     return tf.stop_gradient(tf.cast(best, in_dtype))
 
 
@@ -518,8 +531,9 @@ def pgd(
 
     ``norm``: "inf" (signed steps, L-inf ball) or 2 (normalised steps, L2 ball). ``random_start``: begin at a
     uniform random point of the ball; ``restarts`` > 1 repeats from new random starts and keeps, per
-    example, the result with the highest loss. ``seed`` makes the random starts repeatable (None: drawn from
-    numpy's global generator, which ``runtime.setup`` seeds). Other arguments as in :func:`fgsm`.
+    example, a restart that misclassifies (targeted: hits the target) if there is one, else the one with
+    the highest loss: an example counts as broken if any restart breaks it. ``seed`` makes the random
+    starts repeatable (None: drawn from numpy's global generator, which ``runtime.setup`` seeds). Other arguments as in :func:`fgsm`.
     ``unroll`` overrides how the steps are laid out in the graph (see :func:`gradient_ascent`).
     Returns float32 numpy of x's shape, inside the ball and the pixel range.
     Introduced in notebooks/02_iterative_attacks.ipynb.
@@ -607,6 +621,11 @@ class Attack:
 
     def _name(self) -> str:
         return self.label
+
+    @property
+    def family(self) -> str:
+        """The threat model, for attack pools (:class:`AttackPool`): "linf", "l2" or "spatial"."""
+        return "l2" if getattr(self, "norm", "inf") == 2 else "linf"
 
     def with_eps(self, eps: float) -> "Attack":
         """The same attack with another radius (other settings unchanged, step_size included)."""
@@ -758,3 +777,253 @@ class MIM(Attack):
     def _settings(self) -> dict[str, Any]:
         return dict(steps=self.steps, norm=self.norm, random_start=False, restarts=1, momentum=self.decay,
                     targeted=self.targeted, clip_min=self.clip_min, clip_max=self.clip_max, unroll=self.unroll)
+
+
+# --------------------------------------------------------------------------------------------------
+# Spatial attack: the worst of a grid of rotations and translations (forward passes only)
+# --------------------------------------------------------------------------------------------------
+#: Attack families an :class:`AttackPool` can hold (see :attr:`Attack.family`).
+FAMILIES = ("linf", "l2", "spatial")
+_INTERPOLATIONS = ("nearest", "bilinear")
+
+
+def _check_grid_axis(steps_name: str, steps: Any, max_name: str, maximum: Any) -> tuple[int, float]:
+    """An odd number of grid values in [-maximum, maximum] (odd: the grid is symmetric and contains 0)."""
+    maximum = _check_number(max_name, maximum)
+    if maximum < 0:
+        raise ValueError(f"{max_name} must be >= 0 (the grid spans -{max_name} .. +{max_name}), got {maximum}")
+    steps = check_positive_int(steps_name, steps)
+    if steps % 2 == 0:
+        raise ValueError(f"{steps_name} must be odd so that the grid is symmetric and contains 0 (no change), "
+                         f"got {steps}; use {steps - 1} or {steps + 1}")
+    if steps == 1 and maximum != 0:
+        raise ValueError(f"{steps_name}=1 leaves only the value 0, but {max_name}={maximum}: "
+                         f"use {steps_name} >= 3 or {max_name}=0")
+    if steps > 1 and maximum == 0:
+        raise ValueError(f"{max_name}=0 with {steps_name}={steps} repeats the value 0: use {steps_name}=1")
+    return steps, maximum
+
+
+def spatial_grid(max_angle: float, max_shift: float, angle_steps: int, shift_steps: int) -> np.ndarray:
+    """The grid of the spatial attack: float64 array (angle_steps * shift_steps**2, 3) of (angle, dx, dy).
+
+    Angles in degrees, ``angle_steps`` values evenly spaced in [-max_angle, max_angle]; shifts in pixels,
+    ``shift_steps`` values in [-max_shift, max_shift] for each of dx (right) and dy (down). Step counts are odd,
+    so the identity (0, 0, 0) is a grid point. Introduced in notebooks/06_unseen_attacks.ipynb.
+    """
+    angle_steps, max_angle = _check_grid_axis("angle_steps", angle_steps, "max_angle", max_angle)
+    shift_steps, max_shift = _check_grid_axis("shift_steps", shift_steps, "max_shift", max_shift)
+    angles = np.linspace(-max_angle, max_angle, angle_steps)
+    shifts = np.linspace(-max_shift, max_shift, shift_steps)
+    a, dx, dy = np.meshgrid(angles, shifts, shifts, indexing="ij")
+    return np.stack([a.ravel(), dx.ravel(), dy.ravel()], axis=1)
+
+
+def _transform_rows(angle: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """Rows (N, 8) for ImageProjectiveTransformV3: rotate about the image centre, then shift.
+
+    An input pixel p goes to q = c + R(p - c) + t, with R a counter-clockwise rotation as displayed (rows grow
+    downwards) and t = (dx, dy). The op needs the inverse map, output q -> input p = c + R^T (q - c - t).
+    Computed in float64 (so 90 degrees and integer shifts land exactly on pixels), returned as float32.
+    """
+    theta = tf.cast(angle, tf.float64) * (np.pi / 180.0)
+    dx, dy = tf.cast(dx, tf.float64), tf.cast(dy, tf.float64)
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    zero = tf.zeros_like(theta)
+    rows = [cos, -sin, cx - cos * (cx + dx) + sin * (cy + dy),
+            sin, cos, cy - sin * (cx + dx) - cos * (cy + dy), zero, zero]
+    return tf.cast(tf.stack(rows, axis=-1), tf.float32)
+
+
+def spatial_transform(x: Any, angle: Any = 0.0, dx: Any = 0.0, dy: Any = 0.0, *, interpolation: str = "nearest",
+                      fill_value: float = 0.0) -> tf.Tensor:
+    """Rotate images by ``angle`` degrees (counter-clockwise as displayed) about their centre, then shift them
+    ``dx`` pixels right and ``dy`` pixels down; pixels from outside the image are ``fill_value``.
+
+    ``x``: float tensor (B, H, W, C). ``angle``, ``dx``, ``dy``: scalars (the same for every image) or (B,)
+    tensors (one per image). ``interpolation``: "nearest" (every output pixel is an input pixel or
+    ``fill_value``: no new grey levels) or "bilinear". TensorFlow ops only (graph-compatible); no gradient
+    with respect to ``x`` (the spatial attack needs forward passes only). Introduced in
+    notebooks/06_unseen_attacks.ipynb.
+    """
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank != 4 or x.shape[1] is None or x.shape[2] is None:
+        raise ValueError(f"x must be images of shape (batch, height, width, channels) with known height and "
+                         f"width, got shape {x.shape}")
+    angle, dx, dy = (tf.reshape(tf.convert_to_tensor(v, tf.float64), [-1]) for v in (angle, dx, dy))
+    shape = tf.broadcast_dynamic_shape(tf.broadcast_dynamic_shape(tf.shape(angle), tf.shape(dx)), tf.shape(dy))
+    transforms = _transform_rows(*(tf.broadcast_to(v, shape) for v in (angle, dx, dy)), x.shape[1], x.shape[2])
+    return _apply_transforms(x, transforms, interpolation, fill_value)
+
+
+def _apply_transforms(x: tf.Tensor, transforms: tf.Tensor, interpolation: str, fill_value: Any) -> tf.Tensor:
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(x, tf.float32), transforms=transforms, output_shape=tf.shape(x)[1:3],
+        fill_value=tf.cast(fill_value, tf.float32), interpolation=interpolation.upper(), fill_mode="CONSTANT")
+    return tf.cast(out, x.dtype)
+
+
+def _spatial_attack(model: Any, x: tf.Tensor, y: tf.Tensor, *, grid: np.ndarray, scale: Any, targeted: bool,
+                    interpolation: str, fill_value: float) -> tf.Tensor:
+    """The worst grid point per example, as TensorFlow ops: a tf.while_loop of one forward pass per point.
+
+    A grid point that succeeds (misclassifies; targeted: predicts the target) beats one that does not; among
+    equals the higher loss (targeted: the lower loss on the target) wins. So an example counts as broken if any
+    grid point breaks it. ``scale`` (the spec's eps) multiplies every angle and shift.
+    """
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank != 4 or x.shape[1] is None or x.shape[2] is None:
+        raise ValueError(f"the spatial attack needs images of shape (batch, height, width, channels) with known "
+                         f"height and width, got shape {x.shape}")
+    in_dtype = x.dtype
+    x = tf.cast(x, tf.float32)
+    y = tf.cast(y, tf.int32)
+    points = tf.constant(grid, tf.float64) * tf.cast(scale, tf.float64)
+    transforms = _transform_rows(points[:, 0], points[:, 1], points[:, 2], x.shape[1], x.shape[2])
+    keep_shape = tf.concat([tf.shape(x)[:1], tf.ones([3], tf.int32)], 0)
+
+    def body(i: tf.Tensor, best: tf.Tensor, best_ok: tf.Tensor, best_loss: tf.Tensor) -> tuple:
+        cand = _apply_transforms(x, transforms[i][None], interpolation, fill_value)
+        logits = tf.cast(model(cand, training=False), tf.float32)
+        hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        ok, loss = (hit, -loss) if targeted else (tf.logical_not(hit), loss)
+        better = (ok & ~best_ok) | ((ok == best_ok) & (loss > best_loss))
+        return (i + 1, tf.where(tf.reshape(better, keep_shape), cand, best), ok | best_ok,
+                tf.where(better, loss, best_loss))
+
+    batch = tf.shape(x)[:1]
+    start = [tf.constant(0), x, tf.zeros(batch, tf.bool), tf.fill(batch, tf.constant(-np.inf, tf.float32))]
+    _, best, _, _ = tf.while_loop(lambda i, *_: i < len(grid), body, start)
+    return tf.stop_gradient(tf.cast(best, in_dtype))
+
+
+def _spatial_compiled(model: Any, settings: dict[str, Any], sample_shape: tuple[int, ...]) -> Any:
+    """One tf.function per model, settings and image shape (kept in the attacks' cache; traced once)."""
+    key = ("spatial", tuple(sorted(settings.items())), sample_shape)
+    per_model = _CACHE.setdefault(model, {})
+    if key not in per_model:
+        model_ref = weakref.ref(model)
+        run = functools.partial(_traced_spatial, model_ref, settings)
+        signature = [tf.TensorSpec((None, *sample_shape), tf.float32, name="x"),
+                     tf.TensorSpec((None,), tf.int64, name="y"), tf.TensorSpec((), tf.float32, name="scale")]
+        per_model[key] = tf.function(run, input_signature=signature)
+    return per_model[key]
+
+
+def _traced_spatial(model_ref: Any, settings: dict[str, Any], x: tf.Tensor, y: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    model = model_ref()
+    _TRACES[model] = _TRACES.get(model, 0) + 1  # Python side effect: runs only while tracing
+    grid = spatial_grid(settings["max_angle"], settings["max_shift"], settings["angle_steps"], settings["shift_steps"])
+    return _spatial_attack(model, x, y, grid=grid, scale=scale, targeted=settings["targeted"],
+                           interpolation=settings["interpolation"], fill_value=settings["fill_value"])
+
+
+@dataclass(frozen=True, repr=False)
+class Spatial(Attack):
+    """The worst of a grid of rotations and translations (Engstrom et al., ICML 2019, "Exploring the Landscape
+    of Spatial Robustness"): ``Spatial(max_angle=30, max_shift=3)(model, x, y)``.
+
+    Every image is rotated by each of ``angle_steps`` angles in [-max_angle, max_angle] degrees and shifted by
+    each of ``shift_steps`` x ``shift_steps`` offsets in [-max_shift, max_shift] pixels (see
+    :func:`spatial_grid`, :func:`spatial_transform`); per example the attack keeps a grid point that
+    misclassifies (targeted: that predicts the target ``y``) if there is one, the highest-loss one among them,
+    else the highest-loss point overall. So an example is broken if any grid point breaks it. Forward passes
+    only (one per grid point and batch, in one compiled ``tf.while_loop``), no gradients, no randomness.
+
+    ``interpolation="nearest"`` (default): every output pixel is an input pixel or the fill, so the attack
+    changes geometry only, 90-degree turns and whole-pixel shifts are exact, and no blur (a second, photometric
+    perturbation the model might react to) is mixed in; "bilinear" gives smoother rotations. Pixels moved in
+    from outside the image are ``clip_min`` (black; 0 for the series' images). ``eps`` scales the whole grid:
+    angles and shifts are multiplied by it, so 1 (default) is the grid as given, ``with_eps(0.5)`` halves the
+    budget and an eps ramp 0 -> 1 grows the grid from the identity. Introduced in notebooks/06_unseen_attacks.ipynb.
+    """
+
+    label: ClassVar[str] = "Spatial"
+    max_angle: float = 30.0
+    max_shift: float = 3.0
+    angle_steps: int = 7
+    shift_steps: int = 5
+    eps: float = 1.0
+    targeted: bool = False
+    interpolation: str = "nearest"
+    clip_min: float = 0.0
+    clip_max: float = 1.0
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self._validate_common()
+        angle_steps, max_angle = _check_grid_axis("angle_steps", self.angle_steps, "max_angle", self.max_angle)
+        shift_steps, max_shift = _check_grid_axis("shift_steps", self.shift_steps, "max_shift", self.max_shift)
+        for name, value in (("angle_steps", angle_steps), ("max_angle", max_angle),
+                            ("shift_steps", shift_steps), ("max_shift", max_shift)):
+            object.__setattr__(self, name, value)
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
+
+    def __repr__(self) -> str:
+        parts = [f"max_angle={self.max_angle:g}", f"max_shift={self.max_shift:g}",
+                 f"grid=({self.angle_steps}, {self.shift_steps}, {self.shift_steps})"]
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("eps", "targeted", "interpolation", "clip_min", "clip_max", "batch_size"):
+            if getattr(self, name) != defaults[name]:
+                parts.append(f"{name}={getattr(self, name)!r}")
+        return f"Spatial({', '.join(parts)})"
+
+    @property
+    def family(self) -> str:
+        return "spatial"
+
+    @property
+    def grid(self) -> np.ndarray:
+        """The (angle, dx, dy) grid points at eps = 1, shape (grid_points, 3); see :func:`spatial_grid`."""
+        return spatial_grid(self.max_angle, self.max_shift, self.angle_steps, self.shift_steps)
+
+    @property
+    def grid_points(self) -> int:
+        """Forward passes per image: angle_steps * shift_steps ** 2."""
+        return self.angle_steps * self.shift_steps ** 2
+
+    def _name(self) -> str:
+        return (f"Spatial {self.max_angle * self.eps:g}deg {self.max_shift * self.eps:g}px "
+                f"({self.angle_steps}x{self.shift_steps}x{self.shift_steps})")
+
+    def _spatial_settings(self) -> dict[str, Any]:
+        return dict(max_angle=self.max_angle, max_shift=self.max_shift, angle_steps=self.angle_steps,
+                    shift_steps=self.shift_steps, targeted=self.targeted, interpolation=self.interpolation,
+                    fill_value=self.clip_min)
+
+    def generate(self, model: Any, x: Any, y: Any, *, eps: Any = None, seed: Any = None) -> tf.Tensor:
+        """The worst grid point per example as a tensor, from TensorFlow ops only (see :meth:`Attack.generate`).
+
+        ``model``: any callable ``f(x, training=False) -> logits`` (e.g. a meta-learner's adapted weights).
+        ``x``: float tensor (B, H, W, C); ``y``: int class ids (B,). ``eps``: scale of the grid overriding
+        ``self.eps`` (Python float or scalar tensor). ``seed`` is accepted and ignored: the attack is
+        deterministic. Returns x_adv (dtype of x, gradient stopped), each image an exact rotation/translation
+        of its input.
+        """
+        settings = self._spatial_settings()
+        return _spatial_attack(model, tf.convert_to_tensor(x), tf.convert_to_tensor(y), grid=self.grid,
+                               scale=self.eps if eps is None else eps, targeted=self.targeted,
+                               interpolation=settings["interpolation"], fill_value=settings["fill_value"])
+
+    def __call__(self, model: Any, x: Any, y: Any) -> np.ndarray:
+        """Run the attack on numpy (or tensor) inputs: validated, batched, compiled; numpy out."""
+        x, y = _prepare(model, x, y, self.clip_min, self.clip_max)
+        if x.ndim != 4:
+            raise ValueError(f"the spatial attack needs images of shape (batch, height, width, channels), "
+                             f"got shape {x.shape}; add a channel axis with x[..., None]")
+        fn = _spatial_compiled(model, self._spatial_settings(), tuple(x.shape[1:]))
+        scale = tf.constant(self.eps, tf.float32)
+        batch_size = self.batch_size or len(x)
+        out = np.empty_like(x)
+        for start in range(0, len(x), batch_size):
+            stop = min(start + batch_size, len(x))
+            out[start:stop] = fn(tf.constant(x[start:stop]), tf.constant(y[start:stop]), scale).numpy()
+        return out
+
+
+__all__ += ["FAMILIES", "spatial_grid", "spatial_transform", "Spatial"]

@@ -7,6 +7,7 @@ notebooks/02_iterative_attacks.ipynb.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -93,6 +94,28 @@ def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: in
     return float(np.mean(correct(model, x, y, batch_size=batch_size)))
 
 
+def accuracy_ci95(correct: Any) -> tuple[float, float]:
+    """Accuracy and the half-width of its 95 % interval from per-example correctness ``correct`` (bools, (n,)).
+
+    The interval is the Wilson score interval for a binomial proportion (z = 1.96); it stays honest near 0 %
+    and 100 %, where the normal approximation 1.96 * sqrt(p (1 - p) / n) shrinks to zero width. Wilson's
+    interval is not centred on the accuracy, so ``half_width`` is the larger of its two distances from it:
+    ``mean +- half_width`` contains the Wilson interval. Returns ``(mean, half_width)`` as fractions in [0, 1].
+    Introduced in notebooks/01_fgsm.ipynb.
+    """
+    c = np.asarray(correct)
+    if c.ndim != 1 or len(c) == 0:
+        raise ValueError(f"correct must be a non-empty 1-D array of per-example bools, got shape {c.shape}")
+    if c.dtype != np.bool_:
+        if not np.issubdtype(c.dtype, np.integer) or not np.isin(c, (0, 1)).all():
+            raise TypeError(f"correct must hold bools (or 0/1), got dtype {c.dtype}; pass e.g. evaluate.correct(...)")
+        c = c.astype(bool)
+    n, p, z = len(c), float(np.mean(c)), 1.96
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return p, max(p - (center - spread), center + spread - p)
+
+
 def adversarial_examples(model: keras.Model, x: np.ndarray, y: np.ndarray, attack: Attack, *,
                          batch_size: int = 500) -> np.ndarray:
     """Run ``attack(model, x_batch, y_batch)`` batch by batch; returns float32 images shaped like ``x``.
@@ -141,6 +164,40 @@ def accuracy_under(model: keras.Model, x: np.ndarray, x_adv: np.ndarray, y: np.n
         raise ValueError(f"x_adv has shape {x_adv.shape} but x has shape {x.shape}; pass matching arrays")
     both = correct(model, x, y, batch_size=batch_size) & correct(model, x_adv, y, batch_size=batch_size)
     return float(np.mean(both))
+
+
+def robustness_summary(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps: float, pgd_steps: int = 40,
+                       pgd_step_size: float = 0.01, strong_steps: int = 100, restarts: int = 5,
+                       batch_size: int = 500) -> dict[str, float]:
+    """Clean, FGSM, PGD-``pgd_steps`` and PGD-``strong_steps`` x ``restarts`` accuracy (fractions) on ``(x, y)``.
+
+    ``x``: float32 (N, H, W, C) in [0, 1]; ``y``: int labels (N,). All PGD runs are L-inf with step
+    ``pgd_step_size`` and a random start. Every number counts an example only if it is correct clean and
+    attacked. The strong attack is ``attacks.PGD(steps=strong_steps, restarts=restarts)`` (an example is broken
+    if any restart breaks it), run on the examples PGD-``pgd_steps`` left standing: the strong number is the
+    worst case over both attacks. ``restarts=0`` skips it. Keys: ``clean``, ``fgsm``, ``pgd{pgd_steps}``, and
+    ``pgd{strong_steps}_restarts{restarts}``. Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    x, y = _check_xy(x, y)
+    eps = attacks._check_eps(eps)
+    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 0:
+        raise ValueError(f"restarts must be an int >= 0 (0 skips the strong attack), got {restarts!r}")
+    fgsm = attacks.FGSM(eps=eps)
+    pgd = attacks.PGD(eps=eps, steps=pgd_steps, step_size=pgd_step_size, seed=0)
+    clean_ok = correct(model, x, y, batch_size=batch_size)
+    robust = clean_ok & correct(model, adversarial_examples(model, x, y, pgd, batch_size=batch_size), y,
+                                batch_size=batch_size)
+    out = {"clean": float(clean_ok.mean()),
+           "fgsm": float((clean_ok & correct(model, fgsm(model, x, y), y, batch_size=batch_size)).mean()),
+           f"pgd{pgd_steps}": float(robust.mean())}
+    if restarts:
+        strong = attacks.PGD(eps=eps, steps=strong_steps, step_size=pgd_step_size, restarts=restarts, seed=1)
+        idx = np.flatnonzero(robust)
+        if idx.size:
+            x_adv = adversarial_examples(model, x[idx], y[idx], strong, batch_size=min(batch_size, 100))
+            robust[idx] = correct(model, x_adv, y[idx], batch_size=batch_size)
+        out[f"pgd{strong_steps}_restarts{restarts}"] = float(robust.mean())
+    return out
 
 
 def activation_bytes(model: keras.Model, n: int) -> int:

@@ -547,52 +547,8 @@ def train_cached(
 
 
 # --------------------------------------------------------------------------------------------------
-# Robustness numbers for the notebook's table
+# Tables and figures for the notebook
 # --------------------------------------------------------------------------------------------------
-def robustness_summary(
-    model: keras.Model,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    eps: float,
-    pgd_steps: int = 40,
-    pgd_step_size: float = 0.01,
-    strong_steps: int = 100,
-    restarts: int = 5,
-    batch_size: int = 500,
-) -> dict[str, float]:
-    """Clean, FGSM, PGD-``pgd_steps`` and PGD-``strong_steps`` x ``restarts`` accuracy (fractions) on ``(x, y)``.
-
-    ``x``: float32 (N, H, W, C) in [0, 1]; ``y``: int labels (N,). All PGD runs use ``pgd_step_size`` and a
-    random start. The strong attack is a worst case per example: an image counts as robust only if it
-    survives PGD-``pgd_steps`` and every one of the ``restarts`` PGD-``strong_steps`` runs, so the number is
-    never above what PGD-``strong_steps`` x ``restarts`` alone would give (each restart attacks only the images
-    still standing, which saves time without weakening it). Keys: ``clean``, ``fgsm``, ``pgd{pgd_steps}``,
-    ``pgd{strong_steps}_restarts{restarts}``. Introduced in notebooks/03_adversarial_training.ipynb.
-    """
-    eps = _check_eps(eps)
-    x, y = np.asarray(x, dtype=np.float32), np.asarray(y)
-
-    def correct(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return np.argmax(_logits_numpy(model, images, batch_size), axis=-1) == labels
-
-    fgsm = attacks.FGSM(eps=eps, batch_size=batch_size)
-    pgd = attacks.PGD(eps=eps, steps=pgd_steps, step_size=pgd_step_size, batch_size=batch_size, seed=0)
-    clean_ok = correct(x, y)
-    pgd_ok = clean_ok & correct(pgd(model, x, y), y)
-    alive = pgd_ok.copy()
-    for r in range(restarts):
-        idx = np.flatnonzero(alive)
-        if idx.size == 0:
-            break
-        chunk = min(batch_size, 100)
-        strong = attacks.PGD(eps=eps, steps=strong_steps, step_size=pgd_step_size, batch_size=chunk, seed=r + 1)
-        padded = np.resize(idx, -(-idx.size // chunk) * chunk)  # whole chunks: one compiled shape, little waste
-        alive[idx] = correct(strong(model, x[padded], y[padded]), y[padded])[: idx.size]
-    return {"clean": float(clean_ok.mean()), "fgsm": float((clean_ok & correct(fgsm(model, x, y), y)).mean()),
-            f"pgd{pgd_steps}": float(pgd_ok.mean()), f"pgd{strong_steps}_restarts{restarts}": float(alive.mean())}
-
-
 def results_markdown(results: dict[str, dict[str, float]], *, labels: dict[str, str] | None = None) -> str:
     """A Markdown table of :func:`robustness_summary` results (fractions shown as percents) keyed by row name.
 
