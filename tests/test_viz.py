@@ -43,11 +43,11 @@ def _close_figures():
 def test_adversarial_grid_has_three_rows(tiny):
     model, x, y = tiny
     fig = viz.adversarial_grid(model, x, _signs(0.1)(model, x, y), y, n=4)
-    assert len(fig.axes) == 12
+    assert len(fig.axes) == 13  # 12 images + the perturbation colorbar
     assert "pred" in fig.axes[0].get_title() and "true" in fig.axes[0].get_title()
     assert "target" in viz.adversarial_grid(model, x, x, y, n=1, label_title="target").axes[0].get_title()
     fig = viz.adversarial_grid(model, x[:2], x[:2], n=8)  # fewer images than n
-    assert len(fig.axes) == 6
+    assert len(fig.axes) == 7
     with pytest.raises(ValueError, match="same shape"):
         viz.adversarial_grid(model, x, x[:3])
 
@@ -85,7 +85,10 @@ def test_explorer_builds_and_updates_headless(tiny):
     assert explorer.state["linf"] == 0.0 and explorer.state["adv_pred"] == explorer.state["clean_pred"]
     assert np.isclose(explorer.state["adv_prob"].sum(), 1.0)
     fig = explorer.render()
-    assert len(fig.axes) == 4
+    assert len(fig.axes) == 5  # clean, adversarial, perturbation, its colorbar, probabilities
+    assert fig.axes[2].images[0].get_clim() == (-0.5, 0.5)  # colour scale fixed to the slider's range
+    bundle = explorer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "VBox" not in bundle["text/plain"]
     assert explorer.widget.children  # a real ipywidgets box
     with pytest.raises(ValueError, match="eps"):
         viz.attack_explorer(model, x, y, {"signs": _signs}, eps=0.9, eps_max=0.5)

@@ -17,19 +17,21 @@ from matplotlib.figure import Figure
 from . import evaluate
 
 DIGITS = tuple(str(i) for i in range(10))
-#: Resolution of every figure here: small PNGs in stored notebook outputs.
-DPI = 72
+#: Resolution of every figure here: 144 dpi (twice the 72 of a plain inline figure), so a room can read labels
+#: on a projector; PNG outputs stay a few tens of kB.
+DPI = 144
 
 
 def _probabilities(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return evaluate.probabilities(model, x).astype(np.float64)
 
 
-def _image(ax, img: np.ndarray, title: str, **kw) -> None:
-    ax.imshow(np.squeeze(img), interpolation="nearest", cmap=kw.pop("cmap", "gray"), vmin=kw.pop("vmin", 0.0), vmax=kw.pop("vmax", 1.0), **kw)
+def _image(ax, img: np.ndarray, title: str, **kw):
+    im = ax.imshow(np.squeeze(img), interpolation="nearest", cmap=kw.pop("cmap", "gray"), vmin=kw.pop("vmin", 0.0), vmax=kw.pop("vmax", 1.0), **kw)
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
+    return im
 
 
 def _check_images(x: np.ndarray, name: str) -> np.ndarray:
@@ -47,7 +49,8 @@ def adversarial_grid(model: keras.Model, x: np.ndarray, x_adv: np.ndarray, y: np
     ``x``, ``x_adv``: float32 images in [0, 1], shape (m, 28, 28, 1), m >= 1; ``y``: optional int labels,
     shown on the clean row after ``label_title`` (e.g. "target" for a targeted attack's target classes).
     Titles give the predicted class and its softmax confidence (and the true label on the clean row);
-    the perturbation uses a diverging map centred on 0. Returns a Figure with ``3 * min(n, m)`` axes.
+    the perturbation uses a diverging map centred on 0 with a colorbar (one more axes). Returns a Figure with
+    ``3 * min(n, m) + 1`` axes.
     Introduced in notebooks/01_fgsm.ipynb.
     """
     x, x_adv = _check_images(x, "x"), _check_images(x_adv, "x_adv")
@@ -59,25 +62,30 @@ def adversarial_grid(model: keras.Model, x: np.ndarray, x_adv: np.ndarray, y: np
     p_clean, p_adv = _probabilities(model, x[:k]), _probabilities(model, x_adv[:k])
     delta = x_adv[:k] - x[:k]
     bound = max(float(np.abs(delta).max()), 1e-6)
-    fig, axes = plt.subplots(3, k, figsize=figsize or (1.1 * k + 0.6, 3.9), squeeze=False, dpi=DPI)
+    fig, axes = plt.subplots(3, k, figsize=figsize or (1.1 * k + 1.2, 4.1), squeeze=False, dpi=DPI,
+                             layout="constrained")
     for i in range(k):
         pc, pa = int(p_clean[i].argmax()), int(p_adv[i].argmax())
         truth = f"{label_title} {class_names[int(y[i])]}\n" if y is not None else ""
         _image(axes[0, i], x[i], f"{truth}pred {class_names[pc]} ({p_clean[i, pc]:.0%})")
         _image(axes[1, i], x_adv[i], f"pred {class_names[pa]} ({p_adv[i, pa]:.0%})")
-        _image(axes[2, i], delta[i], f"max |d| {np.abs(delta[i]).max():.2f}", cmap="seismic", vmin=-bound, vmax=bound)
+        im = _image(axes[2, i], delta[i], f"max |d| {np.abs(delta[i]).max():.2f}", cmap="seismic", vmin=-bound, vmax=bound)
     for row, name in enumerate(("clean", "adversarial", "perturbation")):
         axes[row, 0].set_ylabel(name, fontsize=8)
-    fig.tight_layout()
+    cbar = fig.colorbar(im, ax=axes[2, :].tolist(), shrink=0.9, pad=0.01)
+    cbar.ax.tick_params(labelsize=7)
+    cbar.set_label("x_adv - x", fontsize=7)
     return fig
 
 
 def plot_sweep(results: Any, ax: matplotlib.axes.Axes | None = None, *, title: str | None = None,
-               chance: float | None = 0.1, xlabel: str = r"$\epsilon$ ($L_\infty$)") -> Figure:
+               chance: float | None = 0.1, xlabel: str = r"$\epsilon$ ($L_\infty$)", n: int | None = None) -> Figure:
     """Accuracy against eps for one :class:`~tutorial_lib.evaluate.SweepResult` or a list of them.
 
     Draws on ``ax`` if given (and returns its figure), else on a new small figure with one axes. A dotted
-    line marks ``chance`` accuracy (0.1 for ten classes; None to omit). Introduced in notebooks/01_fgsm.ipynb.
+    line marks ``chance`` accuracy (0.1 for ten classes; None to omit). ``n``: the number of images behind
+    each point; if given, a shaded band shows each point's 95% interval (:func:`evaluate.accuracy_ci95`).
+    Introduced in notebooks/01_fgsm.ipynb.
     """
     sweeps = [results] if isinstance(results, evaluate.SweepResult) else list(results)
     if not sweeps or not all(isinstance(s, evaluate.SweepResult) for s in sweeps):
@@ -87,7 +95,10 @@ def plot_sweep(results: Any, ax: matplotlib.axes.Axes | None = None, *, title: s
     else:
         fig = ax.figure
     for s in sweeps:
-        ax.plot(s.eps, s.accuracy, marker="o", markersize=3, label=s.label)
+        line, = ax.plot(s.eps, s.accuracy, marker="o", markersize=3, label=s.label)
+        if n is not None:
+            half = np.array([_ci95_half_width(a, n) for a in s.accuracy])
+            ax.fill_between(s.eps, s.accuracy - half, s.accuracy + half, color=line.get_color(), alpha=0.2, linewidth=0)
     if chance is not None:
         ax.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
     ax.set_xlabel(xlabel)
@@ -99,6 +110,15 @@ def plot_sweep(results: Any, ax: matplotlib.axes.Axes | None = None, *, title: s
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _ci95_half_width(accuracy: float, n: int) -> float:
+    """Half-width of the 95% interval of an accuracy measured on ``n`` examples (as evaluate.accuracy_ci95)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be the number of images behind each accuracy (>= 1), got {n}")
+    hits = np.arange(n) < int(round(float(accuracy) * n))
+    return float(evaluate.accuracy_ci95(hits)[1])
 
 
 def plot_probabilities(probs: np.ndarray, ax: matplotlib.axes.Axes | None = None, *, true_label: int | None = None,
@@ -124,9 +144,12 @@ class AttackExplorer:
 
     ``attacks`` maps a display name to a factory ``eps -> attack spec`` (e.g.
     ``{"FGSM": lambda e: tl.attacks.FGSM(eps=e)}``). ``x``: float32 images in [0, 1] (n, 28, 28, 1),
-    ``y``: int labels. Display it in a notebook (``explorer`` as the last line of a cell); for a static
-    picture of the current state use :meth:`render`. :meth:`update` recomputes, and runs headless
-    (no browser needed), which is what tests and nbval exercise. Introduced in notebooks/01_fgsm.ipynb.
+    ``y``: int labels. Display it in a notebook (``explorer`` as the last line of a cell): JupyterLab shows
+    the live widget; viewers without a kernel or widget state (GitHub, nbconvert HTML) cannot, so show
+    :meth:`render`'s static figure of the same view beside it.
+    :meth:`update` recomputes, and runs headless (no browser needed), which is what tests and nbval
+    exercise. The perturbation's colour scale is fixed to [-eps_max, eps_max], so it grows with eps.
+    Introduced in notebooks/01_fgsm.ipynb.
     """
 
     def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray,
@@ -179,22 +202,28 @@ class AttackExplorer:
         return self.state
 
     def render(self) -> Figure:
-        """A static figure of the current state: clean image, adversarial image, perturbation, probability bars."""
+        """A static figure of the current state: clean image, adversarial image, perturbation (colour scale fixed
+        to the slider's range, with a colorbar), probability bars. Returns a Figure with 5 axes."""
         s, i = self.state, self.state["index"]
-        fig, axes = plt.subplots(1, 4, figsize=(8.0, 2.2), gridspec_kw={"width_ratios": [1, 1, 1, 1.8]}, dpi=DPI)
+        fig, axes = plt.subplots(1, 4, figsize=(9.0, 2.4), gridspec_kw={"width_ratios": [1, 1, 1, 1.8]}, dpi=DPI,
+                                 layout="constrained")
         delta = self._x_adv[0] - self.x[i]
-        bound = max(float(np.abs(delta).max()), 1e-6)
+        bound = float(self.eps_slider.max)
         _image(axes[0], self.x[i], f"clean: pred {s['clean_pred']} ({s['clean_prob'].max():.0%})")
-        _image(axes[1], self._x_adv[0], f"{s['attack']} eps {s['eps']:.2f}: pred {s['adv_pred']} ({s['adv_prob'].max():.0%})")
-        _image(axes[2], delta, f"perturbation (max {s['linf']:.2f})", cmap="seismic", vmin=-bound, vmax=bound)
+        _image(axes[1], self._x_adv[0], f"{s['attack']} eps {s['eps']:.2f}:\npred {s['adv_pred']} ({s['adv_prob'].max():.0%})")
+        im = _image(axes[2], delta, f"perturbation (max {s['linf']:.2f})", cmap="seismic", vmin=-bound, vmax=bound)
+        cbar = fig.colorbar(im, ax=axes[2], shrink=0.85)
+        cbar.ax.tick_params(labelsize=7)
         plot_probabilities(s["adv_prob"], axes[3], true_label=s["label"], title="adversarial probabilities")
-        fig.tight_layout()
         return fig
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """The live widget for JupyterLab; for viewers without a kernel, a plain sentence instead of ``VBox(...)``."""
+        bundle = dict(self.widget._repr_mimebundle_() or {})
+        bundle["text/plain"] = (f"AttackExplorer ({self.state['attack']}, eps {self.state['eps']:.2f}, image "
+                                f"{self.state['index']}): a live widget when the notebook runs in JupyterLab; "
+                                "render() draws the same view as a static figure")
+        return bundle
 
 
 def attack_explorer(model: keras.Model, x: np.ndarray, y: np.ndarray, attacks: Mapping[str, Callable[[float], Any]],
