@@ -1,7 +1,8 @@
 """Feedback on the notebooks' exercises: each ``check_*`` function tests a learner's answer.
 
-A check prints a short verdict and returns True/False; a wrong answer gets a hint, not the solution.
-Each chapter's checks live in its own section below, in notebook order.
+A check prints a short verdict and returns True/False; a wrong or missing answer gets a hint, not the solution.
+Each chapter's checks live in its own section below, in notebook order. Teachers find worked answers in
+:data:`SOLUTIONS` (``solution("03.1")`` prints one), tested against these checks in tests/test_exercises.py.
 """
 
 from __future__ import annotations
@@ -9,6 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+
+def _missing(answer: Any, what: str) -> bool:
+    """Print a reminder (what kind of answer, never the answer itself) when ``answer`` is None."""
+    if answer is None:
+        print(f"No answer yet: replace None with {what}, then run the cell again.")
+        return True
+    return False
 
 
 def report(ok: bool, success: str, hint: str) -> bool:
@@ -29,6 +38,38 @@ def close(a: Any, b: Any, *, atol: float = 1e-6, rtol: float = 1e-5) -> bool:
 # ---------------------------------------------------------------------------------------------
 # 00 setup and data
 # ---------------------------------------------------------------------------------------------
+def check_most_ink(answer: Any, x: np.ndarray, y: np.ndarray) -> bool:
+    """Exercise 00.1: the digit whose training images have the largest mean pixel value ("most ink")."""
+    if _missing(answer, "a digit 0-9"):
+        return False
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
+    means = np.array([x[y == d].mean() for d in range(10)])
+    best = int(means.argmax())
+    return report(
+        close(answer, best),
+        f"digit {best} has the most ink (mean pixel {means[best]:.3f}; digit {int(means.argmin())} the least, "
+        f"{means.min():.3f}).",
+        "average the pixels of each digit's images, x_train[y_train == d].mean() for d in range(10), and take the argmax.",
+    )
+
+
+def check_weakest_digit(answer: Any, correct: Any, y: np.ndarray) -> bool:
+    """Exercise 00.2: the digit on which the model is least accurate, from a boolean per test image."""
+    if _missing(answer, "a digit 0-9"):
+        return False
+    ok, y = np.asarray(correct, dtype=bool), np.asarray(y)
+    if ok.shape != y.shape:
+        raise ValueError(f"correct must have one entry per label, got shapes {ok.shape} and {y.shape}")
+    per_digit = np.array([ok[y == d].mean() for d in range(10)])
+    worst = np.flatnonzero(per_digit == per_digit.min())
+    return report(
+        answer is not None and int(np.asarray(answer)) in worst.tolist(),
+        f"the baseline is least accurate on digit {int(worst[0])} ({per_digit.min():.1%} of {int((y == worst[0]).sum())} "
+        "test images); a few mistakes more or less move this, so look at the interval before calling one digit harder.",
+        "compute ok[y_test == d].mean() for each digit d and take the argmin.",
+    )
+
+
 def check_class_counts(counts: Any, y: np.ndarray) -> bool:
     """Exercise 00.1: the number of training images per digit, as a length-10 sequence."""
     expected = np.bincount(np.asarray(y), minlength=10)
@@ -115,16 +156,9 @@ def check_masking_diagnosis(answer: Any, report_: Any) -> bool:
 # ---------------------------------------------------------------------------------------------
 # 03 adversarial training
 # ---------------------------------------------------------------------------------------------
-def _missing(answer: Any, what: str) -> bool:
-    if answer is None:
-        print(f"No answer yet: replace None with {what}, then run the cell again.")
-        return True
-    return False
-
-
 def check_seed_perturbation(x_seed: Any, x: np.ndarray, eps: float) -> bool:
     """Exercise 03.1: the input the seed's formula L(x + eps, y) evaluates, as the model would see it."""
-    if _missing(x_seed, "np.clip(x + eps, 0, 1)"):
+    if _missing(x_seed, "an array shaped like x"):
         return False
     expected = np.clip(np.asarray(x, dtype=np.float64) + eps, 0.0, 1.0)
     return report(
@@ -175,8 +209,9 @@ def check_pgd_cost(answer: Any, steps: int = 7) -> bool:
     """Exercise 03.4: forward-backward passes per batch of PGD-``steps`` adversarial training."""
     if _missing(answer, "an integer"):
         return False
-    return report(close(answer, steps + 1), f"{steps} attack steps plus one training step: about {steps + 1}x "
-                  "the cost of standard training, which the benchmark confirms.",
+    return report(close(answer, steps + 1), f"{steps} attack steps plus one training step: {steps + 1} forward-backward "
+                  "passes per batch. Measured time grows less than that, because attack steps need no weight "
+                  "gradients and no optimizer update.",
                   "count the gradient computations: one per attack step, one for the weight update.")
 
 
@@ -214,3 +249,44 @@ def check_maml_quadratic(answer: Any, *, theta: float, a: float, b: float, alpha
         f"({adapted:g} - {b:g}) * {1 - alpha:g} = {expected:g}. First-order MAML would drop the factor {1 - alpha:g}.",
         "apply the chain rule: dL_Q/dtheta = L_Q'(theta') * d theta'/d theta, and differentiate the inner step.",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The answer key (for teachers; learners should try first)
+# ---------------------------------------------------------------------------------------------
+#: Worked answers, keyed "<notebook>.<exercise>", as code or a short derivation that uses the notebook's names.
+SOLUTIONS: dict[str, str] = {
+    "00.1": "means = np.array([data.x_train[data.y_train == d].mean() for d in range(10)])\n"
+            "answer_ink = int(means.argmax())",
+    "00.2": "ok = tl.evaluate.correct(model, data.x_test, data.y_test)\n"
+            "per_digit = np.array([ok[data.y_test == d].mean() for d in range(10)])\n"
+            "answer_weakest = int(per_digit.argmin())",
+    "01.1": "answer_1 = 0.05 * np.abs(w).sum()   # eps * ||w||_1 = 0.05 * 3.75 = 0.1875",
+    "01.2": "answer_2 = np.clip(x0 + 0.2 * np.sign(g0), 0, 1)   # [0, 0.7, 1, 0.8]",
+    "01.3": "answer_3 = sweep.eps[np.flatnonzero(sweep.accuracy < 0.5)[0]]",
+    "02.1": "answer_1 = np.clip(np.clip(z0, x0 - 0.1, x0 + 0.1), 0, 1)   # [0, 0.6, 1, 0.35]",
+    "02.2": "answer_2 = report_masked.failed()",
+    "03.1": "x_seed = np.clip(x[:8] + s.eps, 0, 1)",
+    "03.2": "def trades_loss(logits_clean, logits_adv, y, beta):\n"
+            "    log_p = tf.nn.log_softmax(logits_clean)\n"
+            "    log_q = tf.nn.log_softmax(logits_adv)\n"
+            "    ce = -tf.gather(log_p, y, batch_dims=1)\n"
+            "    kl = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)\n"
+            "    return tf.reduce_mean(ce) + beta * tf.reduce_mean(kl)",
+    "03.3": "answer_ramp = 0.3 * min(1, (1 + 1) / 4)   # = 0.15",
+    "03.4": "answer_cost = 7 + 1   # seven attack steps, one weight update",
+    "03.5": "Open question: train it as shown, then compare its robustness_summary row (PGD-40) and its seconds per "
+            "epoch with the GradAlign and PGD-AT rows. Judge the difference with the 95% intervals, not the point values.",
+    "04.1": "answer_classes = 5 * 4 * 2   # digits x rotations x (mirrored or not) = 40",
+    "04.2": "answer_ci = 1.96 * np.std(acc, ddof=1) / np.sqrt(len(acc))",
+    "04.3": "theta' = 1 - 0.25 * (1 - 3) = 1.5 and d theta'/d theta = 1 - 0.25, so\n"
+            "answer_grad = (1.5 - (-1)) * (1 - 0.25)   # = 1.875",
+}
+
+
+def solution(key: str) -> str:
+    """Print and return the worked answer of exercise ``key`` (e.g. ``"03.1"``), for teachers."""
+    if key not in SOLUTIONS:
+        raise ValueError(f"no solution for exercise {key!r}; known: {', '.join(sorted(SOLUTIONS))}")
+    print(SOLUTIONS[key])
+    return SOLUTIONS[key]
