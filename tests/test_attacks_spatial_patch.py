@@ -1,0 +1,252 @@
+"""Tests for the spatial attack, attack pools and the adversarial patch in tutorial_lib.attacks.
+
+Independent references: numpy/scipy rotations and shifts, brute-force search over the grid, hand-built models.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import scipy.ndimage
+import tensorflow as tf
+
+from tutorial_lib import attacks
+
+SHAPE = (12, 12, 1)
+N_CLASSES = 4
+
+
+def tiny_cnn(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input(SHAPE),
+        keras.layers.Conv2D(6, 3, activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(N_CLASSES),
+    ])
+
+
+def images(seed: int, n: int = 16, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    """Random images with a blank border ring (so nothing useful is lost at the edges) and pixel range [0, 1]."""
+    x = np.random.default_rng(seed).uniform(0, 1, (n, *shape)).astype(np.float32)
+    x[:, :2], x[:, -2:], x[:, :, :2], x[:, :, -2:] = 0, 0, 0, 0
+    return x
+
+
+@pytest.fixture(scope="module")
+def model() -> keras.Model:
+    return tiny_cnn()
+
+
+class OneRotation(keras.Model):
+    """Class 1 only for (nearly) exactly one image, the template; class 0 for everything else."""
+
+    def __init__(self, template: np.ndarray):
+        super().__init__()
+        self.template = tf.constant(template)
+
+    def call(self, x, training=False):
+        distance = tf.reduce_mean(tf.square(x - self.template), axis=[1, 2, 3])
+        return tf.stack([tf.zeros_like(distance), 100.0 * (1e-4 - distance)], axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The transform: exact rotations and shifts against numpy and scipy
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+@pytest.mark.parametrize("size", [12, 13])  # even and odd: centre between pixels and on a pixel
+def test_quarter_turns_match_numpy_rot90(interpolation, size):
+    x = images(0, n=3, shape=(size, size, 2))
+    x[:, 0, -1] = 1.0  # a marker in the top-right corner
+    for angle, k in ((90, 1), (180, 2), (-90, 3)):
+        got = attacks.spatial_transform(x, angle, interpolation=interpolation).numpy()
+        np.testing.assert_allclose(got, np.rot90(x, k, axes=(1, 2)), atol=1e-5 if interpolation == "bilinear" else 0)
+    # counter-clockwise as displayed: the top-right corner goes to the top-left
+    turned = attacks.spatial_transform(x, 90).numpy()
+    np.testing.assert_array_equal(turned[:, 0, 0], x[:, 0, -1])
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+@pytest.mark.parametrize("dx, dy", [(2, 0), (0, -3), (-1, 2), (3, 3)])
+def test_integer_shifts_match_scipy_with_zero_fill(interpolation, dx, dy):
+    x = images(1, n=2, shape=(10, 11, 1))
+    got = attacks.spatial_transform(x, 0.0, dx, dy, interpolation=interpolation).numpy()
+    expected = scipy.ndimage.shift(x, (0, dy, dx, 0), order=0, mode="constant", cval=0.0)
+    np.testing.assert_allclose(got, expected, atol=1e-6 if interpolation == "bilinear" else 0)
+
+
+def test_rotation_then_shift_and_per_image_parameters():
+    x = images(2, n=3)
+    angles, dx, dy = np.array([90.0, 0.0, -90.0]), np.array([1.0, -2.0, 0.0]), np.array([0.0, 1.0, -1.0])
+    got = attacks.spatial_transform(x, angles, dx, dy).numpy()
+    for i in range(3):
+        turned = np.rot90(x[i], {90.0: 1, 0.0: 0, -90.0: 3}[angles[i]], axes=(0, 1))
+        expected = scipy.ndimage.shift(turned, (dy[i], dx[i], 0), order=0, mode="constant", cval=0.0)
+        np.testing.assert_array_equal(got[i], expected)
+
+
+def test_nearest_rotation_only_moves_pixels():
+    x = images(3, n=4)
+    got = attacks.spatial_transform(x, 17.0, 0.5, -1.3).numpy()
+    for i in range(len(x)):
+        assert np.isin(got[i], np.append(x[i].ravel(), 0.0)).all()  # every pixel an input pixel or the fill
+
+
+def test_scipy_agrees_on_a_small_rotation_away_from_rounding_ties():
+    x = images(4, n=1, shape=(15, 15, 1))
+    got = attacks.spatial_transform(x, 10.0).numpy()
+    # scipy.ndimage.rotate turns counter-clockwise for positive angles in (row, col) = (y down, x right) display
+    expected = scipy.ndimage.rotate(x[0, :, :, 0], 10.0, reshape=False, order=0, mode="constant", cval=0.0)
+    assert (got[0, :, :, 0] == expected).mean() > 0.97  # equal except where the nearest pixel is a near tie
+
+
+# --------------------------------------------------------------------------------------------------
+# The attack
+# --------------------------------------------------------------------------------------------------
+def test_grid_values_are_symmetric_and_contain_the_identity():
+    grid = attacks.spatial_grid(30, 3, 7, 5)
+    assert grid.shape == (7 * 5 * 5, 3)
+    np.testing.assert_allclose(np.unique(grid[:, 0]), [-30, -20, -10, 0, 10, 20, 30])
+    np.testing.assert_allclose(np.unique(grid[:, 1]), [-3, -1.5, 0, 1.5, 3])
+    assert any((grid == 0).all(axis=1))
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_finds_the_one_rotation_a_model_responds_to(targeted):
+    x = images(5, n=4)
+    template = attacks.spatial_transform(x[:1], 20.0, 1.0, -2.0).numpy()[0]
+    model = OneRotation(template)
+    spec = attacks.Spatial(max_angle=30, max_shift=2, angle_steps=7, shift_steps=5, targeted=targeted)
+    y = np.full(4, 1 if targeted else 0)
+    x_adv = spec(model, x, y)
+    np.testing.assert_array_equal(x_adv[0], template)
+    assert np.argmax(model(x_adv).numpy(), 1)[0] == 1
+    assert (np.argmax(model(x_adv[1:]).numpy(), 1) == 0).all()  # nothing else triggers it
+    np.testing.assert_array_equal(spec.generate(model, tf.constant(x), tf.constant(y)).numpy(), x_adv)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_per_example_choice_matches_a_brute_force_search(model, targeted):
+    x = images(6, n=32)
+    spec = attacks.Spatial(max_angle=20, max_shift=2, angle_steps=5, shift_steps=3, targeted=targeted)
+    y = np.random.default_rng(6).integers(0, N_CLASSES, len(x))
+    grid = spec.grid
+    candidates = np.stack([attacks.spatial_transform(x, *point).numpy() for point in grid])  # (G, B, ...)
+    logits = np.stack([model(c).numpy().astype(np.float64) for c in candidates])  # (G, B, K)
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    loss = -log_p[:, np.arange(len(x)), y]
+    hit = logits.argmax(-1) == y
+    broken, score = (hit, -loss) if targeted else (~hit, loss)
+    # per example: among breaking points the best score, else the best score overall
+    choice = np.argmax(np.where(broken.any(0), np.where(broken, score, -np.inf), score), axis=0)
+    expected = candidates[choice, np.arange(len(x))]
+    got = spec(model, x, y)
+    same = (got == expected).reshape(len(x), -1).all(1)
+    # float ties between grid points can pick another point with the same score
+    got_score = np.array([score[np.flatnonzero((candidates[:, i] == got[i]).reshape(len(grid), -1).all(1)), i].max()
+                          for i in range(len(x))])
+    assert same.mean() > 0.9
+    np.testing.assert_allclose(got_score, score[choice, np.arange(len(x))], rtol=1e-4, atol=1e-5)
+    assert broken.any(0).sum() == (got_broken := (np.argmax(model(got).numpy(), 1) == y) == targeted).sum()
+    assert got_broken[broken.any(0)].all()
+
+
+def test_outputs_are_grid_transforms_of_their_input(model):
+    x = images(7, n=16)
+    y = np.random.default_rng(7).integers(0, N_CLASSES, len(x))
+    spec = attacks.Spatial(max_angle=30, max_shift=3, angle_steps=3, shift_steps=3)
+    x_adv = spec(model, x, y)
+    candidates = np.stack([attacks.spatial_transform(x, *p).numpy() for p in spec.grid])
+    matches = (candidates == x_adv[None]).reshape(len(spec.grid), len(x), -1).all(-1)
+    assert matches.any(0).all()  # every output is exactly one of the grid's rotations/shifts of its input
+
+
+def test_single_point_grid_and_eps_zero_return_the_input(model):
+    x = images(8)
+    y = np.random.default_rng(8).integers(0, N_CLASSES, len(x))
+    identity = attacks.Spatial(max_angle=0, max_shift=0, angle_steps=1, shift_steps=1)
+    np.testing.assert_array_equal(identity(model, x, y), x)
+    np.testing.assert_array_equal(attacks.Spatial().with_eps(0.0)(model, x, y), x)
+
+
+def test_eps_scales_the_grid(model):
+    x = images(9)
+    y = np.random.default_rng(9).integers(0, N_CLASSES, len(x))
+    half = attacks.Spatial(max_angle=30, max_shift=2, angle_steps=3, shift_steps=3).with_eps(0.5)
+    same = attacks.Spatial(max_angle=15, max_shift=1, angle_steps=3, shift_steps=3)
+    np.testing.assert_array_equal(half(model, x, y), same(model, x, y))
+    np.testing.assert_array_equal(
+        half.generate(model, tf.constant(x), tf.constant(y), eps=tf.constant(1.0)).numpy(),
+        attacks.Spatial(max_angle=30, max_shift=2, angle_steps=3, shift_steps=3)(model, x, y))
+
+
+def test_spatial_attack_lowers_accuracy_and_is_compiled_once(model):
+    x = images(10, n=64)
+    y = np.argmax(model(x).numpy(), 1)  # labels = clean predictions: clean accuracy 100 %
+    spec = attacks.Spatial(max_angle=30, max_shift=3, angle_steps=5, shift_steps=3, batch_size=24)
+    attacks.clear_cache(model)
+    before = attacks.trace_count(model)
+    x_adv = spec(model, x, y)
+    spec(model, x[:10], y[:10])
+    assert attacks.trace_count(model) - before == 1
+    assert (np.argmax(model(x_adv).numpy(), 1) == y).mean() < 0.9
+
+
+def test_generate_in_a_tf_function_with_a_plain_callable(model):
+    """Usable against adapted weights: any f(x, training=False) -> logits inside a tf.function."""
+    x = images(11)
+    y = np.random.default_rng(11).integers(0, N_CLASSES, len(x))
+    spec = attacks.Spatial(max_angle=20, max_shift=1, angle_steps=5, shift_steps=3)
+    weights = [tf.identity(w) for w in model.weights]
+
+    def logits_fn(images, training=False):  # a functional forward pass, not a keras.Model
+        return model.stateless_call([w for w in weights], [], images, training=training)[0]
+
+    graph = tf.function(lambda a, b: spec.generate(logits_fn, a, b, eps=tf.constant(1.0)))
+    np.testing.assert_array_equal(graph(tf.constant(x), tf.constant(y)).numpy(), spec(model, x, y))
+
+
+def test_spatial_repr_name_and_family():
+    spec = attacks.Spatial(max_angle=30, max_shift=3, angle_steps=7, shift_steps=5)
+    assert repr(spec) == "Spatial(max_angle=30, max_shift=3, grid=(7, 5, 5))"
+    assert repr(spec.with_eps(0.5)) == "Spatial(max_angle=30, max_shift=3, grid=(7, 5, 5), eps=0.5)"
+    assert spec.grid_points == 175 and spec.family == "spatial"
+    assert "30" in spec.name and "3px" in spec.name
+    assert attacks.PGD(eps=1.0, norm=2).family == "l2"
+    assert {attacks.FGSM(eps=0.1).family, attacks.PGD(eps=0.1).family, attacks.MIM(eps=0.1).family} == {"linf"}
+
+
+X = images(12, n=4)
+Y = np.array([0, 1, 2, 3])
+BAD = [
+    ("even steps", lambda m: attacks.Spatial(angle_steps=6), ValueError, "must be odd"),
+    ("one step, nonzero max", lambda m: attacks.Spatial(shift_steps=1), ValueError, "leaves only the value 0"),
+    ("zero max, many steps", lambda m: attacks.Spatial(max_angle=0), ValueError, "use angle_steps=1"),
+    ("negative angle", lambda m: attacks.Spatial(max_angle=-5), ValueError, "max_angle must be >= 0"),
+    ("float steps", lambda m: attacks.Spatial(angle_steps=7.0), TypeError, "angle_steps must be an int"),
+    ("interpolation", lambda m: attacks.Spatial(interpolation="cubic"), ValueError, "interpolation must be"),
+    ("negative eps", lambda m: attacks.Spatial(eps=-1), ValueError, "eps must be >= 0"),
+    ("batch_size 0", lambda m: attacks.Spatial(batch_size=0), ValueError, "batch_size must be >= 1"),
+    ("x above range", lambda m: attacks.Spatial()(m, X * 255, Y), ValueError, "divide by 255"),
+    ("one-hot labels", lambda m: attacks.Spatial()(m, X, np.eye(N_CLASSES)[Y]), ValueError, "argmax"),
+    ("label too large", lambda m: attacks.Spatial()(m, X, Y + 1), ValueError, "labels must be in"),
+    ("batch mismatch", lambda m: attacks.Spatial()(m, X, Y[:3]), ValueError, "different batch sizes"),
+    ("no channel axis", lambda m: attacks.Spatial()(keras.Sequential([keras.Input((12, 12)), keras.layers.Flatten(),
+                                                                      keras.layers.Dense(4)]), X[..., 0], Y),
+     ValueError, "channels"),
+    ("not a model", lambda m: attacks.Spatial()(lambda x: x, X, Y), TypeError, "keras.Model"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_spatial_bad_input_raises_a_helpful_error(model, call, error, message):
+    with pytest.raises(error, match=message):
+        call(model)
+
+
+def test_spatial_rejects_a_softmax_model():
+    softmax = keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax")])
+    with pytest.raises(ValueError, match="softmax"):
+        attacks.Spatial()(softmax, X, Y)
