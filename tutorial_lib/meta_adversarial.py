@@ -1,0 +1,629 @@
+"""Meta-adversarial training: meta-learn an initialisation whose *adapted* models resist attacks.
+
+Built on :mod:`tutorial_lib.meta` (its inner loop, forward pass and ``MetaLearner``) and the attack specs of
+:mod:`tutorial_lib.attacks` (run through ``.generate`` against a model evaluated at adapted weights). Holds
+Adversarial Querying (AQ, with an eps ramp, a clean-query mix and a TRADES outer loss), ADML, the seed's
+adversarial meta-step as written and corrected, and robust evaluation of adapted learners.
+Introduced in notebooks/05_meta_adversarial.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import attacks as _attacks
+from . import meta as _meta
+from .tasks import FewShotSampler, Tasks
+
+METHODS = ("maml", "aq", "aq_trades", "adml", "seed_fgsm")
+OUTER_LOSSES = ("ce", "trades")
+SUPPORT_MODES = ("clean", "adversarial")
+
+
+def default_attack(eps: float = 0.1) -> _attacks.PGD:
+    """The training attack of Adversarial Querying: PGD-3, step 2.5 eps / 3, random start."""
+    return _attacks.PGD(eps=eps, steps=3, step_size=2.5 * eps / 3, random_start=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+def check_attack(attack: Any, name: str = "attack") -> _attacks.Attack:
+    """Return ``attack`` if it is an attack spec whose eps is > 0 and smaller than its pixel range.
+
+    An eps ball as wide as the pixel range contains every image (the attack can paint any picture), so no
+    classifier can be robust in it; eps = 0 is no attack at all (use plain ``meta.MAML`` instead).
+    """
+    if not isinstance(attack, _attacks.Attack):
+        raise TypeError(f"{name} must be an attack spec from tutorial_lib.attacks (e.g. attacks.PGD(eps=0.1, "
+                        f"steps=3, step_size=0.083)), got {type(attack).__name__}")
+    span = attack.clip_max - attack.clip_min
+    if not attack.eps > 0:
+        raise ValueError(f"{name}.eps must be > 0, got {attack.eps}; for no attack use meta.MAML")
+    if attack.eps >= span:
+        raise ValueError(f"{name}.eps = {attack.eps} is not smaller than the pixel range [{attack.clip_min}, "
+                         f"{attack.clip_max}]: the eps ball would contain every image. Use eps well below "
+                         f"{span} (0.1-0.3 for MNIST in [0, 1])")
+    return attack
+
+
+def check_data_range(attack: _attacks.Attack, *arrays: np.ndarray, name: str = "attack") -> None:
+    """Raise unless the images lie inside the attack's pixel range and its eps ball fits inside their range."""
+    lo = min(float(np.min(a)) for a in arrays)
+    hi = max(float(np.max(a)) for a in arrays)
+    tol = 1e-5  # float rounding, as the attacks allow
+    if lo < attack.clip_min - tol or hi > attack.clip_max + tol:
+        raise ValueError(f"the images lie in [{lo:.4g}, {hi:.4g}] but {name} clips to [{attack.clip_min}, "
+                         f"{attack.clip_max}]: the attack would change even clean pixels. Rescale the images or "
+                         "give the attack clip_min/clip_max matching the data")
+    if hi > lo and attack.eps >= hi - lo:
+        raise ValueError(f"{name}.eps = {attack.eps} is not smaller than the images' range [{lo:.4g}, {hi:.4g}]: "
+                         "the eps ball would contain every image; use a smaller eps")
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1] (0 = adversarial queries only, 1 = clean queries only), "
+                         f"got {value}")
+    return float(value)
+
+
+def _check_outer_loss(outer_loss: Any) -> str:
+    if outer_loss not in OUTER_LOSSES:
+        raise ValueError(f"outer_loss must be one of {OUTER_LOSSES}, got {outer_loss!r}")
+    return outer_loss
+
+
+def _check_count(name: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attacks against adapted parameters: the one code path every method and the evaluation use
+# --------------------------------------------------------------------------------------------------
+def adapted_logits_fn(model: keras.Model, params: Sequence[tf.Tensor]) -> Callable[..., tf.Tensor]:
+    """A callable ``f(x, training=False) -> logits``: ``model`` evaluated with weights ``params``.
+
+    It is what an attack spec's ``.generate`` takes as its model, so any attack of :mod:`tutorial_lib.attacks`
+    runs against adapted weights (``meta.forward``; the model itself is not changed).
+    """
+    params = list(params)
+
+    def logits(x, training: bool = False):
+        return _meta.forward(model, params, x)
+
+    return logits
+
+
+def attack_adapted(attack: _attacks.Attack, model: keras.Model, params: Sequence[Any], x: Any, y: Any, *,
+                   eps: Any = None, seed: Any = None) -> tf.Tensor:
+    """Adversarial examples for ``model`` evaluated at the (adapted) weights ``params``.
+
+    ``x``: float (n, H, W, C) in the attack's pixel range, ``y``: int labels (n,), numpy or tensors. ``eps``:
+    optional float or scalar tensor overriding ``attack.eps`` (a tensor does not retrace: eps ramps);
+    ``seed``: optional shape-(2,) int64 tensor for stateless random starts. Graph-compatible: inside a compiled
+    meta-step the gradient is stopped at the attack (the weights are treated as constants while attacking and
+    the examples carry no gradient), as in adversarial training. Returns x_adv, a tensor of x's dtype.
+    """
+    frozen = [tf.stop_gradient(tf.convert_to_tensor(p)) for p in params]
+    return attack.generate(adapted_logits_fn(model, frozen), x, y, eps=eps, seed=seed)
+
+
+def support_surrogate(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, *,
+                      lr: float | Sequence[Any]) -> list[tf.Tensor]:
+    """The weights after ONE clean SGD step on the support set (gradient stopped): the model that support-set
+    attacks are crafted against.
+
+    Why not ``params`` themselves: a learner that starts every task from a zero last layer (``zero_head``)
+    gives every image the same logits before adaptation, so an attack on it has no gradient to follow and the
+    "adversarial" support set would equal the clean one.
+    """
+    adapted = _meta.inner_loop(model, params, support_x, support_y, steps=1, lr=lr, first_order=True)
+    return [tf.stop_gradient(p) for p in adapted]
+
+
+def attack_support(attack: _attacks.Attack, model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, *,
+                   lr: float | Sequence[Any], eps: Any = None, seed: Any = None) -> tf.Tensor:
+    """Adversarial support images, crafted against :func:`support_surrogate` (one clean step from ``params``)."""
+    surrogate = support_surrogate(model, params, support_x, support_y, lr=lr)
+    return attack_adapted(attack, model, surrogate, support_x, support_y, eps=eps, seed=seed)
+
+
+def _fold(seed: Any, i: int) -> Any:
+    return None if seed is None else tf.random.experimental.stateless_fold_in(seed, i)
+
+
+def _start(params: Sequence[tf.Tensor], zero_head: bool) -> list[tf.Tensor]:
+    params = list(params)
+    return params[:-2] + [tf.zeros_like(p) for p in params[-2:]] if zero_head else params
+
+
+def _grads_or_zeros(grads, params):
+    return [tf.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+# --------------------------------------------------------------------------------------------------
+# One task's meta-gradient for each method (functional; used inside the compiled meta-step)
+# --------------------------------------------------------------------------------------------------
+def _kl(p_logits: tf.Tensor, q_logits: tf.Tensor) -> tf.Tensor:
+    """Per-example KL(softmax(p_logits) || softmax(q_logits))."""
+    log_p = tf.nn.log_softmax(p_logits)
+    return tf.reduce_sum(tf.exp(log_p) * (log_p - tf.nn.log_softmax(q_logits)), axis=-1)
+
+
+def query_loss(model: keras.Model, adapted: Sequence[tf.Tensor], query_x, query_x_adv, query_y, *,
+               outer_loss: str = "ce", clean_weight: float = 0.0, trades_beta: float = 6.0) -> tuple[tf.Tensor, tf.Tensor]:
+    """The outer (query) loss of Adversarial Querying and the accuracy on the attacked queries.
+
+    ``"ce"``: ``(1 - clean_weight) * CE(adv queries) + clean_weight * CE(clean queries)``.
+    ``"trades"``: ``CE(clean queries) + trades_beta * mean KL(p(clean) || p(adv))`` (the TRADES loss of
+    Zhang et al. 2019 with the KL direction of their paper and of ``training``'s ``"trades"``).
+    """
+    adv_loss, adv_acc = _meta.loss_and_accuracy(model, adapted, query_x_adv, query_y)
+    if outer_loss == "trades":
+        clean_logits = _meta.forward(model, adapted, query_x)
+        adv_logits = _meta.forward(model, adapted, query_x_adv)
+        ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(query_y, clean_logits, from_logits=True))
+        return ce + trades_beta * tf.reduce_mean(_kl(clean_logits, adv_logits)), adv_acc
+    if clean_weight == 0.0:
+        return adv_loss, adv_acc
+    clean_loss, _ = _meta.loss_and_accuracy(model, adapted, query_x, query_y)
+    return (1.0 - clean_weight) * adv_loss + clean_weight * clean_loss, adv_acc
+
+
+def aq_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, query_x, query_y, *,
+                     attack: Any, steps: int, lr: float, eps: Any = None, seed: Any = None, clean_weight: float = 0.0,
+                     outer_loss: str = "ce", trades_beta: float = 6.0, first_order: bool = False,
+                     zero_head: bool = False) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+    """One task's Adversarial Querying meta-gradient (Goldblum, Fowl, Goldstein 2020).
+
+    theta' = ``meta.inner_loop`` on the CLEAN support set; the queries are attacked against theta' (gradient
+    stopped at the attack); the gradient of :func:`query_loss` flows through theta' back to ``params`` (second
+    order unless ``first_order``). ``attack`` is anything with ``.generate(model_fn, x, y, eps=, seed=)``.
+    Returns ``(grads, outer loss, accuracy on the attacked queries)``.
+    """
+    params = [tf.identity(p) for p in params]
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        adapted = _meta.inner_loop(model, _start(params, zero_head), support_x, support_y, steps=steps, lr=lr,
+                                   first_order=first_order)
+        query_adv = attack_adapted(attack, model, adapted, query_x, query_y, eps=eps, seed=seed)
+        loss, acc = query_loss(model, adapted, query_x, query_adv, query_y, outer_loss=outer_loss,
+                               clean_weight=clean_weight, trades_beta=trades_beta)
+    return _grads_or_zeros(tape.gradient(loss, params), params), loss, acc
+
+
+def adml_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, query_x, query_y, *,
+                       attack: Any, steps: int, lr: float, eps: Any = None, seed: Any = None, first_order: bool = False,
+                       zero_head: bool = False) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+    """One task's ADML meta-gradient (Yin et al. 2018, as re-implemented by Goldblum et al. 2020).
+
+    Two adaptations from theta: theta'_clean on the clean support set, theta'_adv on the attacked support set
+    (crafted against :func:`support_surrogate`); outer loss
+    ``0.5 * [CE(theta'_clean, queries attacked against theta'_clean) + CE(theta'_adv, clean queries)]``.
+    Returns ``(grads, outer loss, accuracy of theta'_clean on the attacked queries)``.
+    """
+    params = [tf.identity(p) for p in params]
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        start = _start(params, zero_head)
+        support_adv = attack_support(attack, model, start, support_x, support_y, lr=lr, eps=eps, seed=_fold(seed, 0))
+        clean = _meta.inner_loop(model, start, support_x, support_y, steps=steps, lr=lr, first_order=first_order)
+        adv = _meta.inner_loop(model, start, support_adv, support_y, steps=steps, lr=lr, first_order=first_order)
+        query_adv = attack_adapted(attack, model, clean, query_x, query_y, eps=eps, seed=_fold(seed, 1))
+        loss_a, acc = _meta.loss_and_accuracy(model, clean, query_adv, query_y)
+        loss_b, _ = _meta.loss_and_accuracy(model, adv, query_x, query_y)
+        loss = 0.5 * (loss_a + loss_b)
+    return _grads_or_zeros(tape.gradient(loss, params), params), loss, acc
+
+
+def adversarial_maml_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, query_x,
+                                   query_y, *, attack: Any, steps: int, lr: float, eps: Any = None, seed: Any = None,
+                                   first_order: bool = False,
+                                   zero_head: bool = False) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+    """One task's meta-gradient of MAML on attacked support AND query sets (the seed's idea done right).
+
+    The support set is attacked against :func:`support_surrogate`, theta' adapts on it, the queries are attacked
+    against theta', and the query loss is differentiated through the adaptation.
+    Returns ``(grads, query loss, accuracy on the attacked queries)``.
+    """
+    params = [tf.identity(p) for p in params]
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        start = _start(params, zero_head)
+        support_adv = attack_support(attack, model, start, support_x, support_y, lr=lr, eps=eps, seed=_fold(seed, 0))
+        adapted = _meta.inner_loop(model, start, support_adv, support_y, steps=steps, lr=lr, first_order=first_order)
+        query_adv = attack_adapted(attack, model, adapted, query_x, query_y, eps=eps, seed=_fold(seed, 1))
+        loss, acc = _meta.loss_and_accuracy(model, adapted, query_adv, query_y)
+    return _grads_or_zeros(tape.gradient(loss, params), params), loss, acc
+
+
+# --------------------------------------------------------------------------------------------------
+# The learners: one compiled meta-step each, tasks mapped inside it, split over tf.distribute replicas
+# --------------------------------------------------------------------------------------------------
+class AdversarialMetaLearner(_meta.MetaLearner):
+    """Shared machinery of the adversarial meta-learners (subclass of ``meta.MetaLearner``: ``meta_fit``,
+    ``meta_step``, ``adapt``, ``predict`` work as in notebook 04).
+
+    Adds: the training ``attack`` (a spec), an eps ramp (``ramp_steps``: eps grows linearly from 0 to
+    ``attack.eps`` over the first meta-steps, fed to the compiled step as a tensor so it never retraces),
+    stateless seeds for the attacks' random starts (``seed`` and the meta-step count), and tf.distribute: the
+    learner uses the strategy whose scope it is created in (or ``strategy``); the tasks of a meta-batch are
+    split evenly across its replicas and their meta-gradients all-reduced (summed, divided by the meta-batch).
+    """
+
+    method = "meta_adversarial"
+
+    def __init__(self, model: keras.Model, *, attack: _attacks.Attack | None, inner_lr: float = 0.4,
+                 inner_steps: int = 1, test_steps: int | None = None, test_lr: float | None = None,
+                 first_order: bool = False, zero_head: bool = False, ramp_steps: int = 0,
+                 optimizer: keras.optimizers.Optimizer | None = None,
+                 meta_optimizer: keras.optimizers.Optimizer | None = None, meta_lr: float = 1e-3,
+                 strategy: Any = None, seed: int = 0) -> None:
+        self.attack = check_attack(default_attack() if attack is None else attack)
+        self.ramp_steps = _check_count("ramp_steps", ramp_steps)
+        self.first_order = bool(first_order)
+        self.zero_head = bool(zero_head)
+        self.seed = _check_count("seed", seed)
+        if optimizer is not None and meta_optimizer is not None:
+            raise ValueError("pass the meta-optimizer once: optimizer= and meta_optimizer= are the same argument")
+        meta_optimizer = meta_optimizer if meta_optimizer is not None else optimizer
+        if not (isinstance(meta_lr, (int, float)) and not isinstance(meta_lr, bool) and meta_lr > 0):
+            raise ValueError(f"meta_lr must be a positive number, got {meta_lr!r}")
+        self.meta_lr = float(meta_lr)
+        self.strategy = strategy if strategy is not None else tf.distribute.get_strategy()
+        self.steps_done = 0
+        with self.strategy.scope():
+            super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, test_steps=test_steps,
+                             test_lr=test_lr, meta_optimizer=meta_optimizer)
+        if self.zero_head:
+            for v in model.trainable_variables[-2:]:
+                v.assign(np.zeros(v.shape, v.dtype))
+
+    def _default_optimizer(self) -> keras.optimizers.Optimizer:
+        return keras.optimizers.Adam(self.meta_lr)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.model.name}, attack={self.attack!r}, inner_lr={self.inner_lr}, "
+                f"inner_steps={self.inner_steps}, ramp_steps={self.ramp_steps})")
+
+    # ---- the eps schedule ------------------------------------------------------------------------
+    def eps_at(self, step: int) -> float:
+        """The training eps at meta-step ``step`` (0-based): ``attack.eps * min(1, step / ramp_steps)``."""
+        if self.ramp_steps == 0:
+            return float(self.attack.eps)
+        return float(self.attack.eps) * min(1.0, step / self.ramp_steps)
+
+    # ---- one task -------------------------------------------------------------------------------
+    def _task_gradient(self, params, sx, sy, qx, qy, *, eps, seed):
+        raise NotImplementedError
+
+    # ---- the compiled step ----------------------------------------------------------------------
+    def _build_step(self):
+        variables = self.meta_variables
+        strategy = self.strategy
+        replicas = strategy.num_replicas_in_sync
+
+        def replica_step(sx, sy, qx, qy, eps, seed):
+            total = int(sx.shape[0])
+            local = total // replicas
+            rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+            mine = [tf.gather(tf.reshape(t, [replicas, local, *t.shape[1:]]), rid) for t in (sx, sy, qx, qy)]
+            index = tf.range(local) + tf.cast(rid, tf.int32) * local
+            params = [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
+
+            def body(task):
+                *data, i = task
+                return self._task_gradient(params, *data, eps=eps, seed=tf.random.experimental.stateless_fold_in(seed, i))
+
+            dtype = variables[0].dtype
+            signature = ([tf.TensorSpec(v.shape, v.dtype) for v in variables], tf.TensorSpec([], dtype),
+                         tf.TensorSpec([], dtype))
+            grads, losses, accs = tf.map_fn(body, (*mine, index), fn_output_signature=signature,
+                                            parallel_iterations=local)
+            grads = [tf.reduce_sum(g, axis=0) / total for g in grads]
+            self.meta_optimizer.apply_gradients(zip(grads, variables))  # all-reduces (sums) across replicas
+            return tf.reduce_sum(losses) / total, tf.reduce_sum(accs) / total
+
+        @tf.function(reduce_retracing=True)
+        def step(sx, sy, qx, qy, eps, seed):
+            loss, acc = strategy.run(replica_step, args=(sx, sy, qx, qy, eps, seed))
+            return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, acc, axis=None))
+
+        return step
+
+    def meta_step(self, tasks: Tasks) -> tuple[float, float]:
+        """One meta-update from a meta-batch of tasks (one compiled step); returns (outer loss, query accuracy
+        under attack). The eps of this step is :meth:`eps_at` of the number of steps done so far."""
+        if not isinstance(tasks, Tasks):
+            raise TypeError(f"meta_step takes a Tasks batch from FewShotSampler.sample, got {type(tasks).__name__}")
+        replicas = self.strategy.num_replicas_in_sync
+        if len(tasks) % replicas:
+            raise ValueError(f"the meta-batch of {len(tasks)} tasks does not split evenly over {replicas} replicas; "
+                             f"use a meta-batch that is a multiple of {replicas}")
+        check_data_range(self.attack, tasks.support_x, tasks.query_x)
+        if self._step_fn is None:
+            self._step_fn = self._build_step()
+        dtype = self.model.trainable_variables[0].dtype
+        eps = tf.constant(self.eps_at(self.steps_done), tf.float32)
+        seed = tf.constant([self.seed, self.steps_done], tf.int64)
+        with self.strategy.scope():
+            loss, acc = self._step_fn(tf.constant(tasks.support_x, dtype), tf.constant(tasks.support_y, tf.int32),
+                                      tf.constant(tasks.query_x, dtype), tf.constant(tasks.query_y, tf.int32), eps, seed)
+        self.steps_done += 1
+        return float(loss), float(acc)
+
+    def meta_fit(self, sampler: FewShotSampler, meta_steps: int, meta_batch: int = 4, *, verbose: int = 1,
+                 log_every: int | None = None) -> _meta.MetaHistory:
+        """As ``meta.MetaLearner.meta_fit``; refuses an eps ramp longer than the meta-training it is part of."""
+        if isinstance(meta_steps, int) and not isinstance(meta_steps, bool) and \
+                self.ramp_steps > self.steps_done + meta_steps:
+            raise ValueError(f"ramp_steps = {self.ramp_steps} is longer than meta-training ({self.steps_done} steps done "
+                             f"+ {meta_steps} now): eps would never reach {self.attack.eps}. Use ramp_steps <= "
+                             f"{self.steps_done + meta_steps} (e.g. half of the meta-steps)")
+        return super().meta_fit(sampler, meta_steps, meta_batch, verbose=verbose, log_every=log_every)
+
+
+class AdversarialQuerying(AdversarialMetaLearner):
+    """Adversarial Querying (Goldblum, Fowl, Goldstein, NeurIPS 2020): MAML whose outer loss is taken on the
+    query set attacked against the ADAPTED weights.
+
+    Meta-objective: ``min_theta E_T [ max_{||delta|| <= eps} L(query_T + delta; theta'_T) ]`` with
+    ``theta'_T = inner_loop(theta, clean support_T)``. Options: ``attack`` (default PGD-3, step 2.5 eps/3,
+    random start, eps 0.1); ``clean_weight`` in [0, 1] mixes in the clean-query loss (0 = pure AQ);
+    ``ramp_steps`` ramps eps from 0 over the first meta-steps; ``outer_loss="trades"`` uses clean CE +
+    ``trades_beta`` * KL(p(clean) || p(adv)) on the queries (the robust meta-update of Wang et al., ICLR 2021).
+    Other arguments as in ``meta.MAML`` (``zero_head`` defaults to False there and here); ``meta_lr`` sets the
+    default Adam meta-optimizer. Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+
+    method = "aq"
+
+    def __init__(self, model: keras.Model, *, inner_lr: float = 0.4, inner_steps: int = 1,
+                 test_steps: int | None = None, test_lr: float | None = None, attack: _attacks.Attack | None = None,
+                 clean_weight: float = 0.0, ramp_steps: int = 0, outer_loss: str = "ce", trades_beta: float = 6.0,
+                 first_order: bool = False, zero_head: bool = False,
+                 optimizer: keras.optimizers.Optimizer | None = None,
+                 meta_optimizer: keras.optimizers.Optimizer | None = None, meta_lr: float = 1e-3,
+                 strategy: Any = None, seed: int = 0) -> None:
+        self.outer_loss = _check_outer_loss(outer_loss)
+        self.clean_weight = _check_fraction("clean_weight", clean_weight)
+        if self.outer_loss == "trades" and self.clean_weight:
+            raise ValueError("clean_weight applies to outer_loss='ce'; the TRADES loss already has its clean term "
+                             "(trades_beta weighs the other one)")
+        if isinstance(trades_beta, bool) or not isinstance(trades_beta, (int, float)) or trades_beta < 0:
+            raise ValueError(f"trades_beta must be a number >= 0 (TRADES uses 1..6), got {trades_beta!r}")
+        self.trades_beta = float(trades_beta)
+        if self.outer_loss == "trades":
+            self.method = "aq_trades"
+        super().__init__(model, attack=attack, inner_lr=inner_lr, inner_steps=inner_steps, test_steps=test_steps,
+                         test_lr=test_lr, first_order=first_order, zero_head=zero_head, ramp_steps=ramp_steps,
+                         optimizer=optimizer, meta_optimizer=meta_optimizer, meta_lr=meta_lr, strategy=strategy,
+                         seed=seed)
+
+    def _task_gradient(self, params, sx, sy, qx, qy, *, eps, seed):
+        return aq_task_gradient(self.model, params, sx, sy, qx, qy, attack=self.attack, steps=self.inner_steps,
+                                lr=self.inner_lr, eps=eps, seed=seed, clean_weight=self.clean_weight,
+                                outer_loss=self.outer_loss, trades_beta=self.trades_beta, first_order=self.first_order,
+                                zero_head=self.zero_head)
+
+
+class ADML(AdversarialMetaLearner):
+    """ADML (Yin et al. 2018) as re-implemented by Goldblum et al. 2020: see :func:`adml_task_gradient`.
+
+    Default attack: FGSM at eps 0.1. Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+
+    method = "adml"
+
+    def __init__(self, model: keras.Model, *, attack: _attacks.Attack | None = None, **options) -> None:
+        super().__init__(model, attack=_attacks.FGSM(eps=0.1) if attack is None else attack, **options)
+
+    def _task_gradient(self, params, sx, sy, qx, qy, *, eps, seed):
+        return adml_task_gradient(self.model, params, sx, sy, qx, qy, attack=self.attack, steps=self.inner_steps,
+                                  lr=self.inner_lr, eps=eps, seed=seed, first_order=self.first_order,
+                                  zero_head=self.zero_head)
+
+
+class AdversarialMAML(AdversarialMetaLearner):
+    """MAML with attacked support and query sets (default FGSM at eps 0.1): what the seed's adversarial
+    ``meta_train_step`` was reaching for, done right (see :func:`adversarial_maml_task_gradient`).
+
+    Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+
+    method = "seed_fgsm"
+
+    def __init__(self, model: keras.Model, *, attack: _attacks.Attack | None = None, **options) -> None:
+        super().__init__(model, attack=_attacks.FGSM(eps=0.1) if attack is None else attack, **options)
+
+    def _task_gradient(self, params, sx, sy, qx, qy, *, eps, seed):
+        return adversarial_maml_task_gradient(self.model, params, sx, sy, qx, qy, attack=self.attack,
+                                              steps=self.inner_steps, lr=self.inner_lr, eps=eps, seed=seed,
+                                              first_order=self.first_order, zero_head=self.zero_head)
+
+
+def make_learner(method: str, model: keras.Model, **options) -> _meta.MetaLearner:
+    """A learner by name: ``"maml"`` (``meta.MAML``), ``"aq"``, ``"aq_trades"`` (AQ with the TRADES outer loss),
+    ``"adml"``, ``"seed_fgsm"`` (:class:`AdversarialMAML`), with ``options`` passed on."""
+    if method == "maml":
+        return _meta.MAML(model, **options)
+    if method == "aq":
+        return AdversarialQuerying(model, **options)
+    if method == "aq_trades":
+        return AdversarialQuerying(model, **{"outer_loss": "trades", **options})
+    if method == "adml":
+        return ADML(model, **options)
+    if method == "seed_fgsm":
+        return AdversarialMAML(model, **options)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Robust evaluation of adapted learners
+# --------------------------------------------------------------------------------------------------
+def _stats(values: np.ndarray) -> dict[str, float]:
+    mean, ci = _meta.mean_ci95(values)
+    return {"mean": float(mean), "ci95": float(ci)}
+
+
+@dataclass(frozen=True)
+class RobustEvaluation:
+    """Per-task query accuracies (fractions in [0, 1]) of adapted models, clean and under attack.
+
+    ``clean`` (tasks,): accuracy on the clean queries; ``robust`` (tasks,): fraction of queries classified
+    correctly both clean and attacked (one attack run); ``robust_restarts`` (tasks,) or None: the same when an
+    example counts as broken if ANY of ``restarts`` runs (different random starts) breaks it.
+    """
+
+    clean: np.ndarray
+    robust: np.ndarray
+    robust_restarts: np.ndarray | None
+    restarts: int
+    attack: str
+    eps: float
+    steps: int
+    lr: float
+    support: str
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """``{"clean": {"mean", "ci95"}, "robust": {...}, "robust_restarts<k>": {...}}`` (1.96 std / sqrt(n))."""
+        out = {"clean": _stats(self.clean), "robust": _stats(self.robust)}
+        if self.robust_restarts is not None:
+            out[f"robust_restarts{self.restarts}"] = _stats(self.robust_restarts)
+        return out
+
+    def __str__(self) -> str:
+        parts = [f"{k} {100 * v['mean']:.1f} +- {100 * v['ci95']:.1f}%" for k, v in self.summary().items()]
+        return f"{', '.join(parts)} ({len(self.clean)} tasks, {self.attack} at eps {self.eps:g}, {self.support} support)"
+
+
+_EVAL_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _lr_list(model: keras.Model, lr: float, head_only: bool) -> float | list[float]:
+    """Per-parameter inner rates: the same everywhere, or 0 except for the last layer (kernel and bias)."""
+    if not head_only:
+        return float(lr)
+    n = len(model.trainable_variables)
+    return [0.0] * (n - 2) + [float(lr)] * 2
+
+
+def _robust_fn(model: keras.Model, attack: _attacks.Attack, steps: int, lr: float, head_only: bool, support: str,
+               support_attack: _attacks.Attack | None):
+    """Compiled fn(params, sx, sy, qx, qy, eps, support_seed, query_seed) -> (clean ok, attacked ok), each
+    bool (tasks, queries), cached per model and settings."""
+    key = (attack, steps, lr, head_only, support, support_attack)
+    per_model = _EVAL_CACHE.setdefault(model, {})
+    if key in per_model:
+        return per_model[key]
+    lrs = _lr_list(model, lr, head_only)
+    model_ref = weakref.ref(model)
+
+    @tf.function(reduce_retracing=True)
+    def run(params, sx, sy, qx, qy, eps, support_seed, query_seed):
+        m = model_ref()
+
+        def one(task):
+            sx_t, sy_t, qx_t, qy_t, i = task
+            if support == "adversarial":
+                sx_t = attack_support(support_attack, m, params, sx_t, sy_t, lr=lrs,
+                                      seed=tf.random.experimental.stateless_fold_in(support_seed, i))
+            adapted = [tf.stop_gradient(p) for p in
+                       _meta.inner_loop(m, params, sx_t, sy_t, steps=steps, lr=lrs, first_order=True)]
+            clean_ok = tf.equal(tf.argmax(_meta.forward(m, adapted, qx_t), -1, output_type=tf.int32), qy_t)
+            qx_adv = attack_adapted(attack, m, adapted, qx_t, qy_t, eps=eps,
+                                    seed=tf.random.experimental.stateless_fold_in(query_seed, i))
+            adv_ok = tf.equal(tf.argmax(_meta.forward(m, adapted, qx_adv), -1, output_type=tf.int32), qy_t)
+            return clean_ok, adv_ok
+
+        index = tf.range(tf.shape(sx)[0])
+        return tf.map_fn(one, (sx, sy, qx, qy, index), fn_output_signature=(tf.bool, tf.bool),
+                         parallel_iterations=8)
+
+    per_model[key] = run
+    return run
+
+
+def _check_tasks(tasks: Any) -> Tasks:
+    if not isinstance(tasks, Tasks):
+        raise TypeError(f"tasks must be a tutorial_lib.tasks.Tasks (from FewShotSampler.sample), got {type(tasks).__name__}")
+    if len(tasks) < 2:
+        raise ValueError(f"robust evaluation needs at least 2 tasks for a confidence interval, got {len(tasks)}")
+    return tasks
+
+
+def _correct_masks(model, tasks: Tasks, *, params, steps, lr, attack, eps, restarts, support, support_attack,
+                   head_only, seed, chunk) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Clean-correct mask (tasks, queries) and one attacked-correct mask per restart."""
+    fn = _robust_fn(model, attack, int(steps), float(lr), bool(head_only), support, support_attack)
+    dtype = params[0].dtype
+    eps_t = tf.constant(attack.eps if eps is None else eps, tf.float32)
+    support_seed = tf.constant([seed, 2**31], tf.int64)
+    clean, attacked = [], [[] for _ in range(restarts)]
+    for start in range(0, len(tasks), chunk):
+        t = tasks[start:start + chunk]
+        args = (tf.constant(t.support_x, dtype), tf.constant(t.support_y, tf.int32), tf.constant(t.query_x, dtype),
+                tf.constant(t.query_y, tf.int32))
+        for r in range(restarts):
+            ok, adv_ok = fn(params, *args, eps_t, support_seed, tf.constant([seed, r], tf.int64))
+            if r == 0:
+                clean.append(ok.numpy())
+            attacked[r].append(adv_ok.numpy())
+    return np.concatenate(clean), [np.concatenate(a) for a in attacked]
+
+
+def robust_evaluate(model: keras.Model, tasks: Tasks, *, params: Sequence[Any] | None = None, steps: int, lr: float,
+                    attack: _attacks.Attack, restarts: int = 1, support: str = "clean",
+                    support_attack: _attacks.Attack | None = None, head_only: bool = False, seed: int = 0,
+                    chunk: int = 50) -> RobustEvaluation:
+    """Adapt to each task's support set, then attack its queries against the ADAPTED weights (white-box).
+
+    ``model`` (or ``params``, default the model's weights) is the initialisation; each task adapts with
+    ``steps`` SGD steps at ``lr`` (``meta.inner_loop``; ``head_only`` adapts only the last layer).
+    ``support="adversarial"`` adapts on support images attacked with ``support_attack`` (default ``attack``)
+    crafted against the weights after ONE clean adaptation step (:func:`support_surrogate`), i.e. MAML with
+    adversarial fine-tuning at test time. The queries are attacked with ``attack`` against the adapted weights.
+    ``restarts`` > 1 runs the attack that many times with different random starts and counts a query broken if
+    ANY run breaks it (``robust_restarts``); ``robust`` is the first run alone. A query counts as robust only
+    if it is also classified correctly clean. ``seed`` fixes the random starts. Returns a
+    :class:`RobustEvaluation`; ``.summary()`` gives mean and 95% CI over tasks.
+    """
+    _meta.check_meta_model(model)
+    tasks = _check_tasks(tasks)
+    attack = check_attack(attack)
+    if support not in SUPPORT_MODES:
+        raise ValueError(f"support must be one of {SUPPORT_MODES}, got {support!r}")
+    support_attack = None if support == "clean" else check_attack(attack if support_attack is None else support_attack,
+                                                                  "support_attack")
+    restarts = _check_count("restarts", restarts, 1)
+    steps = _check_count("steps", steps)
+    if restarts > 1 and not getattr(attack, "random_start", False):
+        raise ValueError(f"restarts={restarts} needs an attack with random_start=True ({attack.name} starts at x "
+                         "every time, so every run would find the same examples)")
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0):
+        raise ValueError(f"lr must be a number >= 0, got {lr!r}")
+    check_data_range(attack, tasks.support_x, tasks.query_x)
+    if support_attack is not None:
+        check_data_range(support_attack, tasks.support_x, name="support_attack")
+    params = _meta.params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
+    clean_ok, runs = _correct_masks(model, tasks, params=params, steps=steps, lr=lr, attack=attack, eps=None,
+                                    restarts=restarts, support=support, support_attack=support_attack,
+                                    head_only=head_only, seed=seed, chunk=chunk)
+    robust = (clean_ok & runs[0]).mean(axis=1)
+    robust_restarts = (clean_ok & np.logical_and.reduce(runs)).mean(axis=1) if restarts > 1 else None
+    return RobustEvaluation(clean=clean_ok.mean(axis=1), robust=robust, robust_restarts=robust_restarts,
+                            restarts=restarts, attack=attack.name, eps=float(attack.eps), steps=steps, lr=float(lr),
+                            support=support)
