@@ -9,6 +9,7 @@ Introduced in notebooks/05_meta_adversarial.ipynb.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -472,6 +473,91 @@ def make_learner(method: str, model: keras.Model, **options) -> _meta.MetaLearne
 
 
 # --------------------------------------------------------------------------------------------------
+# The seed article's adversarial step, as written (for teaching; do not train with it) and measured
+# --------------------------------------------------------------------------------------------------
+def seed_meta_adversarial_step(model: keras.Model, task_x, task_y, *, optimizer: keras.optimizers.Optimizer,
+                               meta_optimizer: keras.optimizers.Optimizer,
+                               eps: float) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    """The seed article's ``meta_train_step`` with its FGSM, made to run on real task tensors (logits model).
+
+    ``task_x``: float (tasks, n, H, W, C) in [0, 1]; ``task_y``: int (tasks, n). Under one outer tape, for each
+    task in turn: FGSM at ``eps`` against the weights as they stand, a gradient step on those adversarial images
+    applied *in place* with ``optimizer``; then the gradient of the mean task loss w.r.t. the (already moved)
+    weights, applied again with ``meta_optimizer``. Returns ``(meta_loss, meta_grads)``; mutates ``model``.
+    (The seed also shuffles the task order; here tasks run in the given order.)
+
+    What it computes: the outer tape cannot see through the in-place updates, so ``meta_grads`` is the mean of
+    plain adversarial-training gradients, each at the weights the previous tasks left: sequential FGSM
+    adversarial training plus a second, mis-scaled step. No adapted weights theta', no query set, no gradient
+    through an adaptation (compare :func:`adversarial_maml_task_gradient`).
+    """
+    fgsm = check_attack(_attacks.FGSM(eps=eps), "FGSM")
+    variables = model.trainable_variables
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        task_losses = []
+        for i in range(len(task_x)):
+            x_adv = fgsm.generate(model, task_x[i], task_y[i])
+            with tf.GradientTape() as task_tape:
+                task_loss = loss_fn(task_y[i], model(x_adv, training=True))
+            task_grads = task_tape.gradient(task_loss, variables)
+            optimizer.apply_gradients(zip(task_grads, variables))
+            task_losses.append(task_loss)
+        meta_loss = tf.reduce_mean(task_losses)
+    meta_grads = tape.gradient(meta_loss, variables)
+    meta_optimizer.apply_gradients(zip(meta_grads, variables))
+    return meta_loss, meta_grads
+
+
+def compare_seed_step(model: keras.Model, tasks: Tasks, *, inner_lr: float, eps: float) -> dict[str, np.ndarray]:
+    """Flattened "meta-gradients" on one meta-batch, for comparison (the model is not changed).
+
+    ``seed``: :func:`seed_meta_adversarial_step` (inner SGD at ``inner_lr``, on each task's support set, run on
+    a copy of the model); ``sequential_fgsm_sgd``: the mean of FGSM adversarial-training gradients on the
+    support sets taken one task after another from the weights the previous task left (what the seed's step
+    really computes); ``adversarial_maml``: the corrected step, the second-order MAML gradient on FGSM-attacked
+    support and query sets (:func:`adversarial_maml_task_gradient`, one inner step); ``maml``: plain MAML on
+    the clean sets. All averaged over the tasks.
+    """
+    if not isinstance(tasks, Tasks):
+        raise TypeError(f"tasks must be a tutorial_lib.tasks.Tasks, got {type(tasks).__name__}")
+    fgsm = check_attack(_attacks.FGSM(eps=eps), "FGSM")
+    check_data_range(fgsm, tasks.support_x, tasks.query_x, name="FGSM")
+    dtype = model.trainable_variables[0].dtype
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    sx, sy = tf.constant(tasks.support_x, dtype), tf.constant(tasks.support_y, tf.int32)
+    qx, qy = tf.constant(tasks.query_x, dtype), tf.constant(tasks.query_y, tf.int32)
+    _, seed_grads = seed_meta_adversarial_step(clone, sx, sy, optimizer=keras.optimizers.SGD(inner_lr),
+                                               meta_optimizer=keras.optimizers.SGD(0.0), eps=eps)
+    params, seq = _meta.params_of(model), []
+    for i in range(len(tasks)):
+        x_adv = attack_adapted(fgsm, model, params, sx[i], sy[i])
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss, _ = _meta.loss_and_accuracy(model, params, x_adv, sy[i])
+        grads = tape.gradient(loss, params)
+        seq.append(grads)
+        params = [p - inner_lr * g for p, g in zip(params, grads)]
+    out = {"seed": seed_grads, "sequential_fgsm_sgd": [tf.add_n(list(g)) / len(tasks) for g in zip(*seq)]}
+    theta = _meta.params_of(model)
+    per_task = {"adversarial_maml": [], "maml": []}
+    for i in range(len(tasks)):
+        per_task["adversarial_maml"].append(adversarial_maml_task_gradient(
+            model, theta, sx[i], sy[i], qx[i], qy[i], attack=fgsm, steps=1, lr=inner_lr)[0])
+        per_task["maml"].append(_meta.maml_task_gradient(model, theta, sx[i], sy[i], qx[i], qy[i], steps=1,
+                                                         lr=inner_lr)[0])
+    for name, grads in per_task.items():
+        out[name] = [tf.add_n(list(g)) / len(tasks) for g in zip(*grads)]
+    return {k: np.concatenate([np.ravel(np.asarray(g)) for g in v]) for k, v in out.items()}
+
+
+def gradient_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two flattened gradients."""
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# --------------------------------------------------------------------------------------------------
 # Robust evaluation of adapted learners
 # --------------------------------------------------------------------------------------------------
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -627,3 +713,245 @@ def robust_evaluate(model: keras.Model, tasks: Tasks, *, params: Sequence[Any] |
     return RobustEvaluation(clean=clean_ok.mean(axis=1), robust=robust, robust_restarts=robust_restarts,
                             restarts=restarts, attack=attack.name, eps=float(attack.eps), steps=steps, lr=float(lr),
                             support=support)
+
+
+# --------------------------------------------------------------------------------------------------
+# Accuracy against eps, and gradient-masking checks on adapted models
+# --------------------------------------------------------------------------------------------------
+class _ProportionalStep:
+    """Mixin: the step size scales with eps (``step_size * eps / attack.eps``), so a sweep over eps passed as a
+    tensor keeps the attack's shape (e.g. PGD-20 at step 2.5 eps / 20) and reuses one compiled graph."""
+
+    def _step_size(self, eps: Any) -> Any:
+        return self.step_size * eps / self.eps  # type: ignore[attr-defined]
+
+
+_PROPORTIONAL: dict[type, type] = {}
+
+
+def _proportional(attack: _attacks.Attack) -> _attacks.Attack:
+    if not hasattr(attack, "step_size") or isinstance(attack, _ProportionalStep):
+        return attack  # FGSM's step already equals eps
+    cls = _PROPORTIONAL.setdefault(type(attack), type(type(attack).__name__, (_ProportionalStep, type(attack)), {}))
+    return cls(**{f.name: getattr(attack, f.name) for f in dataclasses.fields(attack) if f.init})
+
+
+@dataclass(frozen=True)
+class EpsilonCurve:
+    """Robust query accuracy of adapted models against eps: ``eps`` (m,), per-task ``per_task`` (tasks, m),
+    ``mean`` and ``ci95`` (m,) over tasks, and the clean per-task accuracy ``clean`` (tasks,)."""
+
+    eps: np.ndarray
+    per_task: np.ndarray
+    clean: np.ndarray
+    attack: str
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.per_task.mean(axis=0)
+
+    @property
+    def ci95(self) -> np.ndarray:
+        return _meta.mean_ci95(self.per_task)[1]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"eps": self.eps.tolist(), "mean": self.mean.tolist(), "ci95": self.ci95.tolist()}
+
+
+def epsilon_curve(model: keras.Model, tasks: Tasks, eps_values: Sequence[float], *, params: Sequence[Any] | None = None,
+                  steps: int, lr: float, attack: _attacks.Attack, seed: int = 0, chunk: int = 50) -> EpsilonCurve:
+    """Robust accuracy of the adapted models (as :func:`robust_evaluate`, clean support) for each eps in
+    ``eps_values`` (>= 0; eps 0 gives the clean accuracy). The attack's step size scales with eps (PGD-20 at
+    step 2.5 eps / 20 stays that at every eps); one compiled graph serves every eps."""
+    _meta.check_meta_model(model)
+    tasks = _check_tasks(tasks)
+    attack = check_attack(attack)
+    eps_values = np.asarray(eps_values, dtype=np.float64)
+    if eps_values.ndim != 1 or not len(eps_values) or np.any(~np.isfinite(eps_values)) or np.any(eps_values < 0):
+        raise ValueError(f"eps_values must be a non-empty list of numbers >= 0, got {eps_values.tolist()}")
+    span = attack.clip_max - attack.clip_min
+    if np.any(eps_values >= span):
+        raise ValueError(f"eps_values must be smaller than the pixel range {span}, got {eps_values.tolist()}")
+    check_data_range(attack, tasks.support_x, tasks.query_x)
+    params = _meta.params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
+    scaled = _proportional(attack)
+    columns, clean = [], None
+    for e in eps_values:
+        clean_ok, runs = _correct_masks(model, tasks, params=params, steps=_check_count("steps", steps), lr=lr,
+                                        attack=scaled, eps=float(e), restarts=1, support="clean", support_attack=None,
+                                        head_only=False, seed=seed, chunk=chunk)
+        clean = clean_ok.mean(axis=1)
+        columns.append(clean if e == 0 else (clean_ok & runs[0]).mean(axis=1))
+    return EpsilonCurve(eps=eps_values, per_task=np.stack(columns, axis=1), clean=clean, attack=attack.name)
+
+
+@dataclass(frozen=True)
+class _SignNoise:
+    """Random signs of size eps (a corner of the L-inf ball), clipped: the baseline an attack must beat.
+
+    Not an attack (it ignores the model); it has ``.generate`` so the evaluation code path can apply it.
+    """
+
+    eps: float
+    clip_min: float = 0.0
+    clip_max: float = 1.0
+    name: str = "noise"
+
+    def generate(self, model, x, y, *, eps=None, seed=None):
+        x = tf.convert_to_tensor(x)
+        unit = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0, dtype=x.dtype)
+        eps = tf.cast(self.eps if eps is None else eps, x.dtype)
+        return tf.clip_by_value(x + eps * tf.sign(unit), self.clip_min, self.clip_max)
+
+
+_GRAD_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _zero_gradient_fraction(model, tasks: Tasks, params, *, steps: int, lr: float, chunk: int) -> float:
+    """Fraction of queries whose input gradient (CE at the adapted weights) is all zero."""
+    per_model = _GRAD_CACHE.setdefault(model, {})
+    key = (steps, lr)
+    if key not in per_model:
+        model_ref = weakref.ref(model)
+
+        @tf.function(reduce_retracing=True)
+        def run(params, sx, sy, qx, qy):
+            m = model_ref()
+
+            def one(task):
+                sx_t, sy_t, qx_t, qy_t = task
+                adapted = _meta.inner_loop(m, params, sx_t, sy_t, steps=steps, lr=lr, first_order=True)
+                with tf.GradientTape() as tape:
+                    tape.watch(qx_t)
+                    logits = _meta.forward(m, [tf.stop_gradient(p) for p in adapted], qx_t)
+                    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=qy_t, logits=logits)
+                g = tape.gradient(loss, qx_t)
+                return tf.reduce_all(tf.equal(tf.reshape(g, [tf.shape(g)[0], -1]), 0.0), axis=1)
+
+            return tf.map_fn(one, (sx, sy, qx, qy), fn_output_signature=tf.bool, parallel_iterations=8)
+
+        per_model[key] = run
+    dtype = params[0].dtype
+    zero = []
+    for start in range(0, len(tasks), chunk):
+        t = tasks[start:start + chunk]
+        zero.append(per_model[key](params, tf.constant(t.support_x, dtype), tf.constant(t.support_y, tf.int32),
+                                   tf.constant(t.query_x, dtype), tf.constant(t.query_y, tf.int32)).numpy())
+    return float(np.concatenate(zero).mean())
+
+
+def adapted_sanity_checks(model: keras.Model, tasks: Tasks, *, eps: float, steps: int, lr: float,
+                          params: Sequence[Any] | None = None, attack_steps: int = 20, restarts: int = 5,
+                          large_eps: float = 0.5, chance_margin: float = 0.1, restart_gain_limit: float = 0.03,
+                          fgsm_margin: float = 0.01, zero_grad_limit: float = 0.01,
+                          transfer_params: Sequence[Any] | None = None, seed: int = 0,
+                          chunk: int = 50) -> "Any":
+    """The gradient-masking checks of ``evaluate.sanity_checks``, applied to adapted models.
+
+    Each task adapts from ``model`` (or ``params``) with ``steps`` SGD steps at ``lr`` on its clean support
+    set; every attack targets the adapted weights. Checks (accuracies are means over tasks; a query counts
+    only if also correct clean):
+
+    * ``logits_not_probabilities``: adapted outputs are not rows of probabilities;
+    * ``nonzero_gradients``: at most ``zero_grad_limit`` of the queries have an all-zero input gradient;
+    * ``pgd_beats_fgsm``: PGD-``attack_steps`` (step 2.5 eps / steps, random start) <= FGSM + ``fgsm_margin``;
+    * ``large_eps_breaks_model``: PGD at ``large_eps`` <= ``chance_margin``;
+    * ``attack_beats_noise``: PGD below random sign noise of size eps;
+    * ``restarts_change_little``: ``restarts`` restarts (broken if any breaks it) lower PGD accuracy by at most
+      ``restart_gain_limit``;
+    * ``transfer_weaker_than_white_box`` (only with ``transfer_params``, e.g. plain MAML's weights): queries
+      attacked against the *other* initialisation adapted on the same support set hurt less than white-box PGD.
+
+    Returns an ``evaluate.SanityReport`` (``numbers`` hold the accuracies as fractions).
+    """
+    from . import evaluate as _evaluate
+
+    _meta.check_meta_model(model)
+    tasks = _check_tasks(tasks)
+    if not (isinstance(eps, (int, float)) and 0 < eps < large_eps):
+        raise ValueError(f"need 0 < eps < large_eps, got eps={eps!r}, large_eps={large_eps!r}")
+    params = _meta.params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
+    pgd = _attacks.PGD(eps=float(eps), steps=attack_steps, step_size=2.5 * eps / attack_steps, random_start=True)
+    common = dict(params=params, steps=steps, lr=lr, seed=seed, chunk=chunk)
+    report = _evaluate.SanityReport(eps=float(eps))
+    num = report.numbers
+
+    adapted = _meta.inner_loop(model, params, tf.constant(tasks.support_x[0], params[0].dtype),
+                               tf.constant(tasks.support_y[0], tf.int32), steps=steps, lr=lr, first_order=True)
+    probs = _evaluate.looks_like_probabilities(_meta.forward(model, adapted, tf.constant(tasks.query_x[0], params[0].dtype)).numpy())
+    report.checks.append(_evaluate.Check("logits_not_probabilities", "rows sum to 1" if probs else "unnormalised logits",
+                                         not probs, "the model returns a softmax: losses saturate and gradients vanish"))
+    zero = _zero_gradient_fraction(model, tasks, params, steps=steps, lr=float(lr), chunk=chunk)
+    num["zero_gradient_fraction"] = zero
+    report.checks.append(_evaluate.Check("nonzero_gradients", f"{100 * zero:.1f}% of queries have an all-zero gradient",
+                                         zero <= zero_grad_limit, "gradient attacks have nothing to follow (masking)"))
+    main = robust_evaluate(model, tasks, attack=pgd, restarts=restarts, **common)
+    num["clean"] = float(main.clean.mean())
+    num["pgd"] = float(main.robust.mean())
+    num["pgd_restarts"] = float(main.robust_restarts.mean()) if restarts > 1 else num["pgd"]
+    num["fgsm"] = float(robust_evaluate(model, tasks, attack=_attacks.FGSM(eps=float(eps)), **common).robust.mean())
+    big = dataclasses.replace(pgd, eps=float(large_eps), step_size=2.5 * large_eps / attack_steps)
+    num["pgd_large_eps"] = float(robust_evaluate(model, tasks, attack=big, **common).robust.mean())
+    clean_ok, noisy = _correct_masks(model, tasks, attack=_SignNoise(float(eps), pgd.clip_min, pgd.clip_max), eps=None,
+                                     restarts=1, support="clean", support_attack=None, head_only=False, **common)
+    num["noise"] = float((clean_ok & noisy[0]).mean(axis=1).mean())
+    pct = lambda a: f"{100 * a:.1f}%"  # noqa: E731
+    report.checks += [
+        _evaluate.Check("pgd_beats_fgsm", f"PGD {pct(num['pgd'])} vs FGSM {pct(num['fgsm'])}",
+                        num["pgd"] <= num["fgsm"] + fgsm_margin + 1e-9,
+                        "the iterative attack is stuck (masked or broken gradients)"),
+        _evaluate.Check("large_eps_breaks_model", f"PGD at eps {large_eps:g}: {pct(num['pgd_large_eps'])}",
+                        num["pgd_large_eps"] <= chance_margin + 1e-9,
+                        "the attack cannot succeed even when it could erase the digit"),
+        _evaluate.Check("attack_beats_noise", f"PGD {pct(num['pgd'])} vs random noise {pct(num['noise'])}",
+                        num["pgd"] < num["noise"], "the gradient is no better a direction than a random one"),
+        _evaluate.Check("restarts_change_little",
+                        f"1 restart {pct(num['pgd'])} vs {restarts} restarts {pct(num['pgd_restarts'])}",
+                        num["pgd"] - num["pgd_restarts"] <= restart_gain_limit + 1e-9,
+                        "single-run numbers depend on luck: report restarts"),
+    ]
+    if transfer_params is not None:
+        num["transfer"] = transfer_accuracy(model, tasks, [tf.convert_to_tensor(p) for p in transfer_params],
+                                            attack=pgd, **common)
+        report.checks.append(_evaluate.Check(
+            "transfer_weaker_than_white_box", f"transfer {pct(num['transfer'])} vs white-box PGD {pct(num['pgd'])}",
+            num["transfer"] >= num["pgd"], "an attack on another model beats the attack on this one: its gradients mislead"))
+    return report
+
+
+def transfer_accuracy(model: keras.Model, tasks: Tasks, source_params: Sequence[Any], *,
+                      params: Sequence[Any] | None = None, steps: int, lr: float, attack: _attacks.Attack,
+                      seed: int = 0, chunk: int = 50) -> float:
+    """Robust query accuracy of the adapted ``model`` (or ``params``) when each task's queries are attacked
+    against ANOTHER initialisation, ``source_params``, adapted on the same support set (a transfer attack).
+    Mean over tasks; a query counts only if also correct clean."""
+    _meta.check_meta_model(model)
+    tasks = _check_tasks(tasks)
+    attack = check_attack(attack)
+    params = _meta.params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
+    source = [tf.convert_to_tensor(p, params[0].dtype) for p in source_params]
+    if [tuple(p.shape) for p in source] != [tuple(p.shape) for p in params]:
+        raise ValueError("source_params must have the shapes of the model's weights (the same architecture)")
+
+    @tf.function(reduce_retracing=True)
+    def run(params, source, sx, sy, qx, qy, query_seed):
+        def one(task):
+            sx_t, sy_t, qx_t, qy_t, i = task
+            adapted = _meta.inner_loop(model, params, sx_t, sy_t, steps=steps, lr=lr, first_order=True)
+            adapted_source = _meta.inner_loop(model, source, sx_t, sy_t, steps=steps, lr=lr, first_order=True)
+            qx_adv = attack_adapted(attack, model, adapted_source, qx_t, qy_t,
+                                    seed=tf.random.experimental.stateless_fold_in(query_seed, i))
+            ok = [tf.equal(tf.argmax(_meta.forward(model, adapted, q), -1, output_type=tf.int32), qy_t)
+                  for q in (qx_t, qx_adv)]
+            return tf.reduce_mean(tf.cast(ok[0] & ok[1], tf.float32))
+
+        return tf.map_fn(one, (sx, sy, qx, qy, tf.range(tf.shape(sx)[0])), fn_output_signature=tf.float32)
+
+    dtype = params[0].dtype
+    accs = []
+    for start in range(0, len(tasks), chunk):
+        t = tasks[start:start + chunk]
+        accs.append(run(params, source, tf.constant(t.support_x, dtype), tf.constant(t.support_y, tf.int32),
+                        tf.constant(t.query_x, dtype), tf.constant(t.query_y, tf.int32),
+                        tf.constant([seed, 0], tf.int64)).numpy())
+    return float(np.concatenate(accs).mean())
