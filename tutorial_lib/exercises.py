@@ -252,6 +252,59 @@ def check_maml_quadratic(answer: Any, *, theta: float, a: float, b: float, alpha
 
 
 # ---------------------------------------------------------------------------------------------
+# 05 robust few-shot learning
+# ---------------------------------------------------------------------------------------------
+def check_uniform_loss(answer: Any, *, n_way: int = 5) -> bool:
+    """Exercise 05.1: the cross-entropy of a model that gives every one of ``n_way`` classes the same logit."""
+    if _missing(answer, "a number"):
+        return False
+    expected = float(np.log(n_way))
+    return report(close(answer, expected, rtol=1e-4),
+                  f"equal logits mean probability 1/{n_way} for the true class, so the loss is ln {n_way} = "
+                  f"{expected:.4f} whatever the input: a query loss stuck there means the model has stopped "
+                  "looking at the image.",
+                  "softmax of equal logits is uniform; the cross-entropy is -log of the true class's probability.")
+
+
+def check_worst_case_accuracy(answer: Any, runs: Any) -> bool:
+    """Exercise 05.2: robust accuracy over restarts, a query broken if ANY run breaks it.
+
+    ``runs``: bool (restarts, queries), True where the query is still classified correctly after that run.
+    """
+    if _missing(answer, "a fraction in [0, 1]"):
+        return False
+    runs = np.asarray(runs, dtype=bool)
+    if runs.ndim != 2:
+        raise ValueError(f"runs must be a bool array (restarts, queries), got shape {runs.shape}")
+    expected = float(runs.all(axis=0).mean())
+    return report(close(answer, expected, atol=1e-6),
+                  f"{expected:.4f}: a query counts as robust only if it survives every run "
+                  f"(the mean of the single runs is {runs.mean():.4f}, too optimistic).",
+                  "a query survives only if it is correct after every run: combine the runs along axis 0 with "
+                  "'and' before averaging over the queries.")
+
+
+def check_meta_eps_ramp(answer: Any, *, eps: float, ramp_steps: int, step: int) -> bool:
+    """Exercise 05.3: the training eps at 0-based meta-step ``step`` of a linear ramp over ``ramp_steps`` steps."""
+    if _missing(answer, "a number"):
+        return False
+    expected = eps * min(1.0, step / ramp_steps)
+    return report(close(answer, expected), f"meta-step {step} attacks at eps {expected:g}.",
+                  "the ramp is linear from 0 at step 0 to eps at step ramp_steps, then constant: "
+                  "eps * min(1, step / ramp_steps).")
+
+
+def check_attacked_set(answer: Any) -> bool:
+    """Exercise 05.4: which set of a task Adversarial Querying attacks during meta-training."""
+    if _missing(answer, "'support', 'query' or 'both'"):
+        return False
+    ok = isinstance(answer, str) and answer.strip().lower() == "query"
+    return report(ok, "the support set stays clean (adaptation needs no adversarial examples); the queries are "
+                  "attacked against the adapted weights, and the meta-gradient flows through the adaptation.",
+                  "look at aq_task_gradient: which images go into inner_loop, and which into attack_adapted?")
+
+
+# ---------------------------------------------------------------------------------------------
 # The answer key (for teachers; learners should try first)
 # ---------------------------------------------------------------------------------------------
 #: Worked answers, keyed "<notebook>.<exercise>", as code or a short derivation that uses the notebook's names.
@@ -281,6 +334,10 @@ SOLUTIONS: dict[str, str] = {
     "04.2": "answer_ci = 1.96 * np.std(acc, ddof=1) / np.sqrt(len(acc))",
     "04.3": "theta' = 1 - 0.25 * (1 - 3) = 1.5 and d theta'/d theta = 1 - 0.25, so\n"
             "answer_grad = (1.5 - (-1)) * (1 - 0.25)   # = 1.875",
+    "05.1": "answer_loss = np.log(5)   # equal logits: probability 1/5 for the true class",
+    "05.2": "answer_robust = runs.all(axis=0).mean()   # survives every run",
+    "05.3": "answer_eps = 0.1 * min(1, 150 / 300)   # = 0.05",
+    "05.4": "answer_set = 'query'",
 }
 
 

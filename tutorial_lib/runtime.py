@@ -115,6 +115,43 @@ class MetaAdvSettings:
 
     meta_steps: int
     eval_tasks: int
+    # notebook 05 (robust few-shot learning; driver tutorial_lib/experiments/robust_few_shot.py): 5-way 5-shot
+    # tasks of notebook 04's split, second-order MAML with one inner step and a zero head, Adam on the meta-gradient
+    n_way: int = 5
+    k_shot: int = 5
+    q_queries: int = 15
+    meta_batch: int = 4
+    inner_lr: float = 0.4
+    train_steps: int = 1
+    meta_lr: float = 1e-3
+    eps: float = 0.1
+    # meta-steps per method (None: meta_steps); every meta-trained method is also evaluated on eval_tasks tasks
+    maml_meta_steps: int | None = None
+    adml_meta_steps: int | None = None
+    aq_trades_meta_steps: int | None = None
+    seed_fgsm_meta_steps: int | None = None
+    # training attack: PGD-train_pgd_steps, step train_step_scale * eps / steps, random start; eps ramps up
+    # linearly over the first ramp_fraction of meta-training
+    train_pgd_steps: int = 3
+    train_step_scale: float = 2.5
+    ramp_fraction: float = 0.5
+    trades_beta: float = 6.0
+    # test attack: PGD-eval_pgd_steps, step 2.5 * eps / steps, random start, against the adapted weights
+    eval_pgd_steps: int = 20
+    eval_restarts: int = 5
+    # baselines: adversarial fine-tuning of MAML at test time (PGD on the support set in the inner loop) and
+    # "AT transfer" (a PGD-trained classifier of the meta-train classes, its head fine-tuned per task)
+    adv_finetune_steps: int = 1
+    at_epochs: int = 3
+    at_finetune_steps: int = 50
+    at_finetune_lr: float = 0.1
+    # pure AQ's collapse and the clean-mix fix: short runs
+    collapse_steps: int = 300
+    collapse_clean_weight: float = 0.5
+    # accuracy-against-eps curves and sanity checks: fewer tasks
+    curve_eps: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+    curve_tasks: int = 100
+    sanity_tasks: int = 50
 
 
 @dataclass(frozen=True)
@@ -144,7 +181,8 @@ PROFILES: dict[str, Profile] = {
         attacks=AttackSettings(eval_size=1000, iterative_size=200, sweep_size=100),
         adv_training=AdvTrainingSettings(epochs=15, ramp_epochs=3, decay_epochs=3),
         meta=MetaSettings(meta_steps=500, eval_tasks=200),
-        meta_adv=MetaAdvSettings(meta_steps=1000, eval_tasks=200),
+        meta_adv=MetaAdvSettings(meta_steps=600, eval_tasks=100, curve_eps=(0.0, 0.05, 0.1, 0.2, 0.3), curve_tasks=50,
+                                 sanity_tasks=50, collapse_steps=200, at_epochs=2),
     ),
     "standard": Profile(
         name="standard",
@@ -154,7 +192,8 @@ PROFILES: dict[str, Profile] = {
         attacks=AttackSettings(eval_size=2000),
         adv_training=AdvTrainingSettings(epochs=10, batch_size=128, ramp_epochs=2, decay_epochs=2),
         meta=MetaSettings(meta_steps=5000, eval_tasks=600),
-        meta_adv=MetaAdvSettings(meta_steps=3000, eval_tasks=600),
+        meta_adv=MetaAdvSettings(meta_steps=3000, eval_tasks=600, curve_tasks=200, sanity_tasks=100, collapse_steps=500,
+                                 at_epochs=5),
     ),
     "full": Profile(
         name="full",
@@ -166,7 +205,8 @@ PROFILES: dict[str, Profile] = {
                                          learning_rate=1e-4, eval_size=10000, eval_pgd_steps=40,
                                          eval_restarts=5, fast_epochs=15, monitor_size=1000),
         meta=MetaSettings(meta_steps=60000, eval_tasks=1000, meta_batch=32),
-        meta_adv=MetaAdvSettings(meta_steps=30000, eval_tasks=1000),
+        meta_adv=MetaAdvSettings(meta_steps=30000, eval_tasks=1000, meta_batch=32, curve_tasks=500, sanity_tasks=200,
+                                 collapse_steps=1000, at_epochs=20),
     ),
 }
 

@@ -1,0 +1,300 @@
+"""Notebook 05's experiments: robust few-shot learning on held-out digits, from the profile to the results file.
+
+Reads ``profile.meta_adv``, meta-trains each method once (cached by its configuration in ``build/cache/`` and
+saved as ``build/models/05_<method>.keras``), evaluates clean and robust accuracy of every method on the same
+meta-test tasks, and builds the table and the JSON of ``build/results/05_meta_adversarial.json``. The
+algorithms are in :mod:`tutorial_lib.meta_adversarial`; this module only wires them to the profile.
+Introduced in notebooks/05_meta_adversarial.ipynb.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .. import attacks, meta, models, runtime, training
+from .. import meta_adversarial as mad
+from ..tasks import FewShotSampler, Tasks, digit_splits
+
+#: Every method of the results table, in table order.
+METHODS = ("maml", "maml_adv_finetune", "at_transfer", "adml", "aq", "aq_trades", "seed_fgsm")
+#: The methods that are meta-trained (the others reuse a meta-trained or adversarially trained model).
+META_TRAINED = ("maml", "adml", "aq", "aq_trades", "seed_fgsm")
+#: What each method is, in a few words (table rows and figure labels).
+LABELS = {
+    "maml": "MAML",
+    "maml_adv_finetune": "MAML + adversarial fine-tuning",
+    "at_transfer": "AT transfer",
+    "adml": "ADML",
+    "aq": "AQ",
+    "aq_trades": "AQ + TRADES",
+    "seed_fgsm": "seed's idea (FGSM MAML)",
+}
+RESULTS_NAME = "05_meta_adversarial"
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings from the profile
+# --------------------------------------------------------------------------------------------------
+def samplers(data, settings, *, seed: int = 0) -> tuple[FewShotSampler, FewShotSampler]:
+    """(meta-train, meta-test) samplers: notebook 04's split (digits 0-4 under 4 rotations vs digits 5-9
+    upright, train and test images pooled) with ``settings`` (``profile.meta_adv``) giving N, K and Q."""
+    return digit_splits(data, n_way=settings.n_way, k_shot=settings.k_shot, q_queries=settings.q_queries, seed=seed)
+
+
+def train_attack(settings) -> attacks.PGD:
+    """The attack used while training: PGD-``train_pgd_steps`` at ``eps``, step scale * eps / steps, random start."""
+    s = settings
+    return attacks.PGD(eps=s.eps, steps=s.train_pgd_steps, step_size=s.train_step_scale * s.eps / s.train_pgd_steps,
+                       random_start=True)
+
+
+def eval_attack(settings, *, restarts: int = 1, eps: float | None = None) -> attacks.PGD:
+    """The test attack: PGD-``eval_pgd_steps`` at ``eps`` (default the profile's), step 2.5 eps / steps, random
+    start, ``restarts`` restarts, seeded so every method meets the same random starts."""
+    s = settings
+    eps = s.eps if eps is None else eps
+    return attacks.PGD(eps=eps, steps=s.eval_pgd_steps, step_size=2.5 * eps / s.eval_pgd_steps, random_start=True,
+                       restarts=restarts, seed=0)
+
+
+def describe_eval_attack(settings) -> str:
+    """The test attack in words (the ``eval_attack`` field of the results)."""
+    s = settings
+    return (f"PGD-{s.eval_pgd_steps} L-inf, step 2.5*eps/{s.eval_pgd_steps}, random start, against the adapted "
+            f"weights (white-box); robust_restarts{s.eval_restarts}: broken if any of {s.eval_restarts} restarts breaks it")
+
+
+def meta_steps(method: str, settings) -> int:
+    """Meta-steps of ``method`` in this profile (``<method>_meta_steps`` or else ``meta_steps``)."""
+    _check_method(method, META_TRAINED)
+    value = getattr(settings, f"{method}_meta_steps", None)
+    return int(settings.meta_steps if value is None else value)
+
+
+def method_options(method: str, settings, *, steps: int | None = None) -> dict[str, Any]:
+    """Keyword arguments of :func:`tutorial_lib.meta_adversarial.make_learner` for ``method``.
+
+    ``steps`` is the length of the run (default :func:`meta_steps`); an eps ramp covers its first
+    ``ramp_fraction`` for every adversarial method (AQ, AQ + TRADES, ADML with the same PGD training
+    attack; the seed's idea with FGSM). Every method adapts with ``train_steps`` SGD steps at ``inner_lr`` from a
+    zero head and uses Adam(``meta_lr``) on the meta-gradient.
+    """
+    _check_method(method, META_TRAINED)
+    s = settings
+    steps = meta_steps(method, s) if steps is None else int(steps)
+    opts: dict[str, Any] = dict(inner_lr=s.inner_lr, inner_steps=s.train_steps, zero_head=True,
+                                meta_optimizer=keras.optimizers.Adam(s.meta_lr))
+    if method == "maml":
+        return opts
+    opts.update(attack=train_attack(s), ramp_steps=int(round(s.ramp_fraction * steps)))
+    if method == "aq":
+        opts.update(clean_weight=0.0)
+    elif method == "aq_trades":
+        opts.update(outer_loss="trades", trades_beta=s.trades_beta)
+    elif method == "seed_fgsm":
+        opts.update(attack=attacks.FGSM(eps=s.eps))
+    return opts
+
+
+def _check_method(method: Any, allowed: tuple[str, ...]) -> str:
+    if method not in allowed:
+        raise ValueError(f"method must be one of {allowed}, got {method!r}")
+    return method
+
+
+def _jsonable_options(opts: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in opts.items():
+        if isinstance(value, keras.optimizers.Optimizer):
+            value = {"class": type(value).__name__, "learning_rate": float(value.learning_rate)}
+        elif isinstance(value, attacks.Attack):
+            value = repr(value)
+        out[key] = value
+    return out
+
+
+def meta_config(method: str, settings, data, *, seed: int = 0, steps: int | None = None,
+                **overrides: Any) -> dict[str, Any]:
+    """Everything that determines a meta-trained initialisation (the cache key of :func:`meta_train`)."""
+    s = settings
+    steps = meta_steps(method, s) if steps is None else int(steps)
+    opts = {**method_options(method, s, steps=steps), **overrides}
+    return {"method": method, "meta_steps": steps, "n_way": s.n_way, "k_shot": s.k_shot, "q_queries": s.q_queries,
+            "meta_batch": s.meta_batch, **_jsonable_options(opts), "model": "few_shot_cnn(32 filters, 3 blocks)",
+            "data": f"{data.source}:{len(data.x_train)}+{len(data.x_test)}", "seed": seed}
+
+
+# --------------------------------------------------------------------------------------------------
+# Training, cached
+# --------------------------------------------------------------------------------------------------
+def meta_train(method: str, data, settings, *, seed: int = 0, verbose: int = 2, steps: int | None = None,
+               name: str | None = None, save: bool = True, **overrides: Any) -> tuple[keras.Model, dict[str, Any]]:
+    """Meta-train ``method`` (one of :data:`META_TRAINED`) with the profile's ``settings``, cached by config.
+
+    ``steps`` overrides the number of meta-steps and ``overrides`` any learner option (e.g. ``ramp_steps=0``
+    for pure AQ); ``name`` (default ``05_<method>``) names the cache entry and, with ``save``, the copy in
+    ``build/models/<name>.keras`` (safe-mode loadable). Returns ``(model, info)``: the meta-learned
+    initialisation (a :func:`tutorial_lib.models.few_shot_cnn`) and ``info`` with the per-step ``history``
+    (query loss and accuracy on meta-train tasks) and ``train_seconds`` (measured when it was trained;
+    ``info["cached"]`` says whether it was loaded).
+    """
+    s = settings
+    steps = meta_steps(method, s) if steps is None else int(steps)
+    opts = {**method_options(method, s, steps=steps), **overrides}
+    config = meta_config(method, s, data, seed=seed, steps=steps, **overrides)
+
+    def train():
+        runtime.set_seed(seed)
+        train_sampler, _ = samplers(data, s, seed=seed)
+        model = models.few_shot_cnn(s.n_way)
+        learner = mad.make_learner(method, model, **opts)
+        history = learner.meta_fit(train_sampler, steps, s.meta_batch, verbose=verbose)
+        return model, {"history": {"loss": history.loss, "accuracy": history.accuracy}}
+
+    name = name or f"05_{method}"
+    model, info = models.load_or_train(name, config, train, verbose=verbose > 0)
+    if save:
+        models.save_model(model, runtime.build_subdir("models") / f"{name}.keras")
+    return model, info
+
+
+def at_classifier(data, settings, *, seed: int = 0, verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
+    """The "AT transfer" baseline's classifier: a few-shot CNN over all meta-train classes (20: digits 0-4 under
+    4 rotations), PGD adversarially trained with :func:`tutorial_lib.training.adversarial_fit` at ``eps``
+    with the training attack's steps, ``at_epochs`` epochs, cached; saved as ``build/models/05_at_transfer.keras``."""
+    s = settings
+    attack = train_attack(s)
+    fit = dict(method="pgd", eps=s.eps, epochs=s.at_epochs, steps=attack.steps, step_size=attack.step_size,
+               learning_rate=1e-3, batch_size=64)
+
+    def train():
+        runtime.set_seed(seed)
+        sampler, _ = samplers(data, s, seed=seed)
+        x, y = sampler.labelled_images()
+        model = models.few_shot_cnn(sampler.num_classes)
+        _, info = training.adversarial_fit(model, x, y, verbose=verbose, **fit)
+        return model, {"history": info["history"]}
+
+    config = {"model": "few_shot_cnn(32 filters, 3 blocks)", "classes": "digits 0-4 x 4 rotations", **fit,
+              "data": f"{data.source}:{len(data.x_train)}+{len(data.x_test)}", "seed": seed}
+    model, info = models.load_or_train("05_at_transfer", config, train, verbose=verbose > 0)
+    models.save_model(model, runtime.build_subdir("models") / "05_at_transfer.keras")
+    return model, info
+
+
+def transfer_init(classifier: keras.Model, n_way: int) -> keras.Model:
+    """An ``n_way`` few-shot CNN with ``classifier``'s convolutional layers and a zero head (to fine-tune)."""
+    for module in ("tutorial_lib.experiments.meta_learning", "tutorial_lib.meta"):  # notebook 04's helper
+        try:
+            finetune_init = importlib.import_module(module).finetune_init
+        except (ImportError, AttributeError):
+            continue
+        return finetune_init(classifier, n_way)
+    raise ImportError("finetune_init was found neither in tutorial_lib.experiments.meta_learning nor tutorial_lib.meta")
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation on held-out digits
+# --------------------------------------------------------------------------------------------------
+def adaptation(method: str, settings) -> dict[str, Any]:
+    """How ``method`` adapts at test time: ``steps``, ``lr`` and the options of robust_evaluate."""
+    _check_method(method, METHODS)
+    s = settings
+    if method == "at_transfer":
+        return dict(steps=s.at_finetune_steps, lr=s.at_finetune_lr, head_only=True)
+    if method == "maml_adv_finetune":
+        return dict(steps=s.adv_finetune_steps, lr=s.inner_lr, support="adversarial",
+                    support_attack=eval_attack(s))
+    return dict(steps=s.train_steps, lr=s.inner_lr)
+
+
+def evaluate(method: str, model: keras.Model, tasks: Tasks, settings, *, restarts: int | None = None):
+    """Clean and robust query accuracy of ``method`` (``model``: its initialisation) on ``tasks``.
+
+    Adapts on each task's support set as :func:`adaptation` says, then attacks the queries with the test
+    attack against the adapted weights; with ``restarts`` (default ``eval_restarts``) also the worst case over
+    that many restarts. Returns the :class:`tutorial_lib.meta_adversarial.RobustEvaluation`.
+    """
+    s = settings
+    restarts = s.eval_restarts if restarts is None else restarts
+    return mad.robust_evaluate(model, tasks, attack=eval_attack(s), restarts=restarts, **adaptation(method, s))
+
+
+def sanity_checks(model: keras.Model, tasks: Tasks, settings, *, transfer_from: keras.Model | None = None):
+    """The gradient-masking checks of :func:`tutorial_lib.meta_adversarial.adapted_sanity_checks` on ``model``
+    adapted as a meta-learner, at the profile's eps with the test attack's steps and restarts; with
+    ``transfer_from`` (e.g. plain MAML) also the transfer attack from that initialisation."""
+    s = settings
+    return mad.adapted_sanity_checks(model, tasks, eps=s.eps, steps=s.train_steps, lr=s.inner_lr,
+                                     attack_steps=s.eval_pgd_steps, restarts=s.eval_restarts,
+                                     transfer_params=None if transfer_from is None else meta.params_of(transfer_from))
+
+
+def mean_ci95(values) -> dict[str, float]:
+    """``{"mean", "ci95"}`` of per-task values (1.96 standard errors, ddof=1)."""
+    mean, ci = meta.mean_ci95(np.asarray(values, dtype=np.float64))
+    return {"mean": float(mean), "ci95": float(ci)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Results: the JSON of build/results and the notebook's table
+# --------------------------------------------------------------------------------------------------
+def method_result(method: str, evaluation, settings, train_seconds: float | None) -> dict[str, Any]:
+    """One method's entry of the results file: clean / robust / robust_restarts<R> as {mean, ci95}, the test-time
+    adaptation (inner_lr, test_steps) and the training seconds."""
+    summary = evaluation.summary()
+    how = adaptation(method, settings)
+    return {**{k: {"mean": float(v["mean"]), "ci95": float(v["ci95"])} for k, v in summary.items()},
+            "inner_lr": float(how["lr"]), "test_steps": int(how["steps"]),
+            "train_seconds": None if train_seconds is None else float(train_seconds)}
+
+
+def results(evaluations: dict[str, Any], train_seconds: dict[str, float | None], settings) -> dict[str, Any]:
+    """The results of notebook 05 in the series' schema (``methods`` keyed by :data:`METHODS` order)."""
+    s = settings
+    n_tasks = {len(ev.clean) for ev in evaluations.values()}
+    if len(n_tasks) != 1:
+        raise ValueError(f"every method must be evaluated on the same tasks; got task counts {sorted(n_tasks)}")
+    return {"eps": s.eps, "n_way": s.n_way, "k_shot": s.k_shot, "tasks": n_tasks.pop(),
+            "eval_attack": describe_eval_attack(s),
+            "methods": {m: method_result(m, evaluations[m], s, train_seconds.get(m))
+                        for m in METHODS if m in evaluations}}
+
+
+def save(result: dict[str, Any]):
+    """Write ``result`` to ``build/results/05_meta_adversarial.json``; returns the path."""
+    return runtime.save_results(RESULTS_NAME, result)
+
+
+def results_markdown(result: dict[str, Any]) -> str:
+    """A Markdown table of :func:`results`: accuracies in percent with 95% CIs, adaptation and training time."""
+    r = int(result.get("restarts", 5))
+    key = next((k for k in next(iter(result["methods"].values())) if k.startswith("robust_restarts")), f"robust_restarts{r}")
+    lines = [f"| method | clean | PGD-20 | PGD-20 x {key.removeprefix('robust_restarts')} restarts | adaptation at test time | training (s) |",
+             "|---|---|---|---|---|---|"]
+    for m, row in result["methods"].items():
+        cells = [f"{100 * row[k]['mean']:.1f} ± {100 * row[k]['ci95']:.1f}%" for k in ("clean", "robust", key)]
+        sec = row["train_seconds"]
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells)
+                     + f" | {row['test_steps']} step(s) at lr {row['inner_lr']:g} | {'-' if sec is None else f'{sec:.0f}'} |")
+    return "\n".join(lines)
+
+
+def compare(result: dict[str, Any], a: str, b: str, field: str = "robust") -> str:
+    """``a`` against ``b`` on ``field`` in words: "beats", "loses to" or "ties with (CIs overlap)", with numbers."""
+    x, y = result["methods"][a][field], result["methods"][b][field]
+    lo_x, hi_x, lo_y, hi_y = x["mean"] - x["ci95"], x["mean"] + x["ci95"], y["mean"] - y["ci95"], y["mean"] + y["ci95"]
+    word = "beats" if lo_x > hi_y else ("loses to" if hi_x < lo_y else "ties with (CIs overlap)")
+    return (f"{LABELS.get(a, a)} {100 * x['mean']:.1f} ± {100 * x['ci95']:.1f}% {word} "
+            f"{LABELS.get(b, b)} {100 * y['mean']:.1f} ± {100 * y['ci95']:.1f}%")
+
+
+def uniform_loss(n_way: int) -> float:
+    """Cross-entropy of the uniform prediction over ``n_way`` classes: ln(n_way) (what a collapsed model scores)."""
+    return math.log(n_way)
