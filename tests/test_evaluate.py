@@ -250,3 +250,20 @@ def test_robustness_summary_numbers_and_worst_case_over_restarts(small):
     assert r["clean"] == 1.0 and 0.25 < r["pgd1"] < 0.75 and r["pgd1_restarts8"] < 0.05
     with pytest.raises(ValueError, match="restarts"):
         evaluate.robustness_summary(model, x, y, eps=0.1, restarts=-1)
+
+
+def test_mean_loss_and_accuracy_matches_keras(small):
+    model, x, y = small
+    loss, acc = evaluate.mean_loss_and_accuracy(model, x, y, batch_size=64)
+    logits = model.predict(x, verbose=0)
+    assert loss == pytest.approx(float(np.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))),
+                                 rel=1e-5)
+    assert acc == pytest.approx(float(np.mean(np.argmax(logits, -1) == y)))
+
+
+def test_mean_ci95():
+    mean, ci = evaluate.mean_ci95(np.array([0.0, 1.0, 0.0, 1.0]))
+    assert mean == pytest.approx(0.5)
+    assert ci == pytest.approx(1.96 * np.std([0, 1, 0, 1], ddof=1) / 2)
+    with pytest.raises(ValueError, match="at least 2"):
+        evaluate.mean_ci95(np.array([1.0]))

@@ -193,13 +193,6 @@ def test_adapt_returns_params_and_leaves_model_untouched(mnist_subset):
     assert ev.curve.shape == (4,) and len(ev.accuracies) == 6 and 0 <= ev.low <= ev.mean <= ev.high <= 1.5
 
 
-def test_mean_ci95():
-    mean, ci = M.mean_ci95(np.array([0.0, 1.0, 0.0, 1.0]))
-    assert mean == 0.5 and np.isclose(ci, 1.96 * np.std([0, 1, 0, 1], ddof=1) / 2)
-    with pytest.raises(ValueError, match="at least 2"):
-        M.mean_ci95(np.array([1.0]))
-
-
 def test_refuses_batch_norm_softmax_and_bad_options():
     bn = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="non-trainable state.*BatchNormalization"):
@@ -207,9 +200,9 @@ def test_refuses_batch_norm_softmax_and_bad_options():
     soft = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     with pytest.raises(ValueError, match="softmax"):
         M.MAML(soft)
-    with pytest.raises(ValueError, match="inner_lr must be a positive number"):
+    with pytest.raises(ValueError, match="inner_lr must be > 0"):
         M.MAML(tiny_mlp("float32"), inner_lr=-1.0)
-    with pytest.raises(ValueError, match="inner_steps must be an int >= 1"):
+    with pytest.raises(ValueError, match="inner_steps must be >= 1"):
         M.Reptile(tiny_mlp("float32"), inner_steps=0)
     with pytest.raises(ValueError, match="method must be one of"):
         M.make_learner("protonet", tiny_mlp("float32"))

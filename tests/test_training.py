@@ -301,37 +301,12 @@ def test_mixed_precision_training_runs_and_keeps_float32_logits():
 
 
 # ----------------------------------------------------------------------------------------------
-# Caching and saving
-# ----------------------------------------------------------------------------------------------
-def test_train_cached_reuses_and_saves_a_safe_mode_model(mnist_subset):
-    data = types.SimpleNamespace(source="subset", x_train=mnist_subset.x_train[:64], y_train=mnist_subset.y_train[:64])
-    kw = {"method": "fgsm", "eps": 0.3, "epochs": 1, "batch_size": 32}
-    clf, info = training.train_cached("03_test_fgsm", data, kw, verbose=False)
-    again, info2 = training.train_cached("03_test_fgsm", data, kw, verbose=False)
-    assert info["cached"] is False and info2["cached"] is True
-    for a, b in zip(clf.get_weights(), again.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    path = runtime.build_dir() / "models" / "03_test_fgsm.keras"
-    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
-    np.testing.assert_allclose(loaded.predict(data.x_train[:8], verbose=0), clf.predict(data.x_train[:8], verbose=0),
-                               atol=1e-6)
-
-
-def test_recipe_reads_the_profile():
-    s = runtime.get_profile("quick").adv_training
-    kw = training.recipe("pgd", s)
-    assert kw["steps"] == s.train_pgd_steps and kw["eps"] == s.eps and kw["epochs"] == s.epochs
-    assert training.recipe("fgsm_rs", s)["step_size"] == pytest.approx(s.fast_alpha * s.eps)
-    assert training.recipe("none", s)["method"] == "none"
-
-
-# ----------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"method": "madry"}, ValueError, "unknown method 'madry'"),
     ({"method": 3}, TypeError, "method must be a string"),
-    ({"eps": 1.5}, ValueError, "eps must be"),
+    ({"eps": -0.1}, ValueError, "eps must be"),
     ({"eps": 0.0}, ValueError, "eps must be"),
     ({"eps": "0.3"}, TypeError, "eps must be a number"),
     ({"step_size": 0.0}, ValueError, "step_size must be > 0"),
@@ -382,46 +357,10 @@ def test_callbacks_reject_bad_input():
     with pytest.raises(ValueError, match="images"):
         training.CatastrophicOverfittingMonitor(x[:, :, :, 0], y, **specs)
     with pytest.raises(ValueError, match="eps must be"):
-        training.EpsilonRamp(2.0, 3)
+        training.EpsilonRamp(-0.3, 3)
     with pytest.raises(ValueError, match="ramp_epochs must be >= 1"):
         training.EpsilonRamp(0.3, 0)
     plain = tiny_model()
     plain.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(TypeError, match="eps variable"):
         plain.fit(x, y, epochs=1, verbose=0, callbacks=[training.EpsilonRamp(0.3, 2)])
-
-
-def test_train_cached_rejects_bad_kwargs(mnist_subset):
-    with pytest.raises(TypeError, match="fit_kwargs"):
-        training.train_cached("03_bad", mnist_subset, {"eps": 0.3})
-
-
-# ----------------------------------------------------------------------------------------------
-# Notebook helpers
-# ----------------------------------------------------------------------------------------------
-def test_overfitting_monitor_samples_every_class(mnist_subset):
-    settings = runtime.get_profile("quick").adv_training
-    monitor = training.overfitting_monitor(mnist_subset, settings)
-    assert len(monitor.x) == settings.monitor_size
-    assert len(np.unique(monitor.y)) == 10  # the subset is sorted by class: the first images would all be zeros
-    assert monitor.pgd.steps == settings.monitor_pgd_steps and monitor.pgd.eps == settings.eps
-
-
-def test_results_markdown_and_remedies():
-    table = training.results_markdown({"pgd": {"clean": 0.95, "pgd40": 0.8, "pgd100_restarts5": 0.79,
-                                               "seconds_per_epoch": 12.34}})
-    assert "| PGD-AT | 95.0% | 80.0% | 79.0% | 12.3 |" in table and "PGD-100 x 5" in table
-    with pytest.raises(ValueError, match="non-empty dict"):
-        training.results_markdown({})
-    s = runtime.get_profile("quick").adv_training
-    remedies = training.fast_at_remedies(s)
-    assert set(remedies) == {"stop_restore", "small_alpha", "eps_ramp", "gradalign"}
-    assert all(kw["method"] == "fgsm_rs" for kw in remedies.values())
-    assert remedies["gradalign"]["align_weight"] == s.align_weight
-
-
-def test_loss_and_accuracy_matches_keras():
-    clf, (x, y) = tiny_model(), tiny_data(16)
-    loss, acc = training.loss_and_accuracy(clf, x, y)
-    assert loss == pytest.approx(float(np.mean(ce(y, clf(x)))), rel=1e-5)
-    assert acc == pytest.approx(float(np.mean(np.argmax(clf(x), -1) == y)))

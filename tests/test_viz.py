@@ -102,3 +102,36 @@ def test_digit_grid_one_column_per_class():
     assert len(fig.axes) == 30 and fig.axes[0].get_title() == "0"
     with pytest.raises(ValueError, match="per_class"):
         viz.digit_grid(x, y, per_class=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures of the training and meta-learning chapters: each returns a Figure with what it promises
+# --------------------------------------------------------------------------------------------------
+def test_training_figures_return_figures():
+    results = {"none": {"clean": 0.99, "fgsm": 0.1, "pgd40": 0.0, "seconds_per_epoch": 3.0},
+               "pgd": {"clean": 0.95, "fgsm": 0.8, "pgd40": 0.7, "seconds_per_epoch": 20.0}}
+    fig = viz.plot_robustness(results, labels={"pgd": "mine"})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["standard", "mine"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["clean", "FGSM", "PGD-40"]
+    assert len(ax.patches) == 6 and max(p.get_height() for p in ax.patches) == pytest.approx(99.0)
+    history = [{"epoch": e, "fgsm": 0.5 + 0.1 * e, "pgd": 0.4 - 0.1 * e, "flagged": e == 2} for e in range(3)]
+    fig = viz.plot_monitor(history, title="fast AT")
+    assert len(fig.axes[0].lines) == 2 and "flagged" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_meta_learning_figures_return_figures(mnist_subset):
+    from tutorial_lib import tasks
+
+    sampler = tasks.FewShotSampler(mnist_subset.x_train, mnist_subset.y_train, n_way=3, k_shot=2, q_queries=4,
+                                   classes=range(3))
+    fig = viz.plot_task(sampler.sample(2), sampler, 1, queries_per_class=2)
+    assert len(fig.axes) == 3 * (2 + 2)
+    fig = viz.plot_histories({"maml": {"accuracy": np.linspace(0.2, 0.9, 100)}}, window=10)
+    assert len(fig.axes[0].lines) == 1
+    ev = type("Ev", (), {"curve_steps": np.array([0, 1, 5]), "curve": np.array([0.2, 0.6, 0.7]),
+                              "curve_ci95": np.array([0.05, 0.04, 0.03]), "mean": 0.7, "ci95": 0.03})()
+    fig = viz.plot_step_curves({"maml": ev})
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [20, 60, 70])
+    fig = viz.plot_few_shot_results({"maml": {"1shot": ev, "5shot": ev}, "scratch": {"1shot": ev, "5shot": ev}})
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["5-way 1-shot", "5-way 5-shot"]

@@ -1,8 +1,12 @@
 """tutorial_lib: helpers for the adversarial robustness and meta-learning notebook series.
 
-Import as ``import tutorial_lib as tl`` and use the submodules: ``tl.runtime``, ``tl.data``,
-``tl.models`` (and, as the series grows, ``tl.attacks``, ``tl.evaluate``, ``tl.training``, ``tl.tasks``,
-``tl.meta``, ``tl.viz``, ``tl.exercises``).
+Import as ``import tutorial_lib as tl``; submodules load on first use. Algorithms, from the bottom up:
+``tl.checks`` (argument checks), ``tl.runtime`` (seeds, profiles, devices), ``tl.data`` (MNIST),
+``tl.models``, ``tl.attacks`` (FGSM, BIM, PGD, MIM as specs), ``tl.evaluate`` (robust accuracy, intervals,
+masking checks), ``tl.training`` (adversarial training), ``tl.tasks`` (few-shot tasks), ``tl.meta`` (MAML,
+Reptile), ``tl.meta_adversarial`` (robust few-shot learning). On top: ``tl.viz`` (every figure),
+``tl.experiments`` (one module of notebook drivers per chapter), ``tl.exercises`` (answer checks) and
+``tl.report`` (gathers the results files).
 """
 
 from __future__ import annotations
@@ -48,8 +52,8 @@ _import_tensorflow_quietly()
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "runtime", "data", "models", "attacks", "evaluate", "training", "tasks", "meta",
-    "meta_adversarial", "viz", "exercises",
+    "checks", "runtime", "data", "models", "attacks", "evaluate", "training", "tasks", "meta",
+    "meta_adversarial", "viz", "experiments", "exercises", "report",
 )
 
 

@@ -19,11 +19,12 @@ import numpy as np
 import tensorflow as tf
 
 from . import models
+from .checks import check_bool, check_eps, check_images_and_labels, check_number, check_positive_int
 
 __all__ = [
     "fgsm", "bim", "pgd", "mim", "gradient_ascent",
     "Attack", "FGSM", "BIM", "PGD", "MIM",
-    "check_images_and_labels", "check_positive_int", "trace_count", "clear_cache", "UNROLL_MAX_STEPS", "UNROLL_CHUNK",
+    "trace_count", "clear_cache", "UNROLL_MAX_STEPS", "UNROLL_CHUNK",
 ]
 
 #: Loops of at most this many steps are unrolled into the graph; longer ones run a ``tf.while_loop`` whose
@@ -40,42 +41,13 @@ _NORMS = {"inf": "inf", "linf": "inf", "l_inf": "inf", "2": 2, "l2": 2}
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation (Python values only: runs before anything is traced)
+# Validation (Python values only: runs before anything is traced); the shared checks are in tutorial_lib.checks
 # --------------------------------------------------------------------------------------------------
-def _check_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def _check_eps(eps: Any) -> float:
-    eps = _check_number("eps", eps)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0 (the radius of the perturbation ball), got {eps}")
-    return eps
-
-
 def _check_step_size(step_size: Any) -> float:
-    step_size = _check_number("step_size", step_size)
+    step_size = check_number("step_size", step_size)
     if step_size <= 0:
         raise ValueError(f"step_size must be > 0, got {step_size}; a typical L-inf choice is 2.5 * eps / steps")
     return step_size
-
-
-def check_positive_int(name: str, value: Any, *, hint: str = "") -> int:
-    """Return ``value`` as an int if it is an int >= 1 (not a bool); else TypeError/ValueError naming ``name``.
-
-    Shared by the attacks, :mod:`tutorial_lib.evaluate` and :mod:`tutorial_lib.training` for counts such as
-    steps, restarts, epochs and batch sizes.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}){hint}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}{hint}")
-    return int(value)
 
 
 def _check_steps(steps: Any) -> int:
@@ -107,8 +79,8 @@ def _check_norm(norm: Any) -> str | int:
 
 
 def _check_clip(clip_min: Any, clip_max: Any) -> tuple[float, float]:
-    clip_min = _check_number("clip_min", clip_min)
-    clip_max = _check_number("clip_max", clip_max)
+    clip_min = check_number("clip_min", clip_min)
+    clip_max = check_number("clip_max", clip_max)
     if clip_min >= clip_max:
         raise ValueError(
             f"clip_min must be < clip_max, got clip_min={clip_min}, clip_max={clip_max} "
@@ -123,12 +95,6 @@ def _check_batch_size(batch_size: Any) -> int | None:
     return check_positive_int("batch_size", batch_size, hint=" (or None for one batch)")
 
 
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
 def _check_unroll(unroll: Any) -> bool | int | None:
     if unroll is None or isinstance(unroll, (bool, np.bool_)):
         return None if unroll is None else bool(unroll)
@@ -138,19 +104,10 @@ def _check_unroll(unroll: Any) -> bool | int | None:
 
 
 def _check_decay(decay: Any) -> float:
-    decay = _check_number("decay", decay)
+    decay = check_number("decay", decay)
     if decay < 0:
         raise ValueError(f"decay must be >= 0 (momentum factor; 1.0 in the MIM paper), got {decay}")
     return decay
-
-
-def _as_numpy(value: Any, name: str) -> np.ndarray:
-    if isinstance(value, (tf.Tensor, tf.Variable)):
-        return value.numpy()
-    try:
-        return np.asarray(value)
-    except Exception as err:  # e.g. ragged nested lists
-        raise TypeError(f"{name} must be an array or tensor, got {type(value).__name__}: {err}") from err
 
 
 def _num_classes(model: Any, x: np.ndarray) -> int:
@@ -166,39 +123,6 @@ def _num_classes(model: Any, x: np.ndarray) -> int:
             f"the model must return logits of shape (batch, classes), but its output has shape {shape}"
         )
     return int(shape[-1])
-
-
-def check_images_and_labels(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validate a batch of images and integer labels; return float32 images and int64 labels.
-
-    ``x``: (batch, ...) numbers, finite, at least one; ``y``: integer class ids of shape (batch,). One-hot or
-    float labels and mismatched batch sizes are errors that say how to fix them. Shared by
-    :mod:`tutorial_lib.evaluate`. Introduced in notebooks/01_fgsm.ipynb.
-    """
-    x = _as_numpy(x, "x")
-    y = _as_numpy(y, "y")
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise TypeError(f"x must hold numbers, got dtype {x.dtype}")
-    if x.ndim < 2:
-        raise ValueError(f"x must be a batch of inputs, shape (batch, ...) e.g. (B, 28, 28, 1); got shape {x.shape}")
-    if len(x) == 0:
-        raise ValueError("x is empty: pass at least one image")
-    x = x.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(x)):
-        raise ValueError("x contains NaN or infinite values")
-    if y.ndim == 2 and y.shape[0] == x.shape[0] and y.shape[1] > 1:
-        raise ValueError(
-            f"y has shape {y.shape}: it looks one-hot. tutorial_lib takes integer class ids of shape (batch,); "
-            "convert with y = np.argmax(y, axis=1)"
-        )
-    if y.ndim != 1:
-        raise ValueError(f"y must be integer class ids of shape (batch,), got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
-        raise TypeError(f"y must hold integer class ids, got dtype {y.dtype}; convert with y.astype(int)")
-    if len(y) != len(x):
-        raise ValueError(f"x and y have different batch sizes: {len(x)} images but {len(y)} labels; "
-                         "pass matching slices")
-    return x, y.astype(np.int64, copy=False)
 
 
 def _prepare(model: Any, x: Any, y: Any, clip_min: float, clip_max: float) -> tuple[np.ndarray, np.ndarray]:
@@ -514,10 +438,10 @@ def fgsm(
     on GPU only. Returns float32 numpy, same shape as x, with ``|x_adv - x| <= eps`` and pixels in range.
     Introduced in notebooks/01_fgsm.ipynb.
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     clip_min, clip_max = _check_clip(clip_min, clip_max)
     return _run(model, x, y, eps=eps, step_size=eps, steps=1, norm="inf", random_start=False, restarts=1,
-                momentum=None, targeted=_check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
+                momentum=None, targeted=check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
                 batch_size=batch_size, seed=0, jit_compile=jit_compile, unroll=True)
 
 
@@ -538,13 +462,13 @@ def pgd(
     Returns float32 numpy of x's shape, inside the ball and the pixel range.
     Introduced in notebooks/02_iterative_attacks.ipynb.
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     clip_min, clip_max = _check_clip(clip_min, clip_max)
-    random_start = _check_bool("random_start", random_start)
+    random_start = check_bool("random_start", random_start)
     return _run(model, x, y, eps=eps, step_size=_check_step_size(step_size), steps=_check_steps(steps),
                 norm=_check_norm(norm), random_start=random_start,
                 restarts=_check_restarts(restarts, random_start), momentum=None,
-                targeted=_check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
+                targeted=check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
                 batch_size=batch_size, seed=seed, jit_compile=jit_compile, unroll=unroll)
 
 
@@ -572,11 +496,11 @@ def mim(
     Starts at x (no random start). Other arguments and result as in :func:`pgd`.
     Introduced in notebooks/02_iterative_attacks.ipynb.
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     clip_min, clip_max = _check_clip(clip_min, clip_max)
     return _run(model, x, y, eps=eps, step_size=_check_step_size(step_size), steps=_check_steps(steps),
                 norm=_check_norm(norm), random_start=False, restarts=1, momentum=_check_decay(decay),
-                targeted=_check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
+                targeted=check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
                 batch_size=batch_size, seed=0, jit_compile=jit_compile, unroll=unroll)
 
 
@@ -606,11 +530,11 @@ class Attack:
         return f"{type(self).__name__}({', '.join(parts)})"
 
     def _validate_common(self) -> None:
-        object.__setattr__(self, "eps", _check_eps(self.eps))
+        object.__setattr__(self, "eps", check_eps(self.eps))
         clip_min, clip_max = _check_clip(self.clip_min, self.clip_max)
         object.__setattr__(self, "clip_min", clip_min)
         object.__setattr__(self, "clip_max", clip_max)
-        object.__setattr__(self, "targeted", _check_bool("targeted", self.targeted))
+        object.__setattr__(self, "targeted", check_bool("targeted", self.targeted))
         if hasattr(self, "batch_size"):
             _check_batch_size(self.batch_size)
 
@@ -637,20 +561,23 @@ class Attack:
     def _step_size(self, eps: Any) -> Any:
         return self.step_size  # type: ignore[attr-defined]
 
-    def generate(self, model: Any, x: Any, y: Any, *, eps: Any = None, seed: Any = None) -> tf.Tensor:
+    def generate(self, model: Any, x: Any, y: Any, *, eps: Any = None, seed: Any = None,
+                 step_size: Any = None) -> tf.Tensor:
         """Adversarial examples as a tensor, built from TensorFlow ops only.
 
         Callable inside another ``tf.function`` (e.g. a Keras ``train_step``). ``x``: float tensor
         (B, H, W, C) in [clip_min, clip_max]; ``y``: int class ids (B,). ``eps``: Python float or scalar
         tensor / ``tf.Variable`` overriding ``self.eps`` (for eps ramps; no retracing when it is a tensor).
         ``seed``: optional shape-(2,) int tensor for stateless random starts (else TF's global generator).
+        ``step_size``: float or scalar tensor overriding the spec's step (e.g. one that shrinks with an eps ramp).
         No value validation, no batching; the model is called with ``training=False``. Returns x_adv (dtype
         of x, gradient stopped) inside the eps ball and the pixel range.
         Introduced in notebooks/02_iterative_attacks.ipynb.
         """
         eps = self.eps if eps is None else eps
         x = tf.convert_to_tensor(x)
-        return _attack(model, x, tf.convert_to_tensor(y), eps=eps, step_size=self._step_size(eps), seed=seed,
+        step_size = self._step_size(eps) if step_size is None else step_size
+        return _attack(model, x, tf.convert_to_tensor(y), eps=eps, step_size=step_size, seed=seed,
                        **self._settings())
 
     def __call__(self, model: Any, x: Any, y: Any) -> np.ndarray:
@@ -715,7 +642,7 @@ class PGD(Attack):
         object.__setattr__(self, "step_size", _check_step_size(self.step_size))
         object.__setattr__(self, "norm", _check_norm(self.norm))
         object.__setattr__(self, "unroll", _check_unroll(self.unroll))
-        object.__setattr__(self, "random_start", _check_bool("random_start", self.random_start))
+        object.__setattr__(self, "random_start", check_bool("random_start", self.random_start))
         object.__setattr__(self, "restarts", _check_restarts(self.restarts, self.random_start))
 
     def _name(self) -> str:
@@ -789,7 +716,7 @@ _INTERPOLATIONS = ("nearest", "bilinear")
 
 def _check_grid_axis(steps_name: str, steps: Any, max_name: str, maximum: Any) -> tuple[int, float]:
     """An odd number of grid values in [-maximum, maximum] (odd: the grid is symmetric and contains 0)."""
-    maximum = _check_number(max_name, maximum)
+    maximum = check_number(max_name, maximum)
     if maximum < 0:
         raise ValueError(f"{max_name} must be >= 0 (the grid spans -{max_name} .. +{max_name}), got {maximum}")
     steps = check_positive_int(steps_name, steps)
@@ -1027,3 +954,406 @@ class Spatial(Attack):
 
 
 __all__ += ["FAMILIES", "spatial_grid", "spatial_transform", "Spatial"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Attack pools: each meta-training task draws its attack
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, repr=False)
+class AttackPool:
+    """A set of attack specs with sampling weights; each meta-training task draws one of them.
+
+    ``AttackPool([FGSM(eps=0.1), PGD(eps=0.1, steps=10, step_size=0.025), PGD(eps=1.5, norm=2, ...)],
+    weights=[1, 2, 1])``. ``weights`` (default: equal) are positive and need not sum to 1. ``held_out``
+    names the family kept out of training (e.g. "spatial"): a pool holding a spec of that family is an error,
+    so a leave-one-out experiment cannot leak the held-out attack into training; :meth:`without` builds such a
+    pool from a full one. All specs must share one pixel range (clip_min, clip_max).
+
+    Drawing: :meth:`sample` gives one index per task (numpy, seeded); :meth:`draw` gives one index as a tensor
+    inside a ``tf.function``; :meth:`generate` runs the drawn spec with ``tf.switch_case`` (graph mode, the
+    model may be any ``f(x, training=False) -> logits``, e.g. adapted weights). Introduced in
+    notebooks/06_unseen_attacks.ipynb.
+    """
+
+    attacks: tuple[Attack, ...]
+    weights: tuple[float, ...] | None = None
+    held_out: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attacks, Attack):
+            raise TypeError("attacks must be a list of attack specs, got a single spec; wrap it: [spec]")
+        specs = tuple(self.attacks)
+        if not specs:
+            raise ValueError("an AttackPool needs at least one attack spec, got none")
+        for spec in specs:
+            if not isinstance(spec, Attack):
+                raise TypeError(f"every pool member must be an attack spec (FGSM, PGD, MIM, BIM, Spatial), "
+                                f"got {type(spec).__name__}: {spec!r}")
+        weights = (1.0,) * len(specs) if self.weights is None else tuple(self.weights)
+        if len(weights) != len(specs):
+            raise ValueError(f"got {len(weights)} weights for {len(specs)} attacks: pass one weight per attack "
+                             "(or weights=None for equal weights)")
+        weights = tuple(check_number("weight", w) for w in weights)
+        if min(weights) <= 0:
+            raise ValueError(f"weights must be > 0, got {list(weights)}; drop an attack instead of giving it weight 0")
+        ranges = sorted({(s.clip_min, s.clip_max) for s in specs})
+        if len(ranges) > 1:
+            raise ValueError(f"the specs disagree on the pixel range (clip_min, clip_max): {ranges}; give every "
+                             "spec the clip_min/clip_max of your data")
+        held_out = self.held_out
+        if held_out is not None:
+            if held_out not in FAMILIES:
+                raise ValueError(f"held_out must be one of {FAMILIES} or None, got {held_out!r}")
+            leaks = [s for s in specs if s.family == held_out]
+            if leaks:
+                raise ValueError(f"held-out family {held_out!r} is also in the pool: {leaks}; remove those specs "
+                                 f"(pool.without({held_out!r}) does it)")
+        object.__setattr__(self, "attacks", specs)
+        object.__setattr__(self, "weights", weights)
+
+    def __repr__(self) -> str:
+        members = ", ".join(f"{s!r}: {w:g}" for s, w in zip(self.attacks, self.weights))
+        held = "" if self.held_out is None else f", held_out={self.held_out!r}"
+        return f"AttackPool({{{members}}}{held})"
+
+    def __len__(self) -> int:
+        return len(self.attacks)
+
+    def __getitem__(self, index: int) -> Attack:
+        return self.attacks[index]
+
+    def __iter__(self) -> Any:
+        return iter(self.attacks)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The family of each spec, in order ("linf", "l2" or "spatial")."""
+        return tuple(s.family for s in self.attacks)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """The weights normalised to sum to 1, float64 (len(pool),)."""
+        weights = np.asarray(self.weights, np.float64)
+        return weights / weights.sum()
+
+    @property
+    def clip_min(self) -> float:
+        return self.attacks[0].clip_min
+
+    @property
+    def clip_max(self) -> float:
+        return self.attacks[0].clip_max
+
+    def without(self, family: str) -> "AttackPool":
+        """The same pool minus every spec of ``family`` (weights kept), with ``held_out=family``."""
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        kept = [(s, w) for s, w in zip(self.attacks, self.weights) if s.family != family]
+        if not kept:
+            raise ValueError(f"every spec of the pool is in family {family!r}: nothing would be left to train on")
+        return AttackPool([s for s, _ in kept], [w for _, w in kept], held_out=family)
+
+    def sample(self, n_tasks: int, seed: int | None = None) -> np.ndarray:
+        """One spec index per task, drawn with the pool's probabilities: int64 (n_tasks,); same seed, same draws."""
+        n_tasks = check_positive_int("n_tasks", n_tasks)
+        return _seed_pair(seed).choice(len(self), size=n_tasks, p=self.probabilities).astype(np.int64)
+
+    def draw(self, seed: Any) -> tf.Tensor:
+        """One spec index as an int32 scalar tensor, from a shape-(2,) int seed tensor (stateless, graph mode)."""
+        logits = tf.math.log(tf.constant(self.probabilities[None], tf.float32))
+        return tf.cast(tf.random.stateless_categorical(logits, 1, seed)[0, 0], tf.int32)
+
+    def generate(self, model: Any, x: Any, y: Any, index: Any, *, scale: Any = None, seed: Any = None) -> tf.Tensor:
+        """Adversarial examples of spec ``index`` (int or int tensor) as a tensor; graph mode, gradient stopped.
+
+        Every spec is traced once into a ``tf.switch_case`` and only the drawn one runs. ``scale`` (Python
+        float or scalar tensor, e.g. an eps ramp 0 -> 1) multiplies the drawn spec's eps (for
+        :class:`Spatial`, the size of its grid); None leaves every eps as it is. ``seed``: as in
+        :meth:`Attack.generate`. ``x``, ``y``, ``model`` as there.
+        """
+        x = tf.convert_to_tensor(x)
+        y = tf.convert_to_tensor(y)
+
+        def branch(spec: Attack) -> Callable[[], tf.Tensor]:
+            eps = None if scale is None else spec.eps * tf.cast(scale, tf.float32)
+            return lambda: tf.cast(spec.generate(model, x, y, eps=eps, seed=seed), x.dtype)
+
+        if len(self) == 1:
+            return branch(self.attacks[0])()
+        return tf.switch_case(tf.cast(index, tf.int32), [branch(s) for s in self.attacks])
+
+
+__all__ += ["AttackPool"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Adversarial patch: one universal sticker, trained over random placements (Brown et al. 2017)
+# --------------------------------------------------------------------------------------------------
+_PATCH_OPTIMIZERS = ("adam", "sign")
+
+
+def paste_patch(x: Any, patch: Any, rows: Any, cols: Any, angles: Any = None) -> tf.Tensor:
+    """Paste ``patch`` into each image with its top-left corner at (rows[i], cols[i]); TensorFlow ops only.
+
+    ``x``: float tensor (B, H, W, C); ``patch``: (s, s, C); ``rows``, ``cols``: int (B,), each in
+    0..H-s / 0..W-s. ``angles`` (radians, (B,) or None) turns the patch counter-clockwise (as displayed) about
+    the centre of its square, nearest-pixel: the turned patch is cut to its square, and square pixels it no
+    longer covers keep the image. Pixels outside the square are never changed. Differentiable with respect to
+    ``patch`` (a gather), so it can be trained through. Introduced in notebooks/07_applications.ipynb.
+    """
+    x = tf.convert_to_tensor(x)
+    patch = tf.cast(tf.convert_to_tensor(patch), x.dtype)
+    size, height, width = patch.shape[0], x.shape[1], x.shape[2]
+    r = tf.range(height, dtype=tf.float32)[None, :, None]
+    c = tf.range(width, dtype=tf.float32)[None, None, :]
+    top = tf.cast(rows, tf.float32)[:, None, None]
+    left = tf.cast(cols, tf.float32)[:, None, None]
+    inside = (r >= top) & (r < top + size) & (c >= left) & (c < left + size)  # (B, H, W)
+    half = (size - 1) / 2.0
+    dr, dc = r - top - half, c - left - half  # offsets from the square's centre
+    if angles is None:
+        pr, pc = dr + 0.0 * dc + half, dc + 0.0 * dr + half
+    else:  # the output pixel q shows the patch pixel R^T q (R: the turn), as in spatial_transform
+        cos = tf.cos(tf.cast(angles, tf.float32))[:, None, None]
+        sin = tf.sin(tf.cast(angles, tf.float32))[:, None, None]
+        pr, pc = tf.round(sin * dc + cos * dr + half), tf.round(cos * dc - sin * dr + half)
+    valid = inside & (pr >= 0) & (pr <= size - 1) & (pc >= 0) & (pc <= size - 1)
+    index = (tf.cast(tf.clip_by_value(pr, 0, size - 1), tf.int32) * size
+             + tf.cast(tf.clip_by_value(pc, 0, size - 1), tf.int32))
+    canvas = tf.gather(tf.reshape(patch, [size * size, -1]), index)  # (B, H, W, C)
+    return tf.where(valid[..., None], canvas, x)
+
+
+@dataclass(frozen=True, repr=False)
+class AdversarialPatch:
+    """A universal adversarial patch (Brown et al. 2017, "Adversarial Patch"): one ``size`` x ``size`` sticker
+    that, pasted anywhere on an image, makes the model misread it (``target=None``) or read ``target``.
+
+    :meth:`fit` trains the patch over random images and random placements (expectation over placements; and
+    over turns in [-max_angle, max_angle] degrees when ``max_angle`` > 0): each of ``steps`` steps draws
+    ``batch_size`` images and a position (and angle) per image, and moves the patch to raise the
+    cross-entropy of the true class (targeted: lower that of the target) with Adam (``optimizer="adam"``,
+    rate ``learning_rate``) or signed steps of ``learning_rate`` (``"sign"``), then clips it to
+    [clip_min, clip_max]. One compiled ``tf.function`` step, traced once per fit. The start is a uniform random
+    patch from ``seed``, the same patch :meth:`random_patch` gives as the control.
+    :meth:`apply` pastes a patch at given positions; :meth:`success_rate` measures it over random placements.
+    Not an :class:`Attack`: a patch is trained once on many images, then reused (universal, not per example).
+    Introduced in notebooks/07_applications.ipynb.
+    """
+
+    size: int
+    target: int | None = None
+    steps: int = 500
+    batch_size: int = 64
+    learning_rate: float = 0.05
+    optimizer: str = "adam"
+    max_angle: float = 0.0
+    clip_min: float = 0.0
+    clip_max: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", check_positive_int("size", self.size))
+        if self.target is not None:
+            if isinstance(self.target, bool) or not isinstance(self.target, (int, np.integer)) or self.target < 0:
+                raise ValueError(f"target must be None (untargeted) or a class id >= 0, got {self.target!r}")
+            object.__setattr__(self, "target", int(self.target))
+        object.__setattr__(self, "steps", check_positive_int("steps", self.steps))
+        object.__setattr__(self, "batch_size", check_positive_int("batch_size", self.batch_size))
+        rate = check_number("learning_rate", self.learning_rate)
+        if rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {rate}")
+        object.__setattr__(self, "learning_rate", rate)
+        if self.optimizer not in _PATCH_OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {_PATCH_OPTIMIZERS}, got {self.optimizer!r}")
+        angle = check_number("max_angle", self.max_angle)
+        if not 0 <= angle <= 180:
+            raise ValueError(f"max_angle must be in [0, 180] degrees, got {angle}")
+        object.__setattr__(self, "max_angle", angle)
+        clip_min, clip_max = _check_clip(self.clip_min, self.clip_max)
+        object.__setattr__(self, "clip_min", clip_min)
+        object.__setattr__(self, "clip_max", clip_max)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
+
+    def __repr__(self) -> str:
+        parts = [f"size={self.size}"]
+        for f in dataclasses.fields(self)[1:]:
+            value = getattr(self, f.name)
+            if value != f.default or f.name in ("target", "steps"):
+                parts.append(f"{f.name}={value!r}")
+        return f"AdversarialPatch({', '.join(parts)})"
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    @property
+    def family(self) -> str:
+        return "patch"
+
+    @property
+    def name(self) -> str:
+        """E.g. "Patch 9x9" or "Patch 9x9 -> 3"."""
+        return f"Patch {self.size}x{self.size}" + ("" if self.target is None else f" -> {self.target}")
+
+    # ----------------------------------------------------------------------------------------------
+    def random_patch(self, channels: int = 1, *, seed: int | None = None) -> np.ndarray:
+        """A uniform random patch (size, size, channels) in [clip_min, clip_max]: the control, and fit's start."""
+        channels = check_positive_int("channels", channels)
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        return rng.uniform(self.clip_min, self.clip_max, (self.size, self.size, channels)).astype(np.float32)
+
+    def random_positions(self, n: int, image_shape: tuple[int, ...], *, seed: int | None = None) -> np.ndarray:
+        """``n`` top-left corners (row, col), int64 (n, 2), uniform over the places the patch fits."""
+        height, width = self._check_fits(image_shape)
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        return np.stack([rng.integers(0, height - self.size + 1, n), rng.integers(0, width - self.size + 1, n)], 1)
+
+    def _check_fits(self, image_shape: tuple[int, ...]) -> tuple[int, int]:
+        if len(image_shape) != 3:
+            raise ValueError(f"the patch needs images of shape (batch, height, width, channels), got images of "
+                             f"shape (batch, {', '.join(map(str, image_shape))}); add a channel axis with x[..., None]")
+        height, width = int(image_shape[0]), int(image_shape[1])
+        if self.size > min(height, width):
+            raise ValueError(f"a {self.size} x {self.size} patch does not fit in {height} x {width} images; "
+                             "use a smaller size")
+        return height, width
+
+    def _check_patch(self, patch: Any, channels: int) -> np.ndarray:
+        patch = np.asarray(patch).astype(np.float32)
+        if patch.shape != (self.size, self.size, channels):
+            raise ValueError(f"patch must have shape {(self.size, self.size, channels)} (size, size, channels of "
+                             f"the images), got {patch.shape}")
+        if not np.all(np.isfinite(patch)) or patch.min() < self.clip_min or patch.max() > self.clip_max:
+            raise ValueError(f"patch pixels must be finite and in [{self.clip_min}, {self.clip_max}]")
+        return patch
+
+    def _random_placements(self, seed: tf.Tensor, n: Any, height: int, width: int) -> tuple:
+        fold = tf.random.experimental.stateless_fold_in
+        rows = tf.random.stateless_uniform([n], fold(seed, 1), 0, height - self.size + 1, dtype=tf.int32)
+        cols = tf.random.stateless_uniform([n], fold(seed, 2), 0, width - self.size + 1, dtype=tf.int32)
+        angles = None
+        if self.max_angle > 0:
+            limit = self.max_angle * np.pi / 180.0
+            angles = tf.random.stateless_uniform([n], fold(seed, 3), -limit, limit)
+        return rows, cols, angles
+
+    def _loss(self, model: Any, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(loss to minimise, success per example) of patched images x."""
+        logits = tf.cast(model(x, training=False), tf.float32)
+        labels = tf.fill(tf.shape(y), self.target) if self.targeted else tf.cast(y, tf.int32)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
+        return (tf.reduce_mean(ce), hit) if self.targeted else (-tf.reduce_mean(ce), tf.logical_not(hit))
+
+    def _prepare_images(self, model: Any, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
+        x, y = _prepare(model, x, y, self.clip_min, self.clip_max)
+        height, width = self._check_fits(x.shape[1:])
+        if self.targeted:
+            n_classes = _num_classes(model, x)
+            if self.target >= n_classes:
+                raise ValueError(f"target must be in 0..{n_classes - 1} (the model has {n_classes} outputs), "
+                                 f"got {self.target}")
+        return x, y, height, width
+
+    # ----------------------------------------------------------------------------------------------
+    def fit(self, model: Any, x: Any, y: Any) -> np.ndarray:
+        """Train the patch on images ``x`` (B, H, W, C) in range with true labels ``y`` (B,); numpy patch out.
+
+        Returns float32 (size, size, C) in [clip_min, clip_max]. Same seed, same patch.
+        """
+        x, y, height, width = self._prepare_images(model, x, y)
+        patch = tf.Variable(self.random_patch(x.shape[-1]), name="patch")
+        optimizer = None
+        if self.optimizer == "adam":
+            import keras
+
+            optimizer = keras.optimizers.Adam(self.learning_rate)
+            optimizer.build([patch])
+        images, labels = tf.constant(x), tf.constant(y)
+        n, batch = len(x), self.batch_size
+
+        def step(seed: tf.Tensor) -> tf.Tensor:
+            _TRACES[model] = _TRACES.get(model, 0) + 1  # Python side effect: runs only while tracing
+            pick = tf.random.stateless_uniform([batch], seed, 0, n, dtype=tf.int32)
+            xb, yb = tf.gather(images, pick), tf.gather(labels, pick)
+            rows, cols, angles = self._random_placements(seed, batch, height, width)
+            with tf.GradientTape() as tape:
+                loss, _ = self._loss(model, paste_patch(xb, patch, rows, cols, angles), yb)
+            grad = tape.gradient(loss, patch)
+            if optimizer is None:
+                patch.assign_sub(self.learning_rate * tf.sign(grad))
+            else:
+                optimizer.apply_gradients([(grad, patch)])
+            patch.assign(tf.clip_by_value(patch, self.clip_min, self.clip_max))
+            return loss
+
+        compiled = tf.function(step, input_signature=[tf.TensorSpec((2,), tf.int64)])
+        seeds = np.random.default_rng(self.seed).integers(0, 2**62, size=(self.steps, 2))
+        for seed in seeds:
+            compiled(tf.constant(seed))
+        return patch.numpy()
+
+    def apply(self, x: Any, patch: Any, positions: Any, angles: Any = None) -> np.ndarray:
+        """Paste ``patch`` at ``positions`` (int (B, 2) top-left (row, col)); ``angles`` in degrees (B,) or None.
+
+        Numpy in and out; see :func:`paste_patch`. Pixels outside each square are returned unchanged.
+        """
+        x = check_images_and_labels(x, np.zeros(len(np.asarray(x)), np.int64))[0]
+        height, width = self._check_fits(x.shape[1:])
+        patch = self._check_patch(patch, x.shape[-1])
+        positions = np.asarray(positions)
+        if positions.shape != (len(x), 2) or not np.issubdtype(positions.dtype, np.integer):
+            raise ValueError(f"positions must be integer (row, col) pairs of shape ({len(x)}, 2), got "
+                             f"{positions.dtype} {positions.shape}")
+        if (positions.min(0) < 0).any() or positions[:, 0].max() > height - self.size or positions[:, 1].max() > width - self.size:
+            raise ValueError(f"positions must keep the patch inside the image: rows in 0..{height - self.size}, "
+                             f"cols in 0..{width - self.size}")
+        if angles is not None:
+            angles = tf.constant(np.radians(np.asarray(angles).astype(np.float64)).reshape(len(x)), tf.float32)
+        return paste_patch(tf.constant(x), patch, positions[:, 0], positions[:, 1], angles).numpy()
+
+    def success_rate(self, model: Any, x: Any, y: Any, patch: Any, *, placements: int = 1,
+                     seed: int | None = None, batch_size: int = 1000) -> float:
+        """Fraction of (image, random placement) pairs the patch fools: misread (targeted: read as ``target``).
+
+        Each image gets ``placements`` random positions (and turns in [-max_angle, max_angle] when max_angle > 0,
+        as in training), drawn from ``seed`` (default: the spec's seed + 1, not the training draws). Targeted:
+        images whose true class is the target are left out. Pass correctly classified images to measure what
+        the patch adds to the model's own errors.
+        """
+        x, y, height, width = self._prepare_images(model, x, y)
+        patch = tf.constant(self._check_patch(patch, x.shape[-1]))
+        placements = check_positive_int("placements", placements)
+        batch_size = check_positive_int("batch_size", batch_size)
+        if self.targeted:
+            keep = y != self.target
+            if not keep.any():
+                raise ValueError(f"every image is of the target class {self.target}: nothing to measure")
+            x, y = x[keep], y[keep]
+
+        @tf.function(input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.float32),
+                                      tf.TensorSpec((None,), tf.int64), tf.TensorSpec((2,), tf.int64)])
+        def fooled(xb: tf.Tensor, yb: tf.Tensor, seed_t: tf.Tensor) -> tf.Tensor:
+            rows, cols, angles = self._random_placements(seed_t, tf.shape(xb)[0], height, width)
+            return self._loss(model, paste_patch(xb, patch, rows, cols, angles), yb)[1]
+
+        rng = np.random.default_rng(self.seed + 1 if seed is None else seed)
+        hits = 0
+        for _ in range(placements):
+            for start in range(0, len(x), batch_size):
+                seed_t = tf.constant(rng.integers(0, 2**62, size=2), tf.int64)
+                hits += int(tf.reduce_sum(tf.cast(fooled(tf.constant(x[start:start + batch_size]),
+                                                         tf.constant(y[start:start + batch_size]), seed_t), tf.int32)))
+        return hits / (len(x) * placements)
+
+    def __call__(self, model: Any, x: Any, y: Any) -> np.ndarray:
+        """Fit the patch on (x, y), then paste it at random positions (from the spec's seed + 1): numpy out."""
+        patch = self.fit(model, x, y)
+        x = np.asarray(x).astype(np.float32)
+        positions = self.random_positions(len(x), x.shape[1:], seed=self.seed + 1)
+        return self.apply(x, patch, positions)
+
+
+__all__ += ["paste_patch", "AdversarialPatch"]

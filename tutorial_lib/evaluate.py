@@ -1,7 +1,8 @@
-"""Honest robustness numbers: clean and robust accuracy, accuracy-vs-eps sweeps, gradient-masking checks.
+"""Honest numbers: clean and robust accuracy with 95 % intervals, accuracy-vs-eps sweeps, gradient-masking checks.
 
-Builds on :mod:`tutorial_lib.attacks` (attacks are passed in as specs such as ``attacks.PGD(eps=0.3)``);
-:mod:`tutorial_lib.viz` plots what this module computes. Introduced in notebooks/01_fgsm.ipynb and
+Builds on :mod:`tutorial_lib.attacks` (attacks are passed in as specs such as ``attacks.PGD(eps=0.3)``); the
+robust-accuracy rule everywhere is "correct clean and attacked". :mod:`tutorial_lib.viz` plots what this
+module computes. Introduced in notebooks/01_fgsm.ipynb and
 notebooks/02_iterative_attacks.ipynb.
 """
 
@@ -17,19 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import attacks, models
-
-Attack = Callable[[keras.Model, np.ndarray, np.ndarray], np.ndarray]
-
-
-# --------------------------------------------------------------------------------------------------
-# Input checks shared by the public functions
-# --------------------------------------------------------------------------------------------------
-def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    return attacks.check_images_and_labels(x, y)
-
-
-def _check_batch_size(batch_size: int) -> int:
-    return attacks.check_positive_int("batch_size", batch_size)
+from .checks import check_count, check_eps, check_images_and_labels, check_number, check_positive_int
 
 
 def _batches(n: int, batch_size: int):
@@ -46,8 +35,9 @@ def test_subset(data: Any, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.nda
     in [0, 1] and int64 (n,). Introduced in notebooks/01_fgsm.ipynb.
     """
     y_all = np.asarray(data.y_test)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= len(y_all):
-        raise ValueError(f"n must be an int in 1..{len(y_all)} (the number of test images), got {n!r}")
+    n = check_positive_int("n", n)
+    if n > len(y_all):
+        raise ValueError(f"n must be at most {len(y_all)} (the number of test images), got {n}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(y_all))
     rank = np.empty(len(y_all), dtype=np.int64)
@@ -66,10 +56,22 @@ def predict_logits(model: keras.Model, x: np.ndarray, *, batch_size: int = 500) 
 
     ``x``: float32 images in [0, 1], shape (n, 28, 28, 1). Introduced in notebooks/01_fgsm.ipynb.
     """
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_positive_int("batch_size", batch_size)
     x = np.asarray(x, dtype=np.float32)
     outs = [np.asarray(model(x[s], training=False), dtype=np.float32) for s in _batches(len(x), batch_size)]
     return np.concatenate(outs, axis=0)
+
+
+def mean_loss_and_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, *,
+                           batch_size: int = 500) -> tuple[float, float]:
+    """Mean cross-entropy (from logits) and accuracy of ``model`` on ``(x, y)``, as two Python floats.
+
+    ``x``: float32 images in [0, 1]; ``y``: int labels. Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    x, y = check_images_and_labels(x, y)
+    logits = predict_logits(model, x, batch_size=batch_size)
+    loss = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+    return float(np.mean(loss)), float(np.mean(np.argmax(logits, axis=1) == y))
 
 
 def probabilities(model: keras.Model, x: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
@@ -82,7 +84,7 @@ def probabilities(model: keras.Model, x: np.ndarray, *, batch_size: int = 500) -
 
 def correct(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
     """Per-example correctness: bool array of shape (n,), True where argmax of the logits equals ``y``."""
-    x, y = _check_xy(x, y)
+    x, y = check_images_and_labels(x, y)
     return np.argmax(predict_logits(model, x, batch_size=batch_size), axis=1) == y
 
 
@@ -116,7 +118,21 @@ def accuracy_ci95(correct: Any) -> tuple[float, float]:
     return p, max(p - (center - spread), center + spread - p)
 
 
-def adversarial_examples(model: keras.Model, x: np.ndarray, y: np.ndarray, attack: Attack, *,
+def mean_ci95(values: Any, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95 % half-width ``1.96 * std / sqrt(n)`` (std with ddof=1) of ``values`` along ``axis``.
+
+    For averages of many numbers, e.g. per-task few-shot accuracies (the normal approximation, as in the
+    few-shot literature); for one accuracy over n examples use :func:`accuracy_ci95`.
+    Introduced in notebooks/04_meta_learning.ipynb.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[axis]
+    if n < 2:
+        raise ValueError(f"need at least 2 values for a confidence interval, got {n}")
+    return values.mean(axis=axis), 1.96 * values.std(axis=axis, ddof=1) / math.sqrt(n)
+
+
+def adversarial_examples(model: keras.Model, x: np.ndarray, y: np.ndarray, attack: attacks.Attack, *,
                          batch_size: int = 500) -> np.ndarray:
     """Run ``attack(model, x_batch, y_batch)`` batch by batch; returns float32 images shaped like ``x``.
 
@@ -129,8 +145,8 @@ def adversarial_examples(model: keras.Model, x: np.ndarray, y: np.ndarray, attac
             f"attack must be an attack spec such as tl.attacks.FGSM(eps=0.1), got {type(attack).__name__}; "
             "for a function with extra arguments wrap it, e.g. lambda m, x, y: tl.attacks.fgsm(m, x, y, 0.1)"
         )
-    x, y = _check_xy(x, y)
-    batch_size = _check_batch_size(batch_size)
+    x, y = check_images_and_labels(x, y)
+    batch_size = check_positive_int("batch_size", batch_size)
     out = [np.asarray(attack(model, x[s], y[s]), dtype=np.float32) for s in _batches(len(x), batch_size)]
     x_adv = np.concatenate(out, axis=0)
     if x_adv.shape != x.shape:
@@ -138,7 +154,7 @@ def adversarial_examples(model: keras.Model, x: np.ndarray, y: np.ndarray, attac
     return x_adv
 
 
-def robust_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, attack: Attack, *,
+def robust_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, attack: attacks.Attack, *,
                     batch_size: int = 500) -> float:
     """Accuracy under ``attack``: the fraction in [0, 1] of examples classified correctly both clean and attacked.
 
@@ -146,7 +162,7 @@ def robust_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, attack: At
     challenge do) makes ``robust_accuracy <= accuracy`` hold for every attack. ``attack`` is a spec,
     e.g. ``attacks.FGSM(eps=0.1)``. Introduced in notebooks/01_fgsm.ipynb.
     """
-    x, y = _check_xy(x, y)
+    x, y = check_images_and_labels(x, y)
     x_adv = adversarial_examples(model, x, y, attack, batch_size=batch_size)
     both = correct(model, x, y, batch_size=batch_size) & correct(model, x_adv, y, batch_size=batch_size)
     return float(np.mean(both))
@@ -158,7 +174,7 @@ def accuracy_under(model: keras.Model, x: np.ndarray, x_adv: np.ndarray, y: np.n
 
     ``x_adv`` must have the shape of ``x``. Introduced in notebooks/01_fgsm.ipynb.
     """
-    x, y = _check_xy(x, y)
+    x, y = check_images_and_labels(x, y)
     x_adv = np.asarray(x_adv, dtype=np.float32)
     if x_adv.shape != x.shape:
         raise ValueError(f"x_adv has shape {x_adv.shape} but x has shape {x.shape}; pass matching arrays")
@@ -178,10 +194,9 @@ def robustness_summary(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps:
     worst case over both attacks. ``restarts=0`` skips it. Keys: ``clean``, ``fgsm``, ``pgd{pgd_steps}``, and
     ``pgd{strong_steps}_restarts{restarts}``. Introduced in notebooks/03_adversarial_training.ipynb.
     """
-    x, y = _check_xy(x, y)
-    eps = attacks._check_eps(eps)
-    if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or restarts < 0:
-        raise ValueError(f"restarts must be an int >= 0 (0 skips the strong attack), got {restarts!r}")
+    x, y = check_images_and_labels(x, y)
+    eps = check_eps(eps, positive=True)
+    restarts = check_count("restarts", restarts, hint=" (0 skips the strong attack)")
     fgsm = attacks.FGSM(eps=eps)
     pgd = attacks.PGD(eps=eps, steps=pgd_steps, step_size=pgd_step_size, seed=0)
     clean_ok = correct(model, x, y, batch_size=batch_size)
@@ -198,6 +213,17 @@ def robustness_summary(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps:
             robust[idx] = correct(model, x_adv, y[idx], batch_size=batch_size)
         out[f"pgd{strong_steps}_restarts{restarts}"] = float(robust.mean())
     return out
+
+
+def summary_column_title(key: str) -> str:
+    """A table heading for a :func:`robustness_summary` key: ``"pgd40"`` -> ``"PGD-40"``,
+    ``"pgd100_restarts5"`` -> ``"PGD-100 x 5"``, ``"fgsm"`` -> ``"FGSM"``; other keys unchanged."""
+    if key == "fgsm":
+        return "FGSM"
+    if key.startswith("pgd") and "_restarts" in key:
+        steps, restarts = key[3:].split("_restarts")
+        return f"PGD-{steps} x {restarts}"
+    return f"PGD-{key[3:]}" if key.startswith("pgd") and key[3:].isdigit() else key
 
 
 def activation_bytes(model: keras.Model, n: int) -> int:
@@ -252,7 +278,7 @@ class SweepResult:
         return self.table()
 
 
-def epsilon_sweep(model: keras.Model, x: np.ndarray, y: np.ndarray, attack_factory: Callable[[float], Attack],
+def epsilon_sweep(model: keras.Model, x: np.ndarray, y: np.ndarray, attack_factory: Callable[[float], attacks.Attack],
                   eps_values: Sequence[float], *, label: str | None = None, batch_size: int = 500) -> SweepResult:
     """Robust accuracy of ``model`` at each eps in ``eps_values`` (non-negative, increasing).
 
@@ -268,7 +294,7 @@ def epsilon_sweep(model: keras.Model, x: np.ndarray, y: np.ndarray, attack_facto
         raise ValueError(f"eps_values must be a non-empty 1-D sequence of floats, got shape {eps.shape}")
     if np.any(eps < 0) or np.any(np.diff(eps) <= 0):
         raise ValueError(f"eps_values must be non-negative and strictly increasing, got {eps.tolist()}")
-    x, y = _check_xy(x, y)
+    x, y = check_images_and_labels(x, y)
     start = time.perf_counter()
     clean = correct(model, x, y, batch_size=batch_size)
     accs, name = [], label
@@ -359,10 +385,10 @@ def input_gradients(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_s
     A gradient that is ``None`` (the graph has no gradient path, e.g. ``tf.round``) is returned as zeros.
     Introduced in notebooks/02_iterative_attacks.ipynb.
     """
-    x, y = _check_xy(x, y)
+    x, y = check_images_and_labels(x, y)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
     grads = []
-    for s in _batches(len(x), _check_batch_size(batch_size)):
+    for s in _batches(len(x), check_positive_int("batch_size", batch_size)):
         xb = tf.convert_to_tensor(x[s])
         with tf.GradientTape() as tape:
             tape.watch(xb)
@@ -407,13 +433,11 @@ def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, 
     Returns a :class:`SanityReport` (``.passed``, ``.checks``, ``.numbers``). Cost: about ``restarts + 2``
     PGD runs over ``x``, so pass a few hundred examples. Introduced in notebooks/02_iterative_attacks.ipynb.
     """
-    x, y = _check_xy(x, y)
-    if not np.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a positive float, got {eps}")
-    if large_eps <= eps:
+    x, y = check_images_and_labels(x, y)
+    eps = check_eps(eps, positive=True)
+    if check_eps(large_eps) <= eps:
         raise ValueError(f"large_eps ({large_eps}) must be larger than eps ({eps}); 0.5 suits MNIST")
-    if steps < 1 or restarts < 1:
-        raise ValueError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
+    steps, restarts = check_positive_int("steps", steps), check_positive_int("restarts", restarts)
     step_size = 2.5 * eps / steps if step_size is None else float(step_size)
     report = SanityReport(eps=float(eps))
     num = report.numbers
@@ -428,11 +452,11 @@ def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, 
     report.checks.append(Check("nonzero_gradients", f"{_pct(zero)} of examples have an all-zero gradient",
                                zero <= zero_grad_limit, "gradient attacks have nothing to follow (masking)"))
 
-    def pgd(e: float, r: int) -> Attack:
+    def pgd(e: float, r: int) -> attacks.Attack:
         size = step_size * e / eps
         return attacks.PGD(eps=e, steps=steps, step_size=size, norm="inf", random_start=True, restarts=r, seed=seed)
 
-    def rob(attack: Attack) -> float:
+    def rob(attack: attacks.Attack) -> float:
         return robust_accuracy(model, x, y, attack, batch_size=batch_size)
 
     num["clean"] = accuracy(model, x, y, batch_size=batch_size)
@@ -466,8 +490,7 @@ def saturated_model(model: keras.Model, *, temperature: float = 1000.0) -> keras
     Introduced in notebooks/02_iterative_attacks.ipynb.
     """
     models.check_logits_model(model)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    temperature = check_number("temperature", temperature, low=0.0, low_inclusive=False)
     inputs = keras.Input(shape=model.input_shape[1:])
     outputs = keras.layers.Rescaling(float(temperature), name="temperature")(model(inputs))
     return keras.Model(inputs, outputs, name=f"{model.name}_saturated")

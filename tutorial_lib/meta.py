@@ -1,14 +1,14 @@
-"""Meta-learning done right: MAML (true second order), first-order MAML and Reptile, plus the baselines.
+"""Meta-learning done right: MAML (true second order), first-order MAML and Reptile, and evaluation by adaptation.
 
 The learner wraps a Keras model the user keeps (as in learn2learn): the inner loop is functional over the
 model's parameter list (``model.stateless_call``), never mutating the model; the meta-gradient of a whole
-meta-batch of tasks (from :mod:`tutorial_lib.tasks`) is computed in one compiled ``tf.function``.
-Introduced in notebooks/04_meta_learning.ipynb.
+meta-batch of tasks (from :mod:`tutorial_lib.tasks`) is computed in one compiled ``tf.function``. The seed
+article's step is kept for comparison. Notebook 04's settings, caching, baselines and tables are in
+:mod:`tutorial_lib.experiments.meta_learning`. Introduced in notebooks/04_meta_learning.ipynb.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,9 +19,12 @@ import numpy as np
 import tensorflow as tf
 
 from . import models as _models
+from .checks import check_count, check_number, check_positive_int
+from .evaluate import mean_ci95
 from .tasks import FewShotSampler, Tasks
 
-METHODS = ("maml", "fomaml", "reptile")
+#: The learners :func:`make_learner` builds.
+LEARNERS = ("maml", "fomaml", "reptile")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -70,7 +73,7 @@ def inner_loop(model: keras.Model, params: Sequence[tf.Tensor], x: tf.Tensor, y:
                lr: float | Sequence[tf.Tensor], first_order: bool = False) -> list[tf.Tensor]:
     """``steps`` plain SGD steps on ``(x, y)`` starting from ``params``; returns the adapted parameters.
 
-    ``lr`` is a float or one tensor per parameter (Meta-SGD's learned rates). Under an enclosing
+    ``lr`` is a float or one rate per parameter (e.g. 0 for the layers a head-only adaptation keeps fixed). Under an enclosing
     ``GradientTape`` the result stays differentiable w.r.t. ``params`` *through* the gradient steps
     (second order); ``first_order=True`` stops the gradient through the inner gradients, so d(adapted)/d(params)
     is the identity (first-order MAML).
@@ -90,26 +93,22 @@ def inner_loop(model: keras.Model, params: Sequence[tf.Tensor], x: tf.Tensor, y:
 
 def maml_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, query_x, query_y, *,
                        steps: int, lr: float | Sequence[tf.Tensor], first_order: bool = False,
-                       lr_params: Sequence[tf.Tensor] | None = None,
                        zero_head: bool = False) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
     """One task's MAML meta-gradient: d L_query(adapt(params, support)) / d params.
 
-    Returns ``(grads, query_loss, query_accuracy)``; with ``lr_params`` (Meta-SGD) the gradients w.r.t. those
-    rates are appended to ``grads``. ``first_order=True`` gives first-order MAML: the query gradient at the
+    Returns ``(grads, query_loss, query_accuracy)``. ``first_order=True`` gives first-order MAML: the query gradient at the
     adapted parameters, with the second-order term (the Hessian of the inner loss) dropped.
     ``zero_head=True`` starts every task's inner loop with the last layer (kernel and bias) at zero (the
     "zeroing trick" of Kao et al., 2022), so its gradient w.r.t. the head is zero.
     """
     params = [tf.identity(p) for p in params]
-    watched = params + (list(lr_params) if lr_params is not None else [])
     with tf.GradientTape() as tape:
-        tape.watch(watched)
+        tape.watch(params)
         start = params[:-2] + [tf.zeros_like(p) for p in params[-2:]] if zero_head else params
-        adapted = inner_loop(model, start, support_x, support_y, steps=steps,
-                             lr=list(lr_params) if lr_params is not None else lr, first_order=first_order)
+        adapted = inner_loop(model, start, support_x, support_y, steps=steps, lr=lr, first_order=first_order)
         loss, acc = loss_and_accuracy(model, adapted, query_x, query_y)
-    grads = tape.gradient(loss, watched)
-    return [tf.zeros_like(w) if g is None else g for w, g in zip(watched, grads)], loss, acc
+    grads = tape.gradient(loss, params)
+    return [tf.zeros_like(w) if g is None else g for w, g in zip(params, grads)], loss, acc
 
 
 def reptile_task_delta(model: keras.Model, params: Sequence[tf.Tensor], x, y, *, steps: int, lr: float,
@@ -182,15 +181,6 @@ class Evaluation:
                 "tasks": len(self.accuracies)}
 
 
-def mean_ci95(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and 95% confidence half-width ``1.96 * std / sqrt(n)`` along ``axis`` (std with ddof=1)."""
-    values = np.asarray(values, dtype=np.float64)
-    n = values.shape[axis]
-    if n < 2:
-        raise ValueError(f"need at least 2 values for a confidence interval, got {n}")
-    return values.mean(axis=axis), 1.96 * values.std(axis=axis, ddof=1) / math.sqrt(n)
-
-
 # --------------------------------------------------------------------------------------------------
 # Evaluation by adaptation: shared by the meta-learners and the baselines
 # --------------------------------------------------------------------------------------------------
@@ -245,8 +235,7 @@ def evaluate_adaptation(model: keras.Model, tasks: Tasks, *, steps: int, lr: flo
     check_meta_model(model)
     if not isinstance(tasks, Tasks):
         raise TypeError(f"tasks must be a tutorial_lib.tasks.Tasks (from FewShotSampler.sample), got {type(tasks).__name__}")
-    if steps < 0 or lr < 0:
-        raise ValueError(f"steps and lr must be >= 0, got steps={steps}, lr={lr}")
+    steps, lr = check_count("steps", steps), check_number("lr", lr, low=0.0)
     record = tuple(sorted({int(r) for r in (record if record is not None else default_record(steps))} | {int(steps)}))
     if record[0] < 0 or record[-1] > steps:
         raise ValueError(f"record must hold step counts in 0..{steps}, got {record}")
@@ -291,17 +280,12 @@ class MetaLearner:
     def __init__(self, model: keras.Model, *, inner_lr: float, inner_steps: int, test_steps: int | None = None,
                  test_lr: float | None = None, meta_optimizer: keras.optimizers.Optimizer | None = None) -> None:
         check_meta_model(model)
-        for name, value in (("inner_lr", inner_lr), ("test_lr", test_lr)):
-            if value is not None and not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name, value in (("inner_steps", inner_steps), ("test_steps", test_steps)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.model = model
-        self.inner_lr = float(inner_lr)
-        self.inner_steps = int(inner_steps)
-        self.test_steps = int(test_steps) if test_steps is not None else self.inner_steps
-        self.test_lr = float(test_lr) if test_lr is not None else self.inner_lr
+        self.inner_lr = check_number("inner_lr", inner_lr, low=0.0, low_inclusive=False)
+        self.inner_steps = check_positive_int("inner_steps", inner_steps)
+        self.test_steps = check_positive_int("test_steps", test_steps) if test_steps is not None else self.inner_steps
+        self.test_lr = (check_number("test_lr", test_lr, low=0.0, low_inclusive=False) if test_lr is not None
+                        else self.inner_lr)
         self.meta_optimizer = meta_optimizer if meta_optimizer is not None else self._default_optimizer()
         self.meta_optimizer.build(self.meta_variables)
         self.history = MetaHistory()
@@ -312,7 +296,7 @@ class MetaLearner:
 
     @property
     def meta_variables(self) -> list:
-        """The variables the meta-optimizer updates (the model's weights, plus learned rates for Meta-SGD)."""
+        """The variables the meta-optimizer updates: the model's trainable weights."""
         return list(self.model.trainable_variables)
 
     def __repr__(self) -> str:
@@ -345,11 +329,8 @@ class MetaLearner:
         return clone
 
     # ---- meta-training ----------------------------------------------------------------------------
-    def _task_update(self, params, lrs, sx, sy, qx, qy):
+    def _task_update(self, params, sx, sy, qx, qy):
         raise NotImplementedError
-
-    def _lr_params(self):
-        return None
 
     def _build_step(self):
         variables = self.meta_variables
@@ -357,12 +338,9 @@ class MetaLearner:
         @tf.function(reduce_retracing=True)
         def step(sx, sy, qx, qy):
             params = [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
-            lrs = self._lr_params()
-            lrs = None if lrs is None else [tf.convert_to_tensor(v) for v in lrs]
 
             def body(task):
-                grads, loss, acc = self._task_update(params, lrs, *task)
-                return grads, loss, acc
+                return self._task_update(params, *task)
 
             dtype = variables[0].dtype
             signature = ([tf.TensorSpec(v.shape, v.dtype) for v in variables], tf.TensorSpec([], dtype),
@@ -396,9 +374,8 @@ class MetaLearner:
         """
         if not isinstance(sampler, FewShotSampler):
             raise TypeError(f"sampler must be a FewShotSampler, got {type(sampler).__name__}")
-        for name, value in (("meta_steps", meta_steps), ("meta_batch", meta_batch)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        meta_steps = check_positive_int("meta_steps", meta_steps)
+        meta_batch = check_positive_int("meta_batch", meta_batch)
         log_every = log_every or max(1, meta_steps // 4)
         bar = None
         if verbose == 1:
@@ -465,7 +442,7 @@ class MAML(MetaLearner):
             for v in model.trainable_variables[-2:]:
                 v.assign(np.zeros(v.shape, v.dtype))
 
-    def _task_update(self, params, lrs, sx, sy, qx, qy):
+    def _task_update(self, params, sx, sy, qx, qy):
         return maml_task_gradient(self.model, params, sx, sy, qx, qy, steps=self.inner_steps, lr=self.inner_lr,
                                   first_order=self.first_order, zero_head=self.zero_head)
 
@@ -490,7 +467,7 @@ class Reptile(MetaLearner):
     def _default_optimizer(self) -> keras.optimizers.Optimizer:
         return keras.optimizers.SGD(0.5)
 
-    def _task_update(self, params, lrs, sx, sy, qx, qy):
+    def _task_update(self, params, sx, sy, qx, qy):
         x = tf.concat([sx, qx], 0)
         y = tf.concat([sy, qy], 0)
         return reptile_task_delta(self.model, params, x, y, steps=self.inner_steps, lr=self.inner_lr,
@@ -563,17 +540,6 @@ def seed_vs_maml(model: keras.Model, tasks: Tasks, *, inner_lr: float) -> dict[s
     return {k: np.concatenate([np.ravel(g) for g in v]) for k, v in out.items()}
 
 
-def gradient_table(grads: dict[str, np.ndarray], reference: str = "maml") -> str:
-    """Markdown table: norm of each gradient, cosine similarity and relative difference to ``reference``."""
-    ref = grads[reference]
-    lines = [f"| gradient | norm | cosine with {reference} | relative difference to {reference} |", "|---|---|---|---|"]
-    for name, g in grads.items():
-        cos = float(g @ ref / (np.linalg.norm(g) * np.linalg.norm(ref)))
-        rel = float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
-        lines.append(f"| {name} | {np.linalg.norm(g):.4f} | {cos:.3f} | {rel:.3f} |")
-    return "\n".join(lines)
-
-
 def make_learner(method: str, model: keras.Model, **options) -> MetaLearner:
     """``"maml"`` -> MAML, ``"fomaml"`` -> MAML(first_order=True), ``"reptile"`` -> Reptile, with ``options``."""
     if method == "maml":
@@ -582,180 +548,4 @@ def make_learner(method: str, model: keras.Model, **options) -> MetaLearner:
         return MAML(model, first_order=True, **options)
     if method == "reptile":
         return Reptile(model, **options)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Figures and tables for the notebook
-# --------------------------------------------------------------------------------------------------
-def plot_histories(histories: dict[str, MetaHistory], *, window: int = 50):
-    """Query accuracy after adaptation during meta-training (moving average over ``window`` steps), one line
-    per entry of ``histories`` (e.g. ``{"maml 1-shot": learner.history}``). Returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for name, hist in histories.items():
-        acc = np.asarray(hist.accuracy if isinstance(hist, MetaHistory) else hist["accuracy"], dtype=float)
-        w = max(1, min(window, len(acc) // 5))
-        ax.plot(np.arange(w, len(acc) + 1), np.convolve(acc, np.ones(w) / w, mode="valid"), label=name)
-    ax.set_xlabel("meta-step")
-    ax.set_ylabel("query accuracy (meta-train tasks)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
-
-
-def plot_step_curves(curves: dict[str, Evaluation], *, title: str = ""):
-    """Mean query accuracy (with 95% CI band) against the number of adaptation steps, one line per entry."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for name, ev in curves.items():
-        steps = ev.curve_steps
-        ax.plot(steps, 100 * ev.curve, marker=".", label=name)
-        ax.fill_between(steps, 100 * (ev.curve - ev.curve_ci95), 100 * (ev.curve + ev.curve_ci95), alpha=0.2)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("adaptation steps on the support set")
-    ax.set_ylabel("query accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def results_markdown(results: dict[str, dict[str, Evaluation]]) -> str:
-    """A Markdown table: one row per method, one column per shot setting, ``mean +- ci95`` in percent."""
-    shots = sorted({s for r in results.values() for s in r}, key=lambda s: int(s.rstrip("shot")))
-    lines = ["| method | " + " | ".join(f"5-way {s[:-4]}-shot" for s in shots) + " |",
-             "|---|" + "---|" * len(shots)]
-    for method, row in results.items():
-        cells = [f"{100 * row[s].mean:.1f} ± {100 * row[s].ci95:.1f}% ({row[s].steps} steps, lr {row[s].lr:g})"
-                 if s in row else "" for s in shots]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
-# The notebook's experiments: settings from the profile, cached meta-training, the two baselines
-# --------------------------------------------------------------------------------------------------
-def samplers(data, settings, k_shot: int, *, seed: int = 0) -> tuple[FewShotSampler, FewShotSampler]:
-    """(meta-train, meta-test) samplers of the series' split for ``k_shot`` (digits 0-4 with the profile's
-    rotations/flips vs digits 5-9 upright; train and test images pooled per digit). ``settings`` is
-    ``profile.meta``."""
-    from .tasks import digit_splits
-
-    return digit_splits(data, n_way=settings.n_way, k_shot=k_shot, q_queries=settings.q_queries,
-                        rotations=settings.rotations, flips=settings.flips, seed=seed)
-
-
-def method_options(method: str, settings) -> dict[str, Any]:
-    """Keyword arguments of :func:`make_learner` for ``method`` from ``settings`` (``profile.meta``)."""
-    s = settings
-    if method in ("maml", "fomaml"):
-        return dict(inner_lr=s.inner_lr, inner_steps=s.train_steps, test_steps=s.test_steps or s.train_steps,
-                    zero_head=s.zero_head,
-                    meta_optimizer=keras.optimizers.Adam(s.meta_lr))
-    if method == "reptile":
-        return dict(inner_lr=s.reptile_inner_lr, inner_steps=s.reptile_train_steps,
-                    test_steps=s.test_steps or s.reptile_train_steps,
-                    meta_optimizer=keras.optimizers.SGD(s.reptile_eps))
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-
-def meta_config(method: str, k_shot: int, settings, data, *, seed: int = 0) -> dict[str, Any]:
-    """Everything that determines a meta-trained initialisation (the cache key of :func:`meta_train`)."""
-    opts = {k: v for k, v in method_options(method, settings).items() if k not in ("meta_optimizer", "test_steps")}
-    optimizer = method_options(method, settings)["meta_optimizer"]
-    return {"method": method, "k_shot": k_shot, "n_way": settings.n_way, "q_queries": settings.q_queries,
-            "meta_batch": settings.meta_batch, "meta_steps": settings.meta_steps, **opts,
-            "meta_optimizer": {"class": type(optimizer).__name__, "learning_rate": float(optimizer.learning_rate)},
-            "rotations": list(settings.rotations), "flips": settings.flips, "filters": settings.filters,
-            "blocks": settings.blocks, "data": f"{data.source}:{len(data.x_train)}+{len(data.x_test)}", "seed": seed}
-
-
-def meta_train(method: str, k_shot: int, data, settings, *, seed: int = 0, verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
-    """Meta-train ``method`` for ``k_shot``-shot tasks with the profile's ``settings``, cached by config.
-
-    Returns ``(model, info)``: the meta-learned initialisation (a :func:`tutorial_lib.models.few_shot_cnn`)
-    and ``info`` with the training ``history`` and ``train_seconds`` (``info["cached"]`` when loaded).
-    A copy is saved as ``build/models/04_<method>_<k>shot.keras`` (safe-mode loadable).
-    """
-    from . import runtime
-
-    def train():
-        runtime.set_seed(seed)
-        train_sampler, _ = samplers(data, settings, k_shot, seed=seed)
-        model = _models.few_shot_cnn(settings.n_way, filters=settings.filters, blocks=settings.blocks)
-        learner = make_learner(method, model, **method_options(method, settings))
-        history = learner.meta_fit(train_sampler, settings.meta_steps, settings.meta_batch, verbose=verbose)
-        return model, {"history": {"loss": history.loss, "accuracy": history.accuracy}}
-
-    name = f"04_{method}_{k_shot}shot"
-    model, info = _models.load_or_train(name, meta_config(method, k_shot, settings, data, seed=seed), train,
-                                        verbose=verbose > 0)
-    _models.save_model(model, runtime.build_subdir("models") / f"{name}.keras")
-    return model, info
-
-
-def pretrained_classifier(data, settings, *, seed: int = 0, verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
-    """Baseline: the few-shot CNN trained as an ordinary classifier on all meta-train classes (cached).
-
-    Same classes and images as meta-training (digits 0-4 under the profile's rotations/flips), Adam 1e-3,
-    ``settings.pretrain_epochs`` epochs with ``model.fit``. Returns ``(model, info)``.
-    """
-    from . import runtime
-
-    def train():
-        runtime.set_seed(seed)
-        sampler, _ = samplers(data, settings, 1, seed=seed)
-        x, y = sampler.labelled_images()
-        model = _models.few_shot_cnn(sampler.num_classes, filters=settings.filters, blocks=settings.blocks)
-        hist = _models.train_classifier(model, x, y, epochs=settings.pretrain_epochs, verbose=verbose)
-        return model, {"history": hist.history}
-
-    config = {"rotations": list(settings.rotations), "flips": settings.flips, "filters": settings.filters,
-              "blocks": settings.blocks, "epochs": settings.pretrain_epochs,
-              "data": f"{data.source}:{len(data.x_train)}+{len(data.x_test)}", "seed": seed}
-    return _models.load_or_train("04_pretrain", config, train, verbose=verbose > 0)
-
-
-def finetune_init(pretrained: keras.Model, n_way: int) -> keras.Model:
-    """An ``n_way`` few-shot CNN with ``pretrained``'s convolutional layers and a zero-initialised head.
-
-    A zero head gives every class the same logit before fine-tuning, so no class is favoured by the
-    pre-training labels (which mean nothing for the new digits).
-    """
-    conv = [layer for layer in pretrained.layers if isinstance(layer, keras.layers.Conv2D)]
-    model = _models.few_shot_cnn(n_way, filters=conv[0].filters, blocks=len(conv))
-    weights = pretrained.get_weights()[:-2]
-    head = model.get_weights()[-2:]
-    model.set_weights(weights + [np.zeros_like(w) for w in head])
-    return model
-
-
-def scratch_init(settings, *, seed: int = 0) -> keras.Model:
-    """Baseline: a freshly initialised few-shot CNN (Glorot-uniform weights, zero biases), seeded."""
-    keras.utils.set_random_seed(seed)
-    return _models.few_shot_cnn(settings.n_way, filters=settings.filters, blocks=settings.blocks)
-
-
-def plot_results(results: dict[str, dict[str, Evaluation]]):
-    """Grouped bars (one group per shot setting) of mean query accuracy with 95% CI error bars."""
-    import matplotlib.pyplot as plt
-
-    shots = sorted({s for r in results.values() for s in r}, key=lambda s: int(s.rstrip("shot")))
-    fig, ax = plt.subplots(figsize=(6.5, 3))
-    width = 0.8 / len(results)
-    for i, (method, row) in enumerate(results.items()):
-        xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(shots))]
-        ax.bar(xs, [100 * row[s].mean for s in shots], width, yerr=[100 * row[s].ci95 for s in shots],
-               capsize=2, label=method)
-    ax.set_xticks(range(len(shots)), [f"5-way {s[:-4]}-shot" for s in shots])
-    ax.set_ylabel("query accuracy on digits 5-9 (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=3, loc="upper left")
-    fig.tight_layout()
-    return fig
+    raise ValueError(f"method must be one of {LEARNERS}, got {method!r}")

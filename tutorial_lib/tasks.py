@@ -12,6 +12,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .checks import check_positive_int
+
 ROTATIONS = (0, 90, 180, 270)
 
 
@@ -120,9 +122,10 @@ class FewShotSampler:
             raise ValueError(f"x must be (n, H, W, C) and y (n,) with the same n, got x {x.shape} and y {y.shape}")
         if not np.issubdtype(x.dtype, np.floating):
             raise TypeError(f"x must be float images in [0, 1] (e.g. from tl.data.load_mnist), got dtype {x.dtype}")
-        for name, value, low in (("n_way", n_way, 2), ("k_shot", k_shot, 1), ("q_queries", q_queries, 1)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        n_way, k_shot, q_queries = (check_positive_int(name, value) for name, value in
+                                    (("n_way", n_way), ("k_shot", k_shot), ("q_queries", q_queries)))
+        if n_way < 2:
+            raise ValueError(f"n_way must be >= 2 (a task tells classes apart), got {n_way}")
         self.specs = _as_specs(classes)
         if len(set(self.specs)) != len(self.specs):
             raise ValueError("classes contains duplicates; each class must appear once")
@@ -180,8 +183,7 @@ class FewShotSampler:
         fixed by the constructor's seed). With ``seed`` a fresh generator is used and the sampler's state is
         untouched: ``sample(200, seed=0)`` is the same fixed test set every time, for every method.
         """
-        if not isinstance(tasks, (int, np.integer)) or isinstance(tasks, bool) or tasks < 1:
-            raise ValueError(f"tasks must be an int >= 1, got {tasks!r}")
+        tasks = check_positive_int("tasks", tasks)
         rng = self._rng if seed is None else np.random.default_rng([self.seed, int(seed)])
         n, k, q = self.n_way, self.k_shot, self.q_queries
         # n_way distinct classes per task, in random order (the order is the renumbering).
@@ -224,32 +226,3 @@ def digit_splits(data, *, n_way: int, k_shot: int, q_queries: int, meta_train: I
                            seed=seed, **common)
     test = FewShotSampler(x, y, classes=list(meta_test), seed=seed + 1, **common)
     return train, test
-
-
-def plot_task(tasks: Tasks, sampler: FewShotSampler, index: int = 0, *, queries_per_class: int = 3):
-    """Figure of one task: a row per label with its support images, then a few of its query images.
-
-    Titles give the renumbered label and the class behind it (e.g. ``label 2 = digit 4@90``).
-    Returns the matplotlib Figure. Introduced in notebooks/04_meta_learning.ipynb.
-    """
-    import matplotlib.pyplot as plt
-
-    t = tasks[index]
-    n, k = sampler.n_way, sampler.k_shot
-    qn = min(queries_per_class, sampler.q_queries)
-    fig, axes = plt.subplots(n, k + qn, figsize=(1.1 * (k + qn), 1.2 * n), squeeze=False)
-    for label in range(n):
-        support = t.support_x[0][t.support_y[0] == label][:k]
-        query = t.query_x[0][t.query_y[0] == label][:qn]
-        for j, img in enumerate(list(support) + list(query)):
-            ax = axes[label, j]
-            ax.imshow(img[..., 0], cmap="gray" if j < k else "Blues_r", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(f"{label} = {sampler.class_names[t.classes[0, label]]}", fontsize=8)
-            if label == 0:
-                ax.set_title("support" if j < k else "query", fontsize=8)
-    fig.suptitle(f"{n}-way {k}-shot task (labels renumbered 0..{n - 1}; queries in blue)", fontsize=9)
-    fig.tight_layout()
-    return fig

@@ -1,6 +1,7 @@
-"""Figures and widgets for the attack chapters: image grids with predictions, eps-sweep plots, an explorer.
+"""Every figure of the series: image grids with predictions, eps sweeps, an attack explorer, training and
+meta-learning curves, result charts.
 
-Plots what :mod:`tutorial_lib.evaluate` computes; every function returns a matplotlib ``Figure`` (small,
+Plots what the other modules compute; every function returns a matplotlib ``Figure`` (small,
 for stored notebook outputs). Introduced in notebooks/01_fgsm.ipynb.
 """
 
@@ -253,4 +254,244 @@ def digit_grid(x: np.ndarray, y: np.ndarray, *, per_class: int = 4, class_names:
             else:
                 ax.axis("off")
     fig.tight_layout(pad=0.2)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Adversarial training (notebook 03): robustness per method, the catastrophic-overfitting monitor
+# --------------------------------------------------------------------------------------------------
+def plot_robustness(results: Mapping[str, Mapping[str, float]], *, labels: Mapping[str, str] | None = None) -> Figure:
+    """Grouped bars: accuracy (%) under each attack per method, from :func:`tutorial_lib.evaluate.robustness_summary`.
+
+    ``results``: ``{method: {column: fraction}}``; ``seconds_per_epoch`` and ``train_seconds`` columns are
+    skipped. Bars are named by :func:`tutorial_lib.evaluate.summary_column_title`; rows by ``labels``, else by
+    :data:`tutorial_lib.training.METHOD_TITLES`, else by their key. Returns the Figure.
+    Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    from . import training
+
+    if not results:
+        raise ValueError("results is empty: pass {method: robustness_summary(...)}")
+    keys = [k for k in next(iter(results.values())) if k not in ("seconds_per_epoch", "train_seconds")]
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=DPI)
+    width = 0.8 / len(keys)
+    for i, k in enumerate(keys):
+        ax.bar(np.arange(len(results)) + i * width, [100 * r[k] for r in results.values()], width,
+               label=evaluate.summary_column_title(k))
+    ax.set_xticks(np.arange(len(results)) + 0.4 - width / 2)
+    ax.set_xticklabels([(labels or {}).get(m, training.METHOD_TITLES.get(m, m)) for m in results], fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=len(keys), loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_monitor(history: Sequence[Mapping[str, Any]], *, title: str = "") -> Figure:
+    """FGSM and PGD accuracy per epoch from a :class:`~tutorial_lib.training.CatastrophicOverfittingMonitor`'s
+    ``history``, flagged epochs circled. Returns the Figure. Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=DPI)
+    epochs = [h["epoch"] + 1 for h in history]
+    ax.plot(epochs, [100 * h["fgsm"] for h in history], "o-", label="FGSM")
+    ax.plot(epochs, [100 * h["pgd"] for h in history], "s-", label="PGD")
+    flagged = [h for h in history if h["flagged"]]
+    if flagged:
+        ax.scatter([h["epoch"] + 1 for h in flagged], [100 * h["pgd"] for h in flagged], s=120, facecolors="none",
+                   edgecolors="red", label="flagged", zorder=3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy on monitor batch (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Meta-learning (notebook 04): a task, training curves, accuracy against adaptation steps, the results
+# --------------------------------------------------------------------------------------------------
+def plot_task(tasks: Any, sampler: Any, index: int = 0, *, queries_per_class: int = 3) -> Figure:
+    """One task of a :class:`~tutorial_lib.tasks.Tasks` batch: a row per label with its support images, then a few
+    of its query images (in blue). ``sampler`` is the :class:`~tutorial_lib.tasks.FewShotSampler` it came from.
+
+    Row labels give the renumbered label and the class behind it (e.g. ``2 = 4@90``). Returns the Figure.
+    Introduced in notebooks/04_meta_learning.ipynb.
+    """
+    t = tasks[index]
+    n, k = sampler.n_way, sampler.k_shot
+    qn = min(queries_per_class, sampler.q_queries)
+    fig, axes = plt.subplots(n, k + qn, figsize=(1.1 * (k + qn), 1.2 * n), squeeze=False, dpi=DPI)
+    for label in range(n):
+        support = t.support_x[0][t.support_y[0] == label][:k]
+        query = t.query_x[0][t.query_y[0] == label][:qn]
+        for j, img in enumerate(list(support) + list(query)):
+            ax = axes[label, j]
+            ax.imshow(img[..., 0], cmap="gray" if j < k else "Blues_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(f"{label} = {sampler.class_names[t.classes[0, label]]}", fontsize=8)
+            if label == 0:
+                ax.set_title("support" if j < k else "query", fontsize=8)
+    fig.suptitle(f"{n}-way {k}-shot task (labels renumbered 0..{n - 1}; queries in blue)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_histories(histories: Mapping[str, Any], *, window: int = 50) -> Figure:
+    """Query accuracy after adaptation during meta-training (moving average over ``window`` steps), one line per
+    entry of ``histories`` (a :class:`~tutorial_lib.meta.MetaHistory` or a dict with ``"accuracy"``).
+    Returns the Figure. Introduced in notebooks/04_meta_learning.ipynb.
+    """
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=DPI)
+    for name, hist in histories.items():
+        acc = np.asarray(hist["accuracy"] if isinstance(hist, Mapping) else hist.accuracy, dtype=float)
+        w = max(1, min(window, len(acc) // 5))
+        ax.plot(np.arange(w, len(acc) + 1), np.convolve(acc, np.ones(w) / w, mode="valid"), label=name)
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel("query accuracy (meta-train tasks)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_step_curves(curves: Mapping[str, Any], *, title: str = "") -> Figure:
+    """Mean query accuracy (with its 95 % CI band) against the number of adaptation steps, one line per
+    :class:`~tutorial_lib.meta.Evaluation`. Returns the Figure. Introduced in notebooks/04_meta_learning.ipynb."""
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=DPI)
+    for name, ev in curves.items():
+        steps = ev.curve_steps
+        ax.plot(steps, 100 * ev.curve, marker=".", label=name)
+        ax.fill_between(steps, 100 * (ev.curve - ev.curve_ci95), 100 * (ev.curve + ev.curve_ci95), alpha=0.2)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("adaptation steps on the support set")
+    ax.set_ylabel("query accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_few_shot_results(results: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Grouped bars (one group per shot setting such as ``"1shot"``) of mean query accuracy with 95 % CI error
+    bars; ``results``: ``{method: {"<k>shot": Evaluation}}``. Returns the Figure.
+    Introduced in notebooks/04_meta_learning.ipynb.
+    """
+    shots = sorted({s for r in results.values() for s in r}, key=lambda s: int(s.rstrip("shot")))
+    fig, ax = plt.subplots(figsize=(6.5, 3), dpi=DPI)
+    width = 0.8 / len(results)
+    for i, (method, row) in enumerate(results.items()):
+        xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(shots))]
+        ax.bar(xs, [100 * row[s].mean for s in shots], width, yerr=[100 * row[s].ci95 for s in shots],
+               capsize=2, label=method)
+    ax.set_xticks(range(len(shots)), [f"5-way {s[:-4]}-shot" for s in shots])
+    ax.set_ylabel("query accuracy on digits 5-9 (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Robust few-shot learning (notebook 05): clean against robust accuracy, accuracy against eps, meta-losses
+# --------------------------------------------------------------------------------------------------
+def _mean_ci(entry: Any) -> tuple[float, float]:
+    """(mean, ci95) from a ``{"mean", "ci95"}`` dict or an object with those attributes."""
+    if isinstance(entry, Mapping):
+        return float(entry["mean"]), float(entry["ci95"])
+    return float(entry.mean), float(entry.ci95)
+
+
+def plot_clean_vs_robust(methods: Mapping[str, Mapping[str, Any]], *, labels: Mapping[str, str] | None = None,
+                         robust_key: str = "robust", robust_label: str = "robust accuracy (%)",
+                         title: str | None = None) -> Figure:
+    """Clean accuracy (x) against robust accuracy (y), one point per method with 95% CI bars on both axes.
+
+    ``methods``: ``{name: {"clean": {"mean", "ci95"}, robust_key: {"mean", "ci95"}}}`` with fractions in
+    [0, 1] (the ``methods`` part of a results file); ``labels`` renames the points. Up and to the right is
+    better. Returns the Figure. Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+    if not methods:
+        raise ValueError("methods is empty: pass at least one {name: {'clean': ..., 'robust': ...}}")
+    labels = dict(labels or {})
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=DPI)
+    for i, (name, row) in enumerate(methods.items()):
+        (cx, cci), (ry, rci) = _mean_ci(row["clean"]), _mean_ci(row[robust_key])
+        ax.errorbar(100 * cx, 100 * ry, xerr=100 * cci, yerr=100 * rci, fmt="o", ms=8, capsize=3, color=f"C{i}",
+                    label=labels.get(name, name))
+    ax.set_xlabel("clean accuracy (%)", fontsize=12)
+    ax.set_ylabel(robust_label, fontsize=12)
+    ax.tick_params(labelsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=10, loc="best")
+    if title:
+        ax.set_title(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_eps(curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], *,
+                         train_eps: float | None = None, title: str | None = None) -> Figure:
+    """Accuracy (%) against the attack radius, one line with a 95% CI band per entry of ``curves``.
+
+    ``curves``: ``{name: (eps values, mean accuracies, ci95 half-widths)}``, accuracies as fractions.
+    ``train_eps`` draws a dotted vertical line at the radius the models were trained for. Returns the Figure.
+    Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+    if not curves:
+        raise ValueError("curves is empty: pass {name: (eps, mean, ci95)}")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=DPI)
+    for name, (eps, mean, ci) in curves.items():
+        eps, mean, ci = (np.asarray(a, dtype=float) for a in (eps, mean, ci))
+        if not eps.shape == mean.shape == ci.shape:
+            raise ValueError(f"curve {name!r}: eps, mean and ci95 must have the same length, got "
+                             f"{eps.shape}, {mean.shape}, {ci.shape}")
+        ax.plot(eps, 100 * mean, marker="o", label=name)
+        ax.fill_between(eps, 100 * (mean - ci), 100 * (mean + ci), alpha=0.2)
+    if train_eps is not None:
+        ax.axvline(train_eps, color="grey", ls=":", label=f"training eps {train_eps:g}")
+    ax.set_xlabel("attack radius eps (L-inf)", fontsize=12)
+    ax.set_ylabel("query accuracy under attack (%)", fontsize=12)
+    ax.set_ylim(0, 100)
+    ax.tick_params(labelsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=10)
+    if title:
+        ax.set_title(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def plot_meta_losses(losses: Mapping[str, Sequence[float]], *, window: int = 20, reference: float | None = None,
+                     reference_label: str = "", ylabel: str = "outer (query) loss",
+                     title: str | None = None) -> Figure:
+    """Per-meta-step losses (moving average over ``window`` steps), one line per entry of ``losses``.
+
+    ``reference`` draws a dashed horizontal line (e.g. ln 5, the loss of a model that predicts the uniform
+    distribution over 5 classes) labelled ``reference_label``. Returns the Figure.
+    Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+    if not losses:
+        raise ValueError("losses is empty: pass {name: per-step losses}")
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=DPI)
+    for name, values in losses.items():
+        values = np.asarray(values, dtype=float)
+        w = max(1, min(int(window), len(values)))
+        ax.plot(np.arange(w, len(values) + 1), np.convolve(values, np.ones(w) / w, mode="valid"), label=name)
+    if reference is not None:
+        ax.axhline(reference, color="black", ls="--", lw=1, label=reference_label or f"{reference:.3f}")
+    ax.set_xlabel("meta-step", fontsize=12)
+    ax.set_ylabel(ylabel, fontsize=12)
+    ax.tick_params(labelsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=10)
+    if title:
+        ax.set_title(title, fontsize=12)
+    fig.tight_layout()
     return fig
