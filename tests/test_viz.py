@@ -65,6 +65,17 @@ def test_plot_sweep_one_and_many(tiny):
         viz.plot_sweep([1, 2])
 
 
+def test_plot_sweep_band_is_the_95_percent_interval():
+    a = evaluate.SweepResult(eps=np.array([0.0, 0.1]), accuracy=np.array([0.9, 0.5]), label="A")
+    fig = viz.plot_sweep(a, n=200, chance=None)
+    band = fig.axes[0].collections[0].get_paths()[0].vertices
+    half = evaluate.accuracy_ci95(np.arange(200) < 100)[1]
+    assert band[:, 1].max() == pytest.approx(0.9 + evaluate.accuracy_ci95(np.arange(200) < 180)[1])
+    assert np.isclose(band[:, 1], 0.5 - half).any() and np.isclose(band[:, 1], 0.5 + half).any()
+    with pytest.raises(ValueError, match="n must be"):
+        viz.plot_sweep(a, n=0)
+
+
 def test_plot_probabilities_marks_true_class():
     probs = np.full(10, 0.1)
     fig = viz.plot_probabilities(probs, true_label=3)
@@ -115,6 +126,9 @@ def test_training_figures_return_figures():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["standard", "mine"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["clean", "FGSM", "PGD-40"]
     assert len(ax.patches) == 6 and max(p.get_height() for p in ax.patches) == pytest.approx(99.0)
+    fig = viz.plot_robustness(results, n=1000)   # with 95% error bars
+    bars = [c for c in fig.axes[0].containers if isinstance(c, matplotlib.container.BarContainer)]
+    assert len(bars) == 3 and all(c.errorbar is not None for c in bars)
     history = [{"epoch": e, "fgsm": 0.5 + 0.1 * e, "pgd": 0.4 - 0.1 * e, "flagged": e == 2} for e in range(3)]
     fig = viz.plot_monitor(history, title="fast AT")
     assert len(fig.axes[0].lines) == 2 and "flagged" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]

@@ -260,12 +260,15 @@ def digit_grid(x: np.ndarray, y: np.ndarray, *, per_class: int = 4, class_names:
 # --------------------------------------------------------------------------------------------------
 # Adversarial training (notebook 03): robustness per method, the catastrophic-overfitting monitor
 # --------------------------------------------------------------------------------------------------
-def plot_robustness(results: Mapping[str, Mapping[str, float]], *, labels: Mapping[str, str] | None = None) -> Figure:
+def plot_robustness(results: Mapping[str, Mapping[str, float]], *, labels: Mapping[str, str] | None = None,
+                    n: int | None = None) -> Figure:
     """Grouped bars: accuracy (%) under each attack per method, from :func:`tutorial_lib.evaluate.robustness_summary`.
 
     ``results``: ``{method: {column: fraction}}``; ``seconds_per_epoch`` and ``train_seconds`` columns are
     skipped. Bars are named by :func:`tutorial_lib.evaluate.summary_column_title`; rows by ``labels``, else by
-    :data:`tutorial_lib.training.METHOD_TITLES`, else by their key. Returns the Figure.
+    :data:`tutorial_lib.training.METHOD_TITLES`, else by their key. ``n``: the number of test images behind each
+    accuracy; if given, error bars show 95% intervals (:func:`tutorial_lib.evaluate.accuracy_ci95`). The legend
+    sits above the axes, clear of the bars. Returns the Figure.
     Introduced in notebooks/03_adversarial_training.ipynb.
     """
     from . import training
@@ -273,16 +276,18 @@ def plot_robustness(results: Mapping[str, Mapping[str, float]], *, labels: Mappi
     if not results:
         raise ValueError("results is empty: pass {method: robustness_summary(...)}")
     keys = [k for k in next(iter(results.values())) if k not in ("seconds_per_epoch", "train_seconds")]
-    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(8, 3.4), dpi=DPI)
     width = 0.8 / len(keys)
     for i, k in enumerate(keys):
-        ax.bar(np.arange(len(results)) + i * width, [100 * r[k] for r in results.values()], width,
-               label=evaluate.summary_column_title(k))
+        values = [r[k] for r in results.values()]
+        err = None if n is None else [100 * _ci95_half_width(v, n) for v in values]
+        ax.bar(np.arange(len(results)) + i * width, [100 * v for v in values], width, yerr=err, capsize=2,
+               error_kw={"linewidth": 0.8}, label=evaluate.summary_column_title(k))
     ax.set_xticks(np.arange(len(results)) + 0.4 - width / 2)
     ax.set_xticklabels([(labels or {}).get(m, training.METHOD_TITLES.get(m, m)) for m in results], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=len(keys), loc="upper right")
+    ax.legend(fontsize=7, ncol=len(keys), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
