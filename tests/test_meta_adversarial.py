@@ -358,6 +358,16 @@ def test_restarts_count_a_query_broken_if_any_run_breaks_it(splits):
     assert "robust_restarts4" in ev.summary()
 
 
+def test_head_only_adaptation_matches_meta_evaluate_adaptation(splits):
+    _, te = splits
+    model, batch = cnn(9), te.sample(3, seed=10)
+    ev = MA.robust_evaluate(model, batch, steps=3, lr=0.4, attack=PGD3, head_only=True)
+    ref = M.evaluate_adaptation(model, batch, steps=3, lr=0.4, head_only=True)
+    full = M.evaluate_adaptation(model, batch, steps=3, lr=0.4)
+    np.testing.assert_allclose(ev.clean, ref.accuracies, atol=1e-6)
+    assert not np.allclose(ref.accuracies, full.accuracies)  # head-only really is a different adaptation
+
+
 def test_epsilon_curve_uses_one_graph_and_agrees_with_robust_evaluate(splits):
     _, te = splits
     model, batch = cnn(4), te.sample(3, seed=6)
@@ -441,13 +451,15 @@ DISTRIBUTED = textwrap.dedent("""
         losses.append([learner.meta_step(batch)[0], one.meta_step(batch)[0]])
     diff = max(float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), ref.get_weights()))
     moved = max(float(np.abs(a - b).max()) for a, b in zip(ref.get_weights(), start))
-    try:
-        learner.meta_step(batch[:3])
-        error = ""
-    except ValueError as err:
-        error = str(err)
+    errors = []
+    for bad in (lambda: learner.meta_step(batch[:3]), lambda: MA.AdversarialQuerying(tiny_mlp("float32"), strategy=strat)):
+        try:
+            bad()
+            errors.append("")
+        except ValueError as err:
+            errors.append(str(err))
     print(json.dumps({{"replicas": strat.num_replicas_in_sync, "diff": diff, "moved": moved, "losses": losses,
-                      "error": error}}))
+                      "errors": errors}}))
 """)
 
 
@@ -463,4 +475,5 @@ def test_distributed_meta_step_on_two_logical_cpus_matches_one_device():
     assert result["diff"] < 1e-5  # 2 tasks per replica, all-reduced = 4 tasks on one device
     for dist, single in result["losses"]:
         assert dist == pytest.approx(single, rel=1e-5)
-    assert "does not split evenly over 2 replicas" in result["error"]
+    assert "does not split evenly over 2 replicas" in result["errors"][0]
+    assert "built outside the scope" in result["errors"][1]

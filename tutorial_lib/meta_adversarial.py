@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import attacks as _attacks
+from . import evaluate as _evaluate
 from . import meta as _meta
 from .tasks import FewShotSampler, Tasks
 
@@ -108,17 +109,28 @@ def adapted_logits_fn(model: keras.Model, params: Sequence[tf.Tensor]) -> Callab
 
 
 def attack_adapted(attack: _attacks.Attack, model: keras.Model, params: Sequence[Any], x: Any, y: Any, *,
-                   eps: Any = None, seed: Any = None) -> tf.Tensor:
+                   eps: Any = None, seed: Any = None, step_size: Any = None) -> tf.Tensor:
     """Adversarial examples for ``model`` evaluated at the (adapted) weights ``params``.
 
     ``x``: float (n, H, W, C) in the attack's pixel range, ``y``: int labels (n,), numpy or tensors. ``eps``:
     optional float or scalar tensor overriding ``attack.eps`` (a tensor does not retrace: eps ramps);
-    ``seed``: optional shape-(2,) int64 tensor for stateless random starts. Graph-compatible: inside a compiled
+    ``seed``: optional shape-(2,) int64 tensor for stateless random starts; ``step_size``: optional float or
+    scalar tensor overriding the spec's step (see :func:`scaled_step`). Graph-compatible: inside a compiled
     meta-step the gradient is stopped at the attack (the weights are treated as constants while attacking and
     the examples carry no gradient), as in adversarial training. Returns x_adv, a tensor of x's dtype.
     """
     frozen = [tf.stop_gradient(tf.convert_to_tensor(p)) for p in params]
-    return attack.generate(adapted_logits_fn(model, frozen), x, y, eps=eps, seed=seed)
+    extra = {} if step_size is None else {"step_size": step_size}
+    return attack.generate(adapted_logits_fn(model, frozen), x, y, eps=eps, seed=seed, **extra)
+
+
+def scaled_step(attack: Any, eps: Any) -> Any:
+    """The attack's step size for radius ``eps``, proportional to it (``step_size * eps / attack.eps``), so PGD-20
+    at step 2.5 eps / 20 keeps that shape at every eps of a ramp or a sweep; None for attacks without a
+    ``step_size`` (FGSM steps by eps itself)."""
+    if eps is None or not hasattr(attack, "step_size"):
+        return None
+    return attack.step_size * eps / attack.eps
 
 
 def support_surrogate(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, *,
@@ -135,10 +147,10 @@ def support_surrogate(model: keras.Model, params: Sequence[tf.Tensor], support_x
 
 
 def attack_support(attack: _attacks.Attack, model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, *,
-                   lr: float | Sequence[Any], eps: Any = None, seed: Any = None) -> tf.Tensor:
+                   lr: float | Sequence[Any], eps: Any = None, seed: Any = None, step_size: Any = None) -> tf.Tensor:
     """Adversarial support images, crafted against :func:`support_surrogate` (one clean step from ``params``)."""
     surrogate = support_surrogate(model, params, support_x, support_y, lr=lr)
-    return attack_adapted(attack, model, surrogate, support_x, support_y, eps=eps, seed=seed)
+    return attack_adapted(attack, model, surrogate, support_x, support_y, eps=eps, seed=seed, step_size=step_size)
 
 
 def _fold(seed: Any, i: int) -> Any:
@@ -184,7 +196,8 @@ def query_loss(model: keras.Model, adapted: Sequence[tf.Tensor], query_x, query_
 
 
 def aq_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, query_x, query_y, *,
-                     attack: Any, steps: int, lr: float, eps: Any = None, seed: Any = None, clean_weight: float = 0.0,
+                     attack: Any, steps: int, lr: float, eps: Any = None, seed: Any = None, step_size: Any = None,
+                     clean_weight: float = 0.0,
                      outer_loss: str = "ce", trades_beta: float = 6.0, first_order: bool = False,
                      zero_head: bool = False) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
     """One task's Adversarial Querying meta-gradient (Goldblum, Fowl, Goldstein 2020).
@@ -199,15 +212,15 @@ def aq_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_x,
         tape.watch(params)
         adapted = _meta.inner_loop(model, _start(params, zero_head), support_x, support_y, steps=steps, lr=lr,
                                    first_order=first_order)
-        query_adv = attack_adapted(attack, model, adapted, query_x, query_y, eps=eps, seed=seed)
+        query_adv = attack_adapted(attack, model, adapted, query_x, query_y, eps=eps, seed=seed, step_size=step_size)
         loss, acc = query_loss(model, adapted, query_x, query_adv, query_y, outer_loss=outer_loss,
                                clean_weight=clean_weight, trades_beta=trades_beta)
     return _grads_or_zeros(tape.gradient(loss, params), params), loss, acc
 
 
 def adml_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, query_x, query_y, *,
-                       attack: Any, steps: int, lr: float, eps: Any = None, seed: Any = None, first_order: bool = False,
-                       zero_head: bool = False) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+                       attack: Any, steps: int, lr: float, eps: Any = None, seed: Any = None, step_size: Any = None,
+                       first_order: bool = False, zero_head: bool = False) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
     """One task's ADML meta-gradient (Yin et al. 2018, as re-implemented by Goldblum et al. 2020).
 
     Two adaptations from theta: theta'_clean on the clean support set, theta'_adv on the attacked support set
@@ -219,10 +232,12 @@ def adml_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_
     with tf.GradientTape() as tape:
         tape.watch(params)
         start = _start(params, zero_head)
-        support_adv = attack_support(attack, model, start, support_x, support_y, lr=lr, eps=eps, seed=_fold(seed, 0))
+        support_adv = attack_support(attack, model, start, support_x, support_y, lr=lr, eps=eps, seed=_fold(seed, 0),
+                                     step_size=step_size)
         clean = _meta.inner_loop(model, start, support_x, support_y, steps=steps, lr=lr, first_order=first_order)
         adv = _meta.inner_loop(model, start, support_adv, support_y, steps=steps, lr=lr, first_order=first_order)
-        query_adv = attack_adapted(attack, model, clean, query_x, query_y, eps=eps, seed=_fold(seed, 1))
+        query_adv = attack_adapted(attack, model, clean, query_x, query_y, eps=eps, seed=_fold(seed, 1),
+                                   step_size=step_size)
         loss_a, acc = _meta.loss_and_accuracy(model, clean, query_adv, query_y)
         loss_b, _ = _meta.loss_and_accuracy(model, adv, query_x, query_y)
         loss = 0.5 * (loss_a + loss_b)
@@ -231,7 +246,7 @@ def adml_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_
 
 def adversarial_maml_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, query_x,
                                    query_y, *, attack: Any, steps: int, lr: float, eps: Any = None, seed: Any = None,
-                                   first_order: bool = False,
+                                   step_size: Any = None, first_order: bool = False,
                                    zero_head: bool = False) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
     """One task's meta-gradient of MAML on attacked support AND query sets (the seed's idea done right).
 
@@ -243,9 +258,11 @@ def adversarial_maml_task_gradient(model: keras.Model, params: Sequence[tf.Tenso
     with tf.GradientTape() as tape:
         tape.watch(params)
         start = _start(params, zero_head)
-        support_adv = attack_support(attack, model, start, support_x, support_y, lr=lr, eps=eps, seed=_fold(seed, 0))
+        support_adv = attack_support(attack, model, start, support_x, support_y, lr=lr, eps=eps, seed=_fold(seed, 0),
+                                     step_size=step_size)
         adapted = _meta.inner_loop(model, start, support_adv, support_y, steps=steps, lr=lr, first_order=first_order)
-        query_adv = attack_adapted(attack, model, adapted, query_x, query_y, eps=eps, seed=_fold(seed, 1))
+        query_adv = attack_adapted(attack, model, adapted, query_x, query_y, eps=eps, seed=_fold(seed, 1),
+                                   step_size=step_size)
         loss, acc = _meta.loss_and_accuracy(model, adapted, query_adv, query_y)
     return _grads_or_zeros(tape.gradient(loss, params), params), loss, acc
 
@@ -284,6 +301,10 @@ class AdversarialMetaLearner(_meta.MetaLearner):
             raise ValueError(f"meta_lr must be a positive number, got {meta_lr!r}")
         self.meta_lr = float(meta_lr)
         self.strategy = strategy if strategy is not None else tf.distribute.get_strategy()
+        if self.strategy.num_replicas_in_sync > 1 and not all(
+                self.strategy.extended.variable_created_in_scope(getattr(v, "value", v)) for v in model.trainable_variables):
+            raise ValueError(f"model {model.name!r} was built outside the scope of the {type(self.strategy).__name__} "
+                             "the learner uses; build the model (and the learner) inside `with strategy.scope():`")
         self.steps_done = 0
         with self.strategy.scope():
             super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, test_steps=test_steps,
@@ -416,7 +437,8 @@ class AdversarialQuerying(AdversarialMetaLearner):
 
     def _task_gradient(self, params, sx, sy, qx, qy, *, eps, seed):
         return aq_task_gradient(self.model, params, sx, sy, qx, qy, attack=self.attack, steps=self.inner_steps,
-                                lr=self.inner_lr, eps=eps, seed=seed, clean_weight=self.clean_weight,
+                                lr=self.inner_lr, eps=eps, seed=seed, step_size=scaled_step(self.attack, eps),
+                                clean_weight=self.clean_weight,
                                 outer_loss=self.outer_loss, trades_beta=self.trades_beta, first_order=self.first_order,
                                 zero_head=self.zero_head)
 
@@ -434,8 +456,8 @@ class ADML(AdversarialMetaLearner):
 
     def _task_gradient(self, params, sx, sy, qx, qy, *, eps, seed):
         return adml_task_gradient(self.model, params, sx, sy, qx, qy, attack=self.attack, steps=self.inner_steps,
-                                  lr=self.inner_lr, eps=eps, seed=seed, first_order=self.first_order,
-                                  zero_head=self.zero_head)
+                                  lr=self.inner_lr, eps=eps, seed=seed, step_size=scaled_step(self.attack, eps),
+                                  first_order=self.first_order, zero_head=self.zero_head)
 
 
 class AdversarialMAML(AdversarialMetaLearner):
@@ -453,7 +475,8 @@ class AdversarialMAML(AdversarialMetaLearner):
     def _task_gradient(self, params, sx, sy, qx, qy, *, eps, seed):
         return adversarial_maml_task_gradient(self.model, params, sx, sy, qx, qy, attack=self.attack,
                                               steps=self.inner_steps, lr=self.inner_lr, eps=eps, seed=seed,
-                                              first_order=self.first_order, zero_head=self.zero_head)
+                                              step_size=scaled_step(self.attack, eps), first_order=self.first_order,
+                                              zero_head=self.zero_head)
 
 
 def make_learner(method: str, model: keras.Model, **options) -> _meta.MetaLearner:
@@ -561,7 +584,7 @@ def gradient_cosine(a: np.ndarray, b: np.ndarray) -> float:
 # Robust evaluation of adapted learners
 # --------------------------------------------------------------------------------------------------
 def _stats(values: np.ndarray) -> dict[str, float]:
-    mean, ci = _meta.mean_ci95(values)
+    mean, ci = _evaluate.mean_ci95(values)
     return {"mean": float(mean), "ci95": float(ci)}
 
 
@@ -608,10 +631,11 @@ def _lr_list(model: keras.Model, lr: float, head_only: bool) -> float | list[flo
 
 
 def _robust_fn(model: keras.Model, attack: _attacks.Attack, steps: int, lr: float, head_only: bool, support: str,
-               support_attack: _attacks.Attack | None):
+               support_attack: _attacks.Attack | None, scale_step: bool = False):
     """Compiled fn(params, sx, sy, qx, qy, eps, support_seed, query_seed) -> (clean ok, attacked ok), each
-    bool (tasks, queries), cached per model and settings."""
-    key = (attack, steps, lr, head_only, support, support_attack)
+    bool (tasks, queries), cached per model and settings. ``scale_step``: the query attack's step size follows
+    eps (:func:`scaled_step`), so one graph serves a sweep over eps."""
+    key = (attack, steps, lr, head_only, support, support_attack, scale_step)
     per_model = _EVAL_CACHE.setdefault(model, {})
     if key in per_model:
         return per_model[key]
@@ -631,7 +655,8 @@ def _robust_fn(model: keras.Model, attack: _attacks.Attack, steps: int, lr: floa
                        _meta.inner_loop(m, params, sx_t, sy_t, steps=steps, lr=lrs, first_order=True)]
             clean_ok = tf.equal(tf.argmax(_meta.forward(m, adapted, qx_t), -1, output_type=tf.int32), qy_t)
             qx_adv = attack_adapted(attack, m, adapted, qx_t, qy_t, eps=eps,
-                                    seed=tf.random.experimental.stateless_fold_in(query_seed, i))
+                                    seed=tf.random.experimental.stateless_fold_in(query_seed, i),
+                                    step_size=scaled_step(attack, eps) if scale_step else None)
             adv_ok = tf.equal(tf.argmax(_meta.forward(m, adapted, qx_adv), -1, output_type=tf.int32), qy_t)
             return clean_ok, adv_ok
 
@@ -652,9 +677,9 @@ def _check_tasks(tasks: Any) -> Tasks:
 
 
 def _correct_masks(model, tasks: Tasks, *, params, steps, lr, attack, eps, restarts, support, support_attack,
-                   head_only, seed, chunk) -> tuple[np.ndarray, list[np.ndarray]]:
+                   head_only, seed, chunk, scale_step: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
     """Clean-correct mask (tasks, queries) and one attacked-correct mask per restart."""
-    fn = _robust_fn(model, attack, int(steps), float(lr), bool(head_only), support, support_attack)
+    fn = _robust_fn(model, attack, int(steps), float(lr), bool(head_only), support, support_attack, scale_step)
     dtype = params[0].dtype
     eps_t = tf.constant(attack.eps if eps is None else eps, tf.float32)
     support_seed = tf.constant([seed, 2**31], tf.int64)
@@ -718,24 +743,6 @@ def robust_evaluate(model: keras.Model, tasks: Tasks, *, params: Sequence[Any] |
 # --------------------------------------------------------------------------------------------------
 # Accuracy against eps, and gradient-masking checks on adapted models
 # --------------------------------------------------------------------------------------------------
-class _ProportionalStep:
-    """Mixin: the step size scales with eps (``step_size * eps / attack.eps``), so a sweep over eps passed as a
-    tensor keeps the attack's shape (e.g. PGD-20 at step 2.5 eps / 20) and reuses one compiled graph."""
-
-    def _step_size(self, eps: Any) -> Any:
-        return self.step_size * eps / self.eps  # type: ignore[attr-defined]
-
-
-_PROPORTIONAL: dict[type, type] = {}
-
-
-def _proportional(attack: _attacks.Attack) -> _attacks.Attack:
-    if not hasattr(attack, "step_size") or isinstance(attack, _ProportionalStep):
-        return attack  # FGSM's step already equals eps
-    cls = _PROPORTIONAL.setdefault(type(attack), type(type(attack).__name__, (_ProportionalStep, type(attack)), {}))
-    return cls(**{f.name: getattr(attack, f.name) for f in dataclasses.fields(attack) if f.init})
-
-
 @dataclass(frozen=True)
 class EpsilonCurve:
     """Robust query accuracy of adapted models against eps: ``eps`` (m,), per-task ``per_task`` (tasks, m),
@@ -752,7 +759,7 @@ class EpsilonCurve:
 
     @property
     def ci95(self) -> np.ndarray:
-        return _meta.mean_ci95(self.per_task)[1]
+        return _evaluate.mean_ci95(self.per_task)[1]
 
     def to_dict(self) -> dict[str, list[float]]:
         return {"eps": self.eps.tolist(), "mean": self.mean.tolist(), "ci95": self.ci95.tolist()}
@@ -774,12 +781,11 @@ def epsilon_curve(model: keras.Model, tasks: Tasks, eps_values: Sequence[float],
         raise ValueError(f"eps_values must be smaller than the pixel range {span}, got {eps_values.tolist()}")
     check_data_range(attack, tasks.support_x, tasks.query_x)
     params = _meta.params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
-    scaled = _proportional(attack)
     columns, clean = [], None
     for e in eps_values:
         clean_ok, runs = _correct_masks(model, tasks, params=params, steps=_check_count("steps", steps), lr=lr,
-                                        attack=scaled, eps=float(e), restarts=1, support="clean", support_attack=None,
-                                        head_only=False, seed=seed, chunk=chunk)
+                                        attack=attack, eps=float(e), restarts=1, support="clean", support_attack=None,
+                                        head_only=False, seed=seed, chunk=chunk, scale_step=True)
         clean = clean_ok.mean(axis=1)
         columns.append(clean if e == 0 else (clean_ok & runs[0]).mean(axis=1))
     return EpsilonCurve(eps=eps_values, per_task=np.stack(columns, axis=1), clean=clean, attack=attack.name)
@@ -864,8 +870,6 @@ def adapted_sanity_checks(model: keras.Model, tasks: Tasks, *, eps: float, steps
 
     Returns an ``evaluate.SanityReport`` (``numbers`` hold the accuracies as fractions).
     """
-    from . import evaluate as _evaluate
-
     _meta.check_meta_model(model)
     tasks = _check_tasks(tasks)
     if not (isinstance(eps, (int, float)) and 0 < eps < large_eps):
