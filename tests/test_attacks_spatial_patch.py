@@ -5,6 +5,8 @@ Independent references: numpy/scipy rotations and shifts, brute-force search ove
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -204,7 +206,8 @@ def test_generate_in_a_tf_function_with_a_plain_callable(model):
     def logits_fn(images, training=False):  # a functional forward pass, not a keras.Model
         return model.stateless_call([w for w in weights], [], images, training=training)[0]
 
-    graph = tf.function(lambda a, b: spec.generate(logits_fn, a, b, eps=tf.constant(1.0)))
+    # step_size is accepted (and ignored) so the spec can stand wherever a gradient attack does
+    graph = tf.function(lambda a, b: spec.generate(logits_fn, a, b, eps=tf.constant(1.0), step_size=tf.constant(0.1)))
     np.testing.assert_array_equal(graph(tf.constant(x), tf.constant(y)).numpy(), spec(model, x, y))
 
 
@@ -250,3 +253,212 @@ def test_spatial_rejects_a_softmax_model():
     softmax = keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax")])
     with pytest.raises(ValueError, match="softmax"):
         attacks.Spatial()(softmax, X, Y)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attack pools
+# --------------------------------------------------------------------------------------------------
+POOL_SPECS = [
+    attacks.FGSM(eps=0.1),
+    attacks.MIM(eps=0.1, steps=3, step_size=0.04),
+    attacks.PGD(eps=1.0, steps=3, step_size=0.4, norm=2, random_start=False),
+    attacks.Spatial(max_angle=20, max_shift=2, angle_steps=3, shift_steps=3),
+]
+
+
+def test_pool_families_without_and_repr():
+    pool = attacks.AttackPool(POOL_SPECS, weights=[1, 1, 2, 4])
+    assert pool.families == ("linf", "linf", "l2", "spatial")
+    np.testing.assert_allclose(pool.probabilities, [0.125, 0.125, 0.25, 0.5])
+    loo = pool.without("spatial")
+    assert loo.held_out == "spatial" and loo.families == ("linf", "linf", "l2") and loo.weights == (1, 1, 2)
+    assert pool.without("linf").attacks == tuple(POOL_SPECS[2:])
+    assert repr(loo).startswith("AttackPool({FGSM(eps=0.1): 1, MIM(") and repr(loo).endswith("held_out='spatial')")
+    assert len(pool) == 4 and pool[3] is POOL_SPECS[3] and list(pool) == POOL_SPECS
+    assert (pool.clip_min, pool.clip_max) == (0.0, 1.0)
+
+
+def test_pool_sample_follows_the_weights_and_the_seed():
+    pool = attacks.AttackPool(POOL_SPECS, weights=[1, 1, 2, 4])
+    draws = pool.sample(40_000, seed=3)
+    assert draws.dtype == np.int64 and draws.shape == (40_000,)
+    np.testing.assert_allclose(np.bincount(draws, minlength=4) / len(draws), pool.probabilities, atol=0.01)
+    np.testing.assert_array_equal(pool.sample(50, seed=3), draws[:50])
+    assert (pool.sample(50, seed=4) != draws[:50]).any()
+
+
+def test_pool_draw_in_graph_mode_follows_the_weights():
+    pool = attacks.AttackPool(POOL_SPECS[:3], weights=[1, 3, 6])
+    draw = tf.function(pool.draw)
+    seeds = np.stack([np.arange(3000), np.full(3000, 7)], 1).astype(np.int64)
+    draws = np.array([int(draw(tf.constant(s))) for s in seeds[:3000]])
+    np.testing.assert_allclose(np.bincount(draws, minlength=3) / len(draws), [0.1, 0.3, 0.6], atol=0.03)
+    assert int(draw(tf.constant(seeds[5]))) == draws[5]  # stateless: the same seed, the same draw
+
+
+def test_pool_generate_runs_the_drawn_spec_in_graph_mode(model):
+    x = images(13, n=8)
+    y = np.random.default_rng(13).integers(0, N_CLASSES, len(x))
+    pool = attacks.AttackPool(POOL_SPECS)
+    run = tf.function(lambda a, b, i, s: pool.generate(model, a, b, i, scale=s))
+    xt, yt = tf.constant(x), tf.constant(y)
+    for i, spec in enumerate(POOL_SPECS):
+        got = run(xt, yt, tf.constant(i), tf.constant(1.0)).numpy()
+        np.testing.assert_allclose(got, spec.generate(model, xt, yt).numpy(), atol=1e-6)
+        half = run(xt, yt, tf.constant(i), tf.constant(0.5)).numpy()
+        smaller = dataclasses.replace(spec, eps=spec.eps * 0.5, **({"step_size": spec.step_size * 0.5}
+                                                                  if hasattr(spec, "step_size") else {}))
+        np.testing.assert_allclose(half, smaller.generate(model, xt, yt).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(run(xt, yt, tf.constant(0), tf.constant(0.0)).numpy(), x)  # scale 0: no attack
+    np.testing.assert_allclose(pool.generate(model, xt, yt, 2).numpy(), POOL_SPECS[2].generate(model, xt, yt).numpy(),
+                               atol=1e-6)
+
+
+POOL_BAD = [
+    ("empty", lambda: attacks.AttackPool([]), ValueError, "at least one attack spec"),
+    ("single spec", lambda: attacks.AttackPool(attacks.FGSM(eps=0.1)), TypeError, r"wrap it: \[spec\]"),
+    ("not a spec", lambda: attacks.AttackPool([attacks.FGSM(eps=0.1), "pgd"]), TypeError, "must be an attack spec"),
+    ("weights length", lambda: attacks.AttackPool(POOL_SPECS, weights=[1, 2]), ValueError, "2 weights for 4 attacks"),
+    ("zero weight", lambda: attacks.AttackPool(POOL_SPECS, weights=[1, 0, 1, 1]), ValueError, "weights must be > 0"),
+    ("negative weight", lambda: attacks.AttackPool(POOL_SPECS, weights=[1, -1, 1, 1]), ValueError, "weights must be > 0"),
+    ("nan weight", lambda: attacks.AttackPool(POOL_SPECS, weights=[1, np.nan, 1, 1]), ValueError, "finite"),
+    ("string weight", lambda: attacks.AttackPool(POOL_SPECS, weights=[1, "2", 1, 1]), TypeError, "weight must be a number"),
+    ("held out in pool", lambda: attacks.AttackPool(POOL_SPECS, held_out="spatial"), ValueError,
+     "held-out family 'spatial' is also in the pool"),
+    ("held out l2 in pool", lambda: attacks.AttackPool(POOL_SPECS[:3], held_out="l2"), ValueError, "without"),
+    ("unknown family", lambda: attacks.AttackPool(POOL_SPECS[:1], held_out="patch"), ValueError, "held_out must be one of"),
+    ("clip ranges", lambda: attacks.AttackPool([attacks.FGSM(eps=0.1), attacks.PGD(eps=0.1, clip_min=-1.0)]),
+     ValueError, "disagree on the pixel range"),
+    ("without everything", lambda: attacks.AttackPool(POOL_SPECS[:2]).without("linf"), ValueError, "nothing would be left"),
+    ("without unknown", lambda: attacks.AttackPool(POOL_SPECS).without("L2"), ValueError, "family must be one of"),
+    ("sample 0 tasks", lambda: attacks.AttackPool(POOL_SPECS).sample(0, seed=0), ValueError, "n_tasks must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [c[1:] for c in POOL_BAD], ids=[c[0] for c in POOL_BAD])
+def test_pool_bad_input_raises_a_helpful_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+# --------------------------------------------------------------------------------------------------
+# Adversarial patch
+# --------------------------------------------------------------------------------------------------
+def max_pool_cnn(seed: int = 0) -> keras.Model:
+    """Global max pooling: a feature anywhere in the image counts, so one patch can work at every position."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input(SHAPE), keras.layers.Conv2D(8, 3, activation="relu"),
+                             keras.layers.GlobalMaxPooling2D(), keras.layers.Dense(N_CLASSES)])
+
+
+@pytest.fixture(scope="module")
+def patch_setup():
+    model = max_pool_cnn()
+    x = images(20, n=256)
+    return model, x, np.argmax(model(x).numpy(), 1)  # labels = clean predictions: every image starts correct
+
+
+def test_apply_pastes_the_patch_in_its_square_and_nowhere_else():
+    x = images(21, n=6)
+    spec = attacks.AdversarialPatch(size=4)
+    patch = spec.random_patch(1, seed=3)
+    positions = spec.random_positions(6, x.shape[1:], seed=2)
+    positions[0], positions[1] = (0, 0), (SHAPE[0] - 4, SHAPE[1] - 4)  # the corners of the allowed range
+    got = spec.apply(x, patch, positions)
+    expected = x.copy()
+    for i, (r, c) in enumerate(positions):
+        expected[i, r:r + 4, c:c + 4] = patch
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("size", [4, 5])
+def test_turned_patch_stays_in_its_square(size):
+    x = images(22, n=3)
+    spec = attacks.AdversarialPatch(size=size)
+    patch = spec.random_patch(1, seed=4)
+    positions = np.array([[2, 3], [5, 1], [0, 7]])
+    quarter = spec.apply(x, patch, positions, angles=[90, 90, -90])
+    for i, (r, c) in enumerate(positions):
+        k = 1 if i < 2 else 3
+        np.testing.assert_allclose(quarter[i, r:r + size, c:c + size], np.rot90(patch, k, axes=(0, 1)))
+    tilted = spec.apply(x, patch, positions, angles=[30, -20, 45])
+    for i, (r, c) in enumerate(positions):
+        outside = np.ones(SHAPE, bool)
+        outside[r:r + size, c:c + size] = False
+        np.testing.assert_array_equal(tilted[i][outside], x[i][outside])  # the rest of the image untouched
+        square = tilted[i, r:r + size, c:c + size]
+        assert np.isin(square, np.append(patch.ravel(), x[i, r:r + size, c:c + size].ravel())).all()
+        assert np.isin(square, patch).mean() > 0.5
+
+
+@pytest.mark.parametrize("kwargs", [{"learning_rate": 0.2}, {"optimizer": "sign", "learning_rate": 0.05}, {"max_angle": 30.0},
+                                    {"target": 1}], ids=["adam", "sign", "turns", "targeted"])
+def test_training_beats_a_random_patch(patch_setup, kwargs):
+    model, x, y = patch_setup
+    spec = attacks.AdversarialPatch(**{"size": 4, "steps": 100, "batch_size": 32, **kwargs})
+    before = attacks.trace_count(model)
+    patch = spec.fit(model, x, y)
+    assert attacks.trace_count(model) - before == 1  # one compiled step, traced once for all 100 steps
+    assert patch.shape == (4, 4, 1) and patch.dtype == np.float32
+    assert patch.min() >= 0.0 and patch.max() <= 1.0
+    trained = spec.success_rate(model, x, y, patch, placements=4)
+    control = spec.success_rate(model, x, y, spec.random_patch(1), placements=4)
+    assert trained > control + 0.15, (trained, control)
+    # the success rate counts what it says: recompute it for one placement by hand
+    positions = spec.random_positions(len(x), x.shape[1:], seed=9)
+    pred = np.argmax(model(spec.apply(x, patch, positions)).numpy(), 1)
+    if spec.targeted:
+        assert 0 < (pred[y != 1] == 1).mean()
+    else:
+        assert 0 < (pred != y).mean()
+
+
+def test_fit_is_repeatable_and_the_call_pastes_the_fitted_patch(patch_setup):
+    model, x, y = patch_setup
+    spec = attacks.AdversarialPatch(size=3, steps=5, batch_size=8, seed=2)
+    first = spec.fit(model, x[:32], y[:32])
+    np.testing.assert_array_equal(spec.fit(model, x[:32], y[:32]), first)
+    assert not np.array_equal(first, spec.random_patch(1))  # training moved it
+    x_adv = spec(model, x[:32], y[:32])
+    changed = (x_adv != x[:32]).reshape(32, -1).sum(1)
+    assert changed.max() <= 9 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_patch_repr_and_name():
+    assert repr(attacks.AdversarialPatch(9)) == "AdversarialPatch(size=9, target=None, steps=500)"
+    assert repr(attacks.AdversarialPatch(9, target=3, max_angle=10)) == \
+        "AdversarialPatch(size=9, target=3, steps=500, max_angle=10.0)"
+    assert attacks.AdversarialPatch(9, target=3).name == "Patch 9x9 -> 3"
+    assert attacks.AdversarialPatch(9).family == "patch" and not attacks.AdversarialPatch(9).targeted
+
+
+PX = images(23, n=4)
+PATCH_BAD = [
+    ("size 0", lambda m: attacks.AdversarialPatch(0), ValueError, "size must be >= 1"),
+    ("negative target", lambda m: attacks.AdversarialPatch(3, target=-1), ValueError, "target must be None"),
+    ("optimizer", lambda m: attacks.AdversarialPatch(3, optimizer="sgd"), ValueError, "optimizer must be one of"),
+    ("rate", lambda m: attacks.AdversarialPatch(3, learning_rate=0), ValueError, "learning_rate must be > 0"),
+    ("angle", lambda m: attacks.AdversarialPatch(3, max_angle=200), ValueError, r"max_angle must be in \[0, 180\]"),
+    ("clip", lambda m: attacks.AdversarialPatch(3, clip_min=1, clip_max=0), ValueError, "clip_min must be < clip_max"),
+    ("too big", lambda m: attacks.AdversarialPatch(13).fit(m, PX, Y), ValueError, "does not fit"),
+    ("target too big", lambda m: attacks.AdversarialPatch(3, target=4).fit(m, PX, Y), ValueError, r"target must be in 0\.\.3"),
+    ("one-hot", lambda m: attacks.AdversarialPatch(3).fit(m, PX, np.eye(4)[Y]), ValueError, "argmax"),
+    ("x range", lambda m: attacks.AdversarialPatch(3).fit(m, PX * 255, Y), ValueError, "divide by 255"),
+    ("patch shape", lambda m: attacks.AdversarialPatch(3).apply(PX, np.zeros((4, 4, 1)), np.zeros((4, 2), int)),
+     ValueError, r"patch must have shape \(3, 3, 1\)"),
+    ("patch range", lambda m: attacks.AdversarialPatch(3).apply(PX, np.full((3, 3, 1), 2.0), np.zeros((4, 2), int)),
+     ValueError, r"in \[0.0, 1.0\]"),
+    ("positions out", lambda m: attacks.AdversarialPatch(3).apply(PX, np.zeros((3, 3, 1)), np.full((4, 2), 10)),
+     ValueError, "inside the image"),
+    ("positions float", lambda m: attacks.AdversarialPatch(3).apply(PX, np.zeros((3, 3, 1)), np.zeros((4, 2))),
+     ValueError, "integer"),
+    ("all target", lambda m: attacks.AdversarialPatch(3, target=0).success_rate(m, PX, np.zeros(4, int),
+                                                                              np.zeros((3, 3, 1))),
+     ValueError, "nothing to measure"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [c[1:] for c in PATCH_BAD], ids=[c[0] for c in PATCH_BAD])
+def test_patch_bad_input_raises_a_helpful_error(model, call, error, message):
+    with pytest.raises(error, match=message):
+        call(model)

@@ -923,13 +923,15 @@ class Spatial(Attack):
                     shift_steps=self.shift_steps, targeted=self.targeted, interpolation=self.interpolation,
                     fill_value=self.clip_min)
 
-    def generate(self, model: Any, x: Any, y: Any, *, eps: Any = None, seed: Any = None) -> tf.Tensor:
+    def generate(self, model: Any, x: Any, y: Any, *, eps: Any = None, seed: Any = None,
+                 step_size: Any = None) -> tf.Tensor:
         """The worst grid point per example as a tensor, from TensorFlow ops only (see :meth:`Attack.generate`).
 
         ``model``: any callable ``f(x, training=False) -> logits`` (e.g. a meta-learner's adapted weights).
         ``x``: float tensor (B, H, W, C); ``y``: int class ids (B,). ``eps``: scale of the grid overriding
-        ``self.eps`` (Python float or scalar tensor). ``seed`` is accepted and ignored: the attack is
-        deterministic. Returns x_adv (dtype of x, gradient stopped), each image an exact rotation/translation
+        ``self.eps`` (Python float or scalar tensor). ``seed`` and ``step_size`` are accepted and ignored
+        (the attack is deterministic and takes no steps), so it can stand wherever a gradient attack does.
+        Returns x_adv (dtype of x, gradient stopped), each image an exact rotation/translation
         of its input.
         """
         settings = self._spatial_settings()
@@ -1067,16 +1069,21 @@ class AttackPool:
         """Adversarial examples of spec ``index`` (int or int tensor) as a tensor; graph mode, gradient stopped.
 
         Every spec is traced once into a ``tf.switch_case`` and only the drawn one runs. ``scale`` (Python
-        float or scalar tensor, e.g. an eps ramp 0 -> 1) multiplies the drawn spec's eps (for
-        :class:`Spatial`, the size of its grid); None leaves every eps as it is. ``seed``: as in
+        float or scalar tensor, e.g. an eps ramp 0 -> 1) multiplies the drawn spec's eps and its step_size (for
+        :class:`Spatial`, the size of its grid), so steps shrink with the ball; None leaves every spec as it
+        is. ``seed``: as in
         :meth:`Attack.generate`. ``x``, ``y``, ``model`` as there.
         """
         x = tf.convert_to_tensor(x)
         y = tf.convert_to_tensor(y)
 
         def branch(spec: Attack) -> Callable[[], tf.Tensor]:
-            eps = None if scale is None else spec.eps * tf.cast(scale, tf.float32)
-            return lambda: tf.cast(spec.generate(model, x, y, eps=eps, seed=seed), x.dtype)
+            options: dict[str, Any] = {}
+            if scale is not None:
+                options["eps"] = spec.eps * tf.cast(scale, tf.float32)
+                if hasattr(spec, "step_size"):
+                    options["step_size"] = spec.step_size * tf.cast(scale, tf.float32)
+            return lambda: tf.cast(spec.generate(model, x, y, seed=seed, **options), x.dtype)
 
         if len(self) == 1:
             return branch(self.attacks[0])()
