@@ -410,6 +410,23 @@ def test_every_method_takes_a_meta_step(splits):
         assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096 / 2**20
+
+
+def test_aq_meta_fit_traces_once_and_memory_does_not_grow(splits):
+    """As test_meta's memory test (after learn2learn's test_memory_consumption): many steps, flat memory."""
+    tr, _ = splits
+    learner = MA.AdversarialQuerying(cnn(10), ramp_steps=10, zero_head=True)
+    learner.meta_fit(tr, 20, 2, verbose=0)
+    start = _rss_mib()
+    learner.meta_fit(tr, 100, 2, verbose=0)
+    grown = _rss_mib() - start
+    assert learner._step_fn.experimental_get_tracing_count() == 1  # through the ramp and beyond
+    assert grown < 30, f"resident memory grew by {grown:.1f} MiB over 100 meta-steps"
+
+
 def test_meta_trained_initialisation_saves_and_loads_in_safe_mode(splits, tmp_path):
     from tutorial_lib import models
 
