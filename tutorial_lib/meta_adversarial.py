@@ -10,9 +10,8 @@ Introduced in notebooks/05_meta_adversarial.ipynb.
 from __future__ import annotations
 
 import dataclasses
-import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import keras
