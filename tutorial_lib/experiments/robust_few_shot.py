@@ -9,7 +9,6 @@ Introduced in notebooks/05_meta_adversarial.ipynb.
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Any
 
@@ -17,9 +16,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import attacks, meta, models, runtime, training
+from .. import attacks, evaluate, meta, models, runtime, training
 from .. import meta_adversarial as mad
 from ..tasks import FewShotSampler, Tasks, digit_splits
+from . import meta_learning
 
 #: Every method of the results table, in table order.
 METHODS = ("maml", "maml_adv_finetune", "at_transfer", "adml", "aq", "aq_trades", "seed_fgsm")
@@ -189,14 +189,9 @@ def at_classifier(data, settings, *, seed: int = 0, verbose: int = 2) -> tuple[k
 
 
 def transfer_init(classifier: keras.Model, n_way: int) -> keras.Model:
-    """An ``n_way`` few-shot CNN with ``classifier``'s convolutional layers and a zero head (to fine-tune)."""
-    for module in ("tutorial_lib.experiments.meta_learning", "tutorial_lib.meta"):  # notebook 04's helper
-        try:
-            finetune_init = importlib.import_module(module).finetune_init
-        except (ImportError, AttributeError):
-            continue
-        return finetune_init(classifier, n_way)
-    raise ImportError("finetune_init was found neither in tutorial_lib.experiments.meta_learning nor tutorial_lib.meta")
+    """An ``n_way`` few-shot CNN with ``classifier``'s convolutional layers and a zero head (notebook 04's
+    :func:`tutorial_lib.experiments.meta_learning.finetune_init`), ready for head fine-tuning on a support set."""
+    return meta_learning.finetune_init(classifier, n_way)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,7 +204,7 @@ def adaptation(method: str, settings) -> dict[str, Any]:
     if method == "at_transfer":
         return dict(steps=s.at_finetune_steps, lr=s.at_finetune_lr, head_only=True)
     if method == "maml_adv_finetune":
-        return dict(steps=s.adv_finetune_steps, lr=s.inner_lr, support="adversarial",
+        return dict(steps=s.adv_finetune_steps, lr=s.adv_finetune_lr, support="adversarial",
                     support_attack=eval_attack(s))
     return dict(steps=s.train_steps, lr=s.inner_lr)
 
@@ -238,7 +233,7 @@ def sanity_checks(model: keras.Model, tasks: Tasks, settings, *, transfer_from: 
 
 def mean_ci95(values) -> dict[str, float]:
     """``{"mean", "ci95"}`` of per-task values (1.96 standard errors, ddof=1)."""
-    mean, ci = meta.mean_ci95(np.asarray(values, dtype=np.float64))
+    mean, ci = evaluate.mean_ci95(np.asarray(values, dtype=np.float64))
     return {"mean": float(mean), "ci95": float(ci)}
 
 
@@ -293,6 +288,24 @@ def compare(result: dict[str, Any], a: str, b: str, field: str = "robust") -> st
     word = "beats" if lo_x > hi_y else ("loses to" if hi_x < lo_y else "ties with (CIs overlap)")
     return (f"{LABELS.get(a, a)} {100 * x['mean']:.1f} ± {100 * x['ci95']:.1f}% {word} "
             f"{LABELS.get(b, b)} {100 * y['mean']:.1f} ± {100 * y['ci95']:.1f}%")
+
+
+def paired_difference(evaluations: dict[str, Any], a: str, b: str, field: str = "robust") -> dict[str, float]:
+    """Mean and 95% CI of the per-task difference ``a - b`` of ``field`` ("clean", "robust" or "robust_restarts"),
+    over the tasks both were evaluated on (the same tasks: a paired comparison, tighter than two separate CIs)."""
+    x, y = (np.asarray(getattr(evaluations[m], field), dtype=np.float64) for m in (a, b))
+    if x.shape != y.shape:
+        raise ValueError(f"{a} and {b} were evaluated on different tasks ({x.shape} vs {y.shape}); use the same tasks")
+    return mean_ci95(x - y)
+
+
+def paired_verdict(evaluations: dict[str, Any], a: str, b: str, field: str = "robust") -> str:
+    """``a`` against ``b`` in words from the paired per-task differences: ahead / behind / no clear difference."""
+    d = paired_difference(evaluations, a, b, field)
+    lo, hi = d["mean"] - d["ci95"], d["mean"] + d["ci95"]
+    word = "ahead of" if lo > 0 else ("behind" if hi < 0 else "not clearly different from")
+    return (f"{LABELS.get(a, a)} is {word} {LABELS.get(b, b)} on {field.replace('_', ' ')} accuracy: "
+            f"{100 * d['mean']:+.1f} ± {100 * d['ci95']:.1f} points (paired over the same tasks)")
 
 
 def uniform_loss(n_way: int) -> float:

@@ -1,0 +1,164 @@
+"""Tests for tutorial_lib.experiments.robust_few_shot (notebook 05's driver) on tiny runs, plus notebook 05's
+exercise checks and figures: settings from the profile, caching, the results schema, the table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+from tutorial_lib import exercises as ex
+from tutorial_lib import meta_adversarial as mad
+from tutorial_lib import models, runtime, viz
+from tutorial_lib.experiments import robust_few_shot as rfs
+
+SCHEMA_FIELDS = {"clean", "robust", "robust_restarts5", "inner_lr", "test_steps", "train_seconds"}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The quick profile's settings shrunk to a few meta-steps and tasks (5 restarts kept: the schema's key)."""
+    return dataclasses.replace(runtime.get_profile("quick").meta_adv, meta_steps=4, maml_meta_steps=2, eval_tasks=3,
+                               eval_pgd_steps=2, at_epochs=1, at_finetune_steps=2, collapse_steps=2)
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_subset, tiny):
+    return {m: rfs.meta_train(m, mnist_subset, tiny, verbose=0) for m in ("maml", "aq")}
+
+
+def test_method_options_build_every_learner(tiny):
+    for method in rfs.META_TRAINED:
+        opts = rfs.method_options(method, tiny)
+        learner = mad.make_learner(method, models.few_shot_cnn(tiny.n_way), **opts)
+        assert learner.inner_lr == tiny.inner_lr and learner.inner_steps == tiny.train_steps
+        if method == "maml":
+            assert "attack" not in opts
+        else:
+            assert learner.ramp_steps == round(tiny.ramp_fraction * rfs.meta_steps(method, tiny))
+    assert rfs.meta_steps("maml", tiny) == 2 and rfs.meta_steps("aq", tiny) == 4  # per-method override, default
+    assert rfs.method_options("seed_fgsm", tiny)["attack"].name == "FGSM"
+    assert rfs.method_options("aq_trades", tiny)["outer_loss"] == "trades"
+
+
+def test_unknown_method_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match="method must be one of"):
+        rfs.method_options("reptile", tiny)
+    with pytest.raises(ValueError, match="method must be one of"):
+        rfs.adaptation("aq_pure", tiny)
+
+
+def test_profile_sizes_and_attacks(tiny):
+    for name in runtime.PROFILES:
+        s = runtime.get_profile(name).meta_adv
+        assert s.eps in s.curve_eps and s.curve_tasks <= s.eval_tasks and s.sanity_tasks <= s.eval_tasks
+        assert 0 < s.ramp_fraction <= 1
+    train, test = rfs.train_attack(tiny), rfs.eval_attack(tiny, restarts=5)
+    assert (train.steps, train.random_start) == (tiny.train_pgd_steps, True)
+    assert np.isclose(train.step_size, 2.5 * tiny.eps / tiny.train_pgd_steps)
+    assert (test.steps, test.restarts, test.eps) == (tiny.eval_pgd_steps, 5, tiny.eps)
+    assert np.isclose(rfs.eval_attack(tiny, eps=0.2).step_size, 2.5 * 0.2 / tiny.eval_pgd_steps)
+
+
+def test_cache_key_changes_with_the_options(mnist_subset, tiny):
+    base = rfs.meta_config("aq", tiny, mnist_subset)
+    assert rfs.meta_config("aq", tiny, mnist_subset) == base
+    assert rfs.meta_config("aq", tiny, mnist_subset, ramp_steps=0) != base
+    assert rfs.meta_config("aq", tiny, mnist_subset, steps=3) != base
+    assert rfs.meta_config("adml", tiny, mnist_subset) != base
+    json.dumps(base)  # JSON-able, so it can key the cache
+
+
+def test_meta_train_caches_and_saves_a_safe_mode_model(mnist_subset, tiny, trained):
+    model, info = trained["aq"]
+    assert len(info["history"]["loss"]) == 4 and info["train_seconds"] > 0
+    again, info2 = rfs.meta_train("aq", mnist_subset, tiny, verbose=0)
+    assert info2["cached"] and not info.get("cached")
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), again.get_weights()))
+    saved = models.load_model(runtime.build_dir() / "models" / "05_aq.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), saved.get_weights()))
+    assert np.all(model.get_weights()[-2] == 0)  # zero head kept by the meta-learner
+
+
+def test_results_follow_the_schema(mnist_subset, tiny, trained):
+    _, test = rfs.samplers(mnist_subset, tiny)
+    tasks = test.sample(tiny.eval_tasks, seed=0)
+    at_model, at_info = rfs.at_classifier(mnist_subset, tiny, verbose=0)
+    at_init = rfs.transfer_init(at_model, tiny.n_way)
+    assert np.all(at_init.get_weights()[-1] == 0) and at_init.output_shape[-1] == tiny.n_way
+    starts = {"maml": trained["maml"][0], "aq": trained["aq"][0], "maml_adv_finetune": trained["maml"][0],
+              "at_transfer": at_init}
+    evals = {m: rfs.evaluate(m, model, tasks, tiny) for m, model in starts.items()}
+    seconds = {"maml": trained["maml"][1]["train_seconds"], "aq": None, "at_transfer": at_info["train_seconds"]}
+    res = rfs.results(evals, seconds, tiny)
+    assert set(res) == {"eps", "n_way", "k_shot", "tasks", "eval_attack", "methods"}
+    assert (res["eps"], res["n_way"], res["k_shot"], res["tasks"]) == (tiny.eps, 5, tiny.k_shot, 3)
+    assert list(res["methods"]) == [m for m in rfs.METHODS if m in starts]  # table order
+    for m, row in res["methods"].items():
+        assert set(row) == SCHEMA_FIELDS
+        for key in ("clean", "robust", "robust_restarts5"):
+            assert set(row[key]) == {"mean", "ci95"} and 0 <= row[key]["mean"] <= 1
+        assert row["robust_restarts5"]["mean"] <= row["robust"]["mean"] <= row["clean"]["mean"]
+    assert res["methods"]["at_transfer"]["test_steps"] == tiny.at_finetune_steps
+    assert res["methods"]["aq"]["train_seconds"] is None
+    path = rfs.save(res)
+    assert json.loads(path.read_text())["methods"]["aq"]["test_steps"] == tiny.train_steps
+    table = rfs.results_markdown(res)
+    assert table.count("\n") == 1 + len(starts) and "AT transfer" in table
+    assert any(w in rfs.compare(res, "aq", "maml") for w in ("beats", "loses to", "ties with"))
+
+
+def test_results_refuse_different_task_sets(tiny):
+    a = mad.RobustEvaluation(np.ones(3), np.ones(3), np.ones(3), 5, "PGD", 0.1, 1, 0.4, "clean")
+    b = mad.RobustEvaluation(np.ones(4), np.ones(4), np.ones(4), 5, "PGD", 0.1, 1, 0.4, "clean")
+    with pytest.raises(ValueError, match="same tasks"):
+        rfs.results({"maml": a, "aq": b}, {}, tiny)
+
+
+def test_uniform_loss_is_log_n():
+    assert np.isclose(rfs.uniform_loss(5), np.log(5))
+
+
+# ---- notebook 05's exercise checks ------------------------------------------------------------------------
+def test_chapter_05_answer_key_passes_and_wrong_answers_get_hints(capsys):
+    runs = np.array([[1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1]], bool)
+    scope = {"np": np, "runs": runs}
+    for key in ("05.1", "05.2", "05.3", "05.4"):
+        exec(ex.SOLUTIONS[key], scope)  # noqa: S102 - our own answer key
+    assert ex.check_uniform_loss(scope["answer_loss"], n_way=5)
+    assert ex.check_worst_case_accuracy(scope["answer_robust"], runs)
+    assert ex.check_meta_eps_ramp(scope["answer_eps"], eps=0.1, ramp_steps=300, step=150)
+    assert ex.check_attacked_set(scope["answer_set"])
+    assert "Not yet" not in capsys.readouterr().out
+    assert not ex.check_uniform_loss(1.0) and not ex.check_worst_case_accuracy(runs.mean(), runs)
+    assert not ex.check_meta_eps_ramp(0.1, eps=0.1, ramp_steps=300, step=150) and not ex.check_attacked_set("both")
+    assert not ex.check_uniform_loss(None)
+    out = capsys.readouterr().out
+    assert "Not yet" in out and "No answer yet" in out and "1.6094" not in out
+    with pytest.raises(ValueError, match="restarts, queries"):
+        ex.check_worst_case_accuracy(0.5, [1, 0])
+
+
+# ---- notebook 05's figures -------------------------------------------------------------------------------
+def test_figures_return_figures_and_refuse_empty_input():
+    methods = {"maml": {"clean": {"mean": 0.75, "ci95": 0.01}, "robust": {"mean": 0.3, "ci95": 0.02}},
+               "aq": {"clean": {"mean": 0.74, "ci95": 0.01}, "robust": {"mean": 0.55, "ci95": 0.02}}}
+    fig = viz.plot_clean_vs_robust(methods, labels={"aq": "AQ"})
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["maml", "AQ"]
+    fig = viz.plot_accuracy_vs_eps({"AQ": ([0, 0.1], [0.7, 0.5], [0.01, 0.02])}, train_eps=0.1)
+    assert len(fig.axes) == 1
+    fig = viz.plot_meta_losses({"pure": np.full(30, np.log(5))}, window=5, reference=np.log(5))
+    assert len(fig.axes[0].lines) == 2
+    for call in (lambda: viz.plot_clean_vs_robust({}), lambda: viz.plot_accuracy_vs_eps({}),
+                 lambda: viz.plot_meta_losses({})):
+        with pytest.raises(ValueError, match="empty"):
+            call()
+    with pytest.raises(ValueError, match="same length"):
+        viz.plot_accuracy_vs_eps({"x": ([0, 0.1], [0.5], [0.1])})
+    with pytest.raises(ValueError, match="window"):
+        viz.plot_meta_losses({"x": [1.0]}, window=0)
