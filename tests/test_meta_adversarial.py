@@ -88,6 +88,20 @@ def test_aq_gradient_with_a_fixed_perturbation_equals_maml_on_perturbed_queries(
     assert np.linalg.norm(flat(aq) - flat(clean)) > 1e-3
 
 
+def test_aq_gradient_stops_at_a_real_attack():
+    """With PGD, AQ's meta-gradient is MAML's on the attacked queries held fixed: no gradient flows through the
+    attack's dependence on the weights (as in adversarial training, by Danskin's theorem)."""
+    model, (sx, sy, qx, qy) = tiny_mlp(), tiny_task(8)
+    params = [tf.constant(v.numpy()) for v in model.trainable_variables]
+    seed = tf.constant([3, 4], tf.int64)
+    aq, _, _ = MA.aq_task_gradient(model, params, sx, sy, qx, qy, attack=PGD3, steps=2, lr=0.5, seed=seed)
+    adapted = M.inner_loop(model, params, sx, sy, steps=2, lr=0.5)
+    attacked = MA.attack_adapted(PGD3, model, adapted, qx, qy, seed=seed).numpy()
+    assert np.abs(attacked - qx).max() > 0.05
+    maml, _, _ = M.maml_task_gradient(model, params, sx, sy, attacked, qy, steps=2, lr=0.5)
+    np.testing.assert_allclose(flat(aq), flat(maml), rtol=1e-10, atol=1e-12)
+
+
 def test_ramp_schedule_first_step_is_maml_and_no_retrace():
     batch = tiny_batch(2)
     ref_model, model = tiny_mlp(), tiny_mlp()
