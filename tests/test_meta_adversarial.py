@@ -118,6 +118,28 @@ def test_ramp_schedule_first_step_is_maml_and_no_retrace():
     assert aq._step_fn.experimental_get_tracing_count() == 1  # eps changed every step without retracing
 
 
+def test_compiled_aq_step_equals_mean_of_task_gradients_at_the_ramped_eps():
+    batch = tiny_batch(3)
+    model = tiny_mlp()
+    aq = MA.AdversarialQuerying(model, inner_lr=0.5, inner_steps=2, attack=PGD3, ramp_steps=4, clean_weight=0.25,
+                                meta_optimizer=keras.optimizers.SGD(1.0), seed=11)
+    aq.meta_step(batch)
+    before = [v.numpy() for v in model.trainable_variables]
+    eps = aq.eps_at(1)  # the second step's eps, 0.025, with the PGD step scaled to match
+    expected = []
+    for i in range(3):
+        seed = tf.random.experimental.stateless_fold_in(tf.constant([11, 1], tf.int64), i)
+        g, _, _ = MA.aq_task_gradient(model, before, *(a[i] for a in (batch.support_x, batch.support_y, batch.query_x,
+                                                                       batch.query_y)),
+                                      attack=PGD3, steps=2, lr=0.5, eps=tf.constant(eps, tf.float32), seed=seed,
+                                      step_size=MA.scaled_step(PGD3, tf.constant(eps, tf.float32)), clean_weight=0.25)
+        expected.append(flat(g))
+    aq.meta_step(batch)
+    after = flat([v.numpy() for v in model.trainable_variables])
+    np.testing.assert_allclose(flat(before) - after, np.mean(expected, axis=0), rtol=1e-6, atol=1e-9)
+    assert eps == pytest.approx(0.025)
+
+
 # ----------------------------------------------------------------------------------------------
 # Robust evaluation on a tiny CNN
 # ----------------------------------------------------------------------------------------------
