@@ -214,6 +214,59 @@ def test_restarts_keep_the_best_restart_by_the_rule(model):
     assert wrong.any(axis=0).sum() > wrong[0].sum()  # restarts broke examples the first run did not
 
 
+def _softmax_regression(seed: int, d: int = 16, k: int = 3):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(d, k)).astype(np.float32)
+    b = rng.normal(size=k).astype(np.float32)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(k)])
+    model.layers[-1].set_weights([w, b])
+    return model, w.astype(np.float64), b.astype(np.float64), rng
+
+
+def test_mim_matches_two_momentum_steps_by_hand():
+    model, w, b, rng = _softmax_regression(2)
+    n, eps, step, mu = 32, 0.1, 0.06, 0.8
+    x = rng.uniform(0, 1, (n, 4, 4, 1)).astype(np.float32)
+    y = rng.integers(0, 3, n)
+
+    def grad(xf):  # d CE / dx for logits x W + b
+        z = xf @ w + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return (p - np.eye(3)[y]) @ w.T
+
+    x0 = x.reshape(n, -1).astype(np.float64)
+    xa, g = x0.copy(), np.zeros_like(x0)
+    for _ in range(2):
+        gr = grad(xa)
+        g = mu * g + gr / np.abs(gr).mean(axis=1, keepdims=True)
+        xa = np.clip(np.clip(xa + step * np.sign(g), x0 - eps, x0 + eps), 0, 1)
+    got = attacks.mim(model, x, y, eps, step_size=step, steps=2, decay=mu).reshape(n, -1)
+    np.testing.assert_allclose(got, xa, atol=1e-5)
+    # the momentum matters here: without it the second step differs for some pixels
+    plain = attacks.bim(model, x, y, eps, step_size=step, steps=2).reshape(n, -1)
+    assert np.abs(plain - got).max() > step / 2
+
+
+def test_l2_random_start_is_uniform_in_the_ball():
+    # With a zero gradient every step stays put, so gradient_ascent returns its random start (no clipping:
+    # pixels at 0.5 and radius 0.3). Uniform in the d-ball: (|delta| / eps)^d ~ U(0, 1), direction uniform.
+    n, eps = 4000, 0.3
+    x = tf.fill((n, 2, 2, 1), 0.5)
+    d = 4
+    out = attacks.gradient_ascent(lambda xa: 0.0 * tf.reduce_sum(xa, axis=[1, 2, 3]), x, eps=eps, step_size=0.1,
+                                  steps=1, norm=2, random_start=True, seed=tf.constant([5, 6], tf.int64))
+    delta = (out.numpy() - 0.5).reshape(n, d).astype(np.float64)
+    radius = np.linalg.norm(delta, axis=1)
+    assert radius.max() <= eps * (1 + 1e-5)
+    u = np.sort((radius / eps) ** d)
+    ks = np.max(np.abs(u - (np.arange(1, n + 1) - 0.5) / n))
+    assert ks < 1.63 / np.sqrt(n)  # Kolmogorov-Smirnov at the 1 % level
+    unit = delta / radius[:, None]
+    assert np.abs(unit.mean(axis=0)).max() < 0.05
+    np.testing.assert_allclose((unit ** 2).mean(axis=0), 1 / d, atol=0.02)
+
+
 def test_random_start_is_deterministic_for_a_seed(model):
     x, y = random_batch(8)
     a = attacks.pgd(model, x, y, 0.2, step_size=0.05, steps=2, seed=5)

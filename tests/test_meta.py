@@ -157,18 +157,64 @@ def test_seed_meta_train_step_is_not_the_maml_gradient():
     np.testing.assert_allclose(seed, explained, rtol=1e-5, atol=1e-9)  # Keras optimizers compute in float32 internally
 
 
-def test_fomaml_and_reptile_differ_from_maml_and_all_reduce_the_loss(mnist_subset):
-    from tutorial_lib import models
+def _tiny_batch(seeds, dtype=np.float64):
+    tasks = [tiny_task(s, dtype=dtype) for s in seeds]
+    return T.Tasks(*[np.stack([t[i] for t in tasks]) for i in range(4)], classes=np.zeros((len(seeds), 2), np.int32))
 
-    tr, _ = T.digit_splits(mnist_subset, n_way=3, k_shot=1, q_queries=3, meta_train=range(3), meta_test=range(3, 6))
-    batch = tr.sample(2, seed=0)
-    for method, opts in (("maml", dict(inner_lr=0.3)), ("fomaml", dict(inner_lr=0.3)), ("reptile", dict(inner_lr=0.1))):
-        model = models.few_shot_cnn(3, filters=4, blocks=2)
-        learner = M.make_learner(method, model, inner_steps=2, **opts)
-        before = [v.numpy().copy() for v in model.trainable_variables]
+
+def _hessian_term(model, params, sx, sy, qx, qy, lr):
+    """(g_query at the adapted weights, H_support(theta) @ that) for one inner SGD step, by forward-over-backward."""
+    adapted = [p - lr * g for p, g in zip(params, _grad(model, params, sx, sy))]
+    g_query = _grad(model, adapted, qx, qy)
+    with tf.autodiff.ForwardAccumulator(params, g_query) as acc:
+        g_support = _grad(model, params, sx, sy)
+    return g_query, acc.jvp(g_support)
+
+
+def _grad(model, params, x, y):
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss, _ = M.loss_and_accuracy(model, params, x, y)
+    return tape.gradient(loss, params)
+
+
+def test_fomaml_step_is_the_maml_step_without_the_hessian_term():
+    batch, lr = _tiny_batch(range(3)), 0.6
+    steps = {}
+    for method in ("maml", "fomaml"):
+        model = tiny_mlp()
+        before = [v.numpy() for v in model.trainable_variables]
+        M.make_learner(method, model, inner_lr=lr, inner_steps=1, meta_optimizer=keras.optimizers.SGD(1.0)).meta_step(batch)
+        steps[method] = [b - v.numpy() for b, v in zip(before, model.trainable_variables)]
+    params = [tf.constant(b) for b in before]
+    terms = [_hessian_term(tiny_mlp(), params, *(tf.constant(a[i]) for a in (batch.support_x, batch.support_y,
+                                                                              batch.query_x, batch.query_y)), lr)
+             for i in range(3)]
+    for j in range(len(params)):
+        g_query = np.mean([t[0][j].numpy() for t in terms], axis=0)
+        hvp = np.mean([t[1][j].numpy() for t in terms], axis=0)
+        np.testing.assert_allclose(steps["fomaml"][j], g_query, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(steps["maml"][j], g_query - lr * hvp, rtol=1e-7, atol=1e-11)
+    diff = np.concatenate([(a - b).ravel() for a, b in zip(steps["maml"], steps["fomaml"])])
+    assert np.linalg.norm(diff) > 1e-3 * np.linalg.norm(np.concatenate([a.ravel() for a in steps["maml"]]))
+
+
+@pytest.mark.parametrize("method, lr", [("maml", 0.5), ("fomaml", 0.5), ("reptile", 0.2)])
+def test_meta_steps_lower_the_query_loss_after_adaptation(method, lr):
+    batch = _tiny_batch(range(4))
+    model = tiny_mlp()
+    optimizer = keras.optimizers.SGD(0.5 if method == "reptile" else 0.3)
+    learner = M.make_learner(method, model, inner_lr=lr, inner_steps=2, meta_optimizer=optimizer)
+
+    def query_loss():  # mean over the tasks of the query loss after two SGD steps on the support set
+        params = M.params_of(model)
+        return np.mean([meta_loss(model, [p.numpy() for p in params], tuple(a[i] for a in (
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y)), 2, lr) for i in range(4)])
+
+    start = query_loss()
+    for _ in range(30):
         learner.meta_step(batch)
-        assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
-        assert learner.method == method
+    assert query_loss() < start - 0.05
 
 
 def test_adapt_returns_params_and_leaves_model_untouched(mnist_subset):
@@ -190,7 +236,65 @@ def test_adapt_returns_params_and_leaves_model_untouched(mnist_subset):
     l1 = M.loss_and_accuracy(model, params, t.support_x[0], t.support_y[0])[0]
     assert float(l1) < float(l0)
     ev = learner.meta_evaluate(te, tasks=6, steps=3)
-    assert ev.curve.shape == (4,) and len(ev.accuracies) == 6 and 0 <= ev.low <= ev.mean <= ev.high <= 1.5
+    assert list(ev.curve_steps) == [0, 1, 2, 3] and ev.per_task.shape == (6, 4) and len(ev.accuracies) == 6
+    # the curve at 0 steps is the unadapted accuracy, task by task
+    t6 = te.sample(6, seed=0)
+    unadapted = [np.mean(np.argmax(model(t6.query_x[i]).numpy(), 1) == t6.query_y[i]) for i in range(6)]
+    np.testing.assert_allclose(ev.per_task[:, 0], unadapted)
+    # and after 3 steps it is the accuracy of adapt()'s parameters
+    adapted = [np.mean(np.argmax(learner.predict(learner.adapt(t6.support_x[i], t6.support_y[i], 3), t6.query_x[i]), 1)
+                       == t6.query_y[i]) for i in range(6)]
+    np.testing.assert_allclose(ev.accuracies, adapted)
+    assert ev.low == pytest.approx(ev.mean - ev.ci95) and ev.high == pytest.approx(ev.mean + ev.ci95)
+
+
+def test_evaluation_at_reads_off_a_recorded_step():
+    per_task = np.array([[0.2, 0.4, 0.6], [0.2, 0.6, 1.0], [0.4, 0.6, 0.8]])
+    ev = M.Evaluation(mean=0.8, ci95=0.1, accuracies=per_task[:, -1], steps=5, lr=0.3, curve_steps=np.array([0, 1, 5]),
+                      per_task=per_task)
+    one = ev.at(1)
+    assert one.steps == 1 and one.lr == 0.3 and list(one.curve_steps) == [0, 1]
+    np.testing.assert_array_equal(one.accuracies, [0.4, 0.6, 0.6])
+    assert one.mean == pytest.approx(1.6 / 3)
+    assert one.ci95 == pytest.approx(1.96 * np.std([0.4, 0.6, 0.6], ddof=1) / np.sqrt(3))
+    np.testing.assert_allclose(ev.curve, [0.8 / 3, 1.6 / 3, 0.8])
+    with pytest.raises(ValueError, match="recorded after"):
+        ev.at(2)
+
+
+def test_head_only_adaptation_changes_only_the_last_layer():
+    model, lr, steps = tiny_mlp(), 0.8, 3
+    batch = _tiny_batch(range(5))
+    head = M.evaluate_adaptation(model, batch, steps=steps, lr=lr, head_only=True, record=[])
+    full = M.evaluate_adaptation(model, batch, steps=steps, lr=lr, record=[])
+    expected = []
+    for i in range(5):  # by hand: SGD on the last kernel and bias, the hidden layer fixed
+        params = M.params_of(model)
+        for _ in range(steps):
+            g = _grad(model, params, batch.support_x[i], batch.support_y[i])
+            params = params[:2] + [p - lr * gi for p, gi in zip(params[2:], g[2:])]
+        _, acc = M.loss_and_accuracy(model, params, batch.query_x[i], batch.query_y[i])
+        expected.append(float(acc))
+    np.testing.assert_allclose(head.accuracies, expected)
+    assert not np.allclose(head.per_task, full.per_task)  # adapting everything gives other answers here
+
+
+def test_seed_vs_maml_gradients():
+    model, lr = tiny_mlp(), 0.5
+    batch = _tiny_batch(range(3))
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    out = M.seed_vs_maml(model, batch, inner_lr=lr)
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))  # untouched
+    flat = lambda gs: np.concatenate([np.ravel(g) for g in gs])
+    tasks = [tuple(tf.constant(a[i]) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+             for i in range(3)]
+    maml = np.mean([flat(M.maml_task_gradient(model, before, *t, steps=1, lr=lr)[0]) for t in tasks], axis=0)
+    np.testing.assert_allclose(out["maml"], maml, rtol=1e-10)
+    terms = [_hessian_term(model, [tf.constant(b) for b in before], *t, lr) for t in tasks]
+    np.testing.assert_allclose(out["fomaml"], np.mean([flat(t[0]) for t in terms], axis=0), rtol=1e-8, atol=1e-12)
+    # the seed's step computes sequential SGD gradients (in float32 inside Keras' optimizers)
+    np.testing.assert_allclose(out["seed"], out["sequential_sgd"], rtol=1e-5, atol=1e-8)
+    assert np.linalg.norm(out["seed"] - out["maml"]) > 0.1 * np.linalg.norm(out["maml"])
 
 
 def test_refuses_batch_norm_softmax_and_bad_options():

@@ -134,12 +134,14 @@ def test_fast_at_default_step_is_one_and_a_quarter_eps():
 
 def test_evaluate_reports_clean_and_robust_accuracy():
     clf, (x, y) = tiny_model(), tiny_data(32)
-    trainer = training.AdversarialTrainer(clf, method="none", eval_attack=attacks.PGD(eps=0.3, steps=5, step_size=0.1))
+    bim = attacks.BIM(eps=0.3, steps=5, step_size=0.1)  # deterministic, so the reference sees the same images
+    trainer = training.AdversarialTrainer(clf, method="none", eval_attack=bim)
     trainer.compile(optimizer="adam")
-    result = trainer.evaluate(x, y, verbose=0, return_dict=True)
-    clean = float(np.mean(np.argmax(clf.predict(x, verbose=0), -1) == y))
-    assert result["accuracy"] == pytest.approx(clean)
-    assert result["robust_accuracy"] <= result["accuracy"]
+    result = trainer.evaluate(x, y, verbose=0, return_dict=True, batch_size=32)
+    right = np.argmax(clf.predict(x, verbose=0), -1) == y
+    attacked = np.argmax(clf(bim(clf, x, y)).numpy(), -1) == y
+    assert result["accuracy"] == pytest.approx(right.mean())
+    assert result["robust_accuracy"] == pytest.approx(np.mean(right & attacked))  # correct clean AND attacked
 
 
 def test_config_round_trip():
@@ -224,13 +226,34 @@ def test_monitor_does_not_flag_when_both_accuracies_fall_or_pgd_rises():
     assert monitor.is_overfit(0.9, 0.2)
 
 
-def test_monitor_measures_real_accuracies():
-    x, y = tiny_data(16)
-    monitor = training.CatastrophicOverfittingMonitor(x, y, fgsm=attacks.FGSM(eps=EPS),
-                                                      pgd=attacks.PGD(eps=EPS, steps=3, step_size=0.05))
-    monitor.set_model(training.AdversarialTrainer(tiny_model(), method="fgsm", eps=EPS))
+def test_monitor_counts_correct_clean_and_attacked():
+    clf = tiny_model()
+    rng = np.random.default_rng(1)
+    pool = rng.uniform(0, 1, (200, 8, 8, 1)).astype(np.float32)
+    pred = np.argmax(clf(pool).numpy(), axis=1)
+    prototype = {c: pool[np.flatnonzero(pred == c)[0]] for c in range(3)}
+    x, y = tiny_data(32)
+    right = np.argmax(clf(x).numpy(), axis=1) == y
+    assert 0.0 < right.mean() < 1.0
+
+    def identity(model, xb, yb):
+        return xb
+
+    def repair(model, xb, yb):  # turns every answer right: counting attacked-correct alone would give 100 %
+        return np.stack([prototype[int(c)] for c in yb])
+
+    monitor = training.CatastrophicOverfittingMonitor(x, y, fgsm=identity, pgd=repair)
+    monitor.set_model(training.AdversarialTrainer(clf, method="fgsm", eps=EPS))
     fgsm_acc, pgd_acc = monitor.measure()
-    assert 0.0 <= pgd_acc <= 1.0 and 0.0 <= fgsm_acc <= 1.0
+    assert fgsm_acc == pytest.approx(right.mean()) and pgd_acc == pytest.approx(right.mean())
+    # with real attacks: the same rule, computed by hand
+    pgd = attacks.PGD(eps=0.3, steps=3, step_size=0.1, seed=3)
+    monitor = training.CatastrophicOverfittingMonitor(x, y, fgsm=attacks.FGSM(eps=0.3), pgd=pgd)
+    monitor.set_model(clf)
+    fgsm_acc, pgd_acc = monitor.measure()
+    for got, spec in ((fgsm_acc, attacks.FGSM(eps=0.3)), (pgd_acc, pgd)):
+        attacked = np.argmax(clf(spec(clf, x, y)).numpy(), axis=1) == y
+        assert got == pytest.approx(np.mean(right & attacked))
 
 
 # ----------------------------------------------------------------------------------------------
