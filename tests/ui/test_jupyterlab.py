@@ -1,0 +1,328 @@
+"""The series as a learner uses it: JupyterLab in a real browser (Debian's Chromium, headless, driven by Playwright).
+
+Starts JupyterLab on a free port of 127.0.0.1 with a random token, on copies of the notebooks in a temporary
+folder (the tracked files are never touched), and checks
+
+* that opening a notebook (which starts its kernel) and saving it changes no byte of the normalised file, so a
+  learner who only opens one gets no git diff;
+* that notebook 01 runs top to bottom, and that moving the explorer's eps slider redraws its figure and changes
+  the probabilities it shows (read from the explorer in the kernel), saving a screenshot in build/ui/.
+
+Waits the way JupyterLab's own UI tests (Galata) do: on the application object (exposed with
+``expose_app_in_browser``), the kernel's status and elements appearing, never a fixed sleep. Every wait has a
+timeout; the server is stopped at the end. Skips, saying why, when Playwright or Chromium is missing
+(`make uitest` needs `apt-get install chromium`; Playwright comes with the test extra).
+Run: ``make uitest`` (or ``.venv/bin/python -m pytest tests/ui -q``).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NBNORM = ROOT / ".ci" / "nbnorm.py"
+SCREENSHOTS = ROOT / "build" / "ui"
+EXPLORER_NOTEBOOK = "01_fgsm.ipynb"
+
+# Seconds. Generous: the machines that run this are often shared; a wait ends as soon as its condition holds.
+SERVER_START = 120
+PAGE_LOAD = 120
+KERNEL_READY = 120
+RUN_ALL = float(os.environ.get("UI_RUN_TIMEOUT", "900"))
+REDRAW = 120
+
+CHROMIUM_ARGS = [  # as root in a container, with no network but loopback (see the README's CI section)
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
+]
+
+
+def _chromium() -> str | None:
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    return path if path and os.access(path, os.X_OK) else None
+
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright for Python is not installed (it comes with the test extra: "
+    "pip install -e '.[test]')")
+if _chromium() is None:
+    pytest.skip("Chromium not found: install Debian's chromium (apt-get install chromium) or set CHROMIUM to a "
+                "Chromium/Chrome binary; Playwright's own browser download is not used", allow_module_level=True)
+
+pytestmark = pytest.mark.ui
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# JupyterLab server and browser
+# ----------------------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Lab:
+    """A JupyterLab server on 127.0.0.1 serving ``root``, isolated from the user's Jupyter config and data."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port, self.token = root, _free_port(), secrets.token_hex(16)
+        private = root.parent / "jupyter"
+        settings = private / "settings"
+        # No news or update pop-ups over the notebook (as Galata configures JupyterLab).
+        notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+        notification.parent.mkdir(parents=True)
+        notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+        env = dict(os.environ, JUPYTER_CONFIG_DIR=str(private / "config"), JUPYTER_DATA_DIR=str(private / "data"),
+                   JUPYTER_RUNTIME_DIR=str(private / "runtime"), TUTORIAL_PROFILE="quick",
+                   PYDEVD_DISABLE_FILE_VALIDATION="1")
+        self.log_path = private / "server.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+             f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
+             f"--ServerApp.root_dir={root}", "--ServerApp.allow_root=True", "--NotebookNotary.db_file=:memory:",
+             "--LabApp.expose_app_in_browser=True", f"--LabApp.user_settings_dir={settings}",
+             f"--LabApp.workspaces_dir={private / 'workspaces'}",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+            cwd=root, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_until_up()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}?token={self.token}"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + SERVER_START
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url("api/status"), timeout=5) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.25)  # polling the port, as Galata's webServer does; the server needs a few seconds
+        self.stop()
+        raise TimeoutError(f"JupyterLab did not answer on port {self.port} within {SERVER_START} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: the server shuts its kernels down
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def notebook_dir(tmp_path_factory) -> Path:
+    """Copies of the tracked notebooks, normalised by .ci/nbnorm.py (as `make notebooks` leaves them)."""
+    root = tmp_path_factory.mktemp("lab") / "notebooks"
+    root.mkdir()
+    for nb in NOTEBOOKS:
+        shutil.copy(nb, root / nb.name)
+    subprocess.run([sys.executable, str(NBNORM), *sorted(str(p) for p in root.glob("*.ipynb"))], check=True,
+                   capture_output=True, timeout=120)
+    return root
+
+
+@pytest.fixture(scope="module")
+def lab(notebook_dir):
+    server = Lab(notebook_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS, timeout=60_000)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, lab):
+    """One JupyterLab page for the module (tests/ui/conftest.py saves a screenshot of it when a test fails)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(60_000)
+    pg = context.new_page()
+    pg.goto(lab.url("lab"), timeout=PAGE_LOAD * 1000)
+    pg.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=PAGE_LOAD * 1000)
+    pg.evaluate("() => window.jupyterapp.restored")
+    yield pg
+    context.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers that run in the page (JupyterLab's application object)
+# ----------------------------------------------------------------------------------------------------------------
+def open_notebook(pg, name: str) -> None:
+    """Open ``name`` and wait until its kernel is idle and JupyterLab has read the kernel's info and spec."""
+    pg.evaluate("(path) => { window.__opened = null; window.jupyterapp.commands.execute('docmanager:open', {path})"
+                ".then(() => { window.__opened = path; }); }", name)
+    pg.wait_for_function(
+        """(path) => { const w = window.jupyterapp.shell.currentWidget;
+             return window.__opened === path && !!(w && w.context && w.context.path === path && w.context.isReady
+               && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel
+               && w.sessionContext.session.kernel.status === 'idle'); }""", arg=name, timeout=KERNEL_READY * 1000)
+    # The notebook panel stores kernelspec and language_info when these promises resolve; ours resolve after its.
+    pg.evaluate("""async () => { const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+                                 await k.info; await k.spec; }""")
+    pg.wait_for_function(
+        """() => { const m = window.jupyterapp.shell.currentWidget.context.model;
+                   return !!(m.getMetadata('kernelspec') && m.getMetadata('language_info')); }""",
+        timeout=KERNEL_READY * 1000)
+
+
+def close_notebook(pg) -> None:
+    """Shut the current notebook's kernel down and close it without saving (Galata's page.notebook.close)."""
+    pg.evaluate("""async () => { const w = window.jupyterapp.shell.currentWidget;
+                                 await w.sessionContext.shutdown(); w.context.model.dirty = false; w.dispose(); }""")
+
+
+def kernel_expression(pg, expression: str, timeout: float = 60) -> str:
+    """Evaluate ``expression`` in the current notebook's kernel as a user expression; no cell, no output is added."""
+    pg.evaluate(
+        """(expr) => { window.__expr = null;
+             const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+             k.requestExecute({code: '', silent: true, store_history: false, user_expressions: {v: expr}}).done
+               .then(reply => { window.__expr = reply.content.user_expressions.v; },
+                     err => { window.__expr = {status: 'error', evalue: String(err)}; }); }""", expression)
+    pg.wait_for_function("() => window.__expr !== null", timeout=timeout * 1000)
+    result = pg.evaluate("() => window.__expr")
+    assert result.get("status") == "ok", f"kernel could not evaluate {expression!r}: {result}"
+    return result["data"]["text/plain"]
+
+
+# Each explorer once, though IPython's output history (_, _25) names it again.
+EXPLORER_STATE = ("__import__('json').dumps([{'eps': float(v.state['eps']), 'adv_prob': [float(p) for p in "
+                  "v.state['adv_prob']]} for v in {id(v): v for v in list(globals().values()) "
+                  "if type(v).__name__ == 'AttackExplorer'}.values()])")
+
+
+def explorer_states(pg) -> list[dict]:
+    """eps and adversarial probabilities of every AttackExplorer in the kernel (the repr of a JSON str, decoded)."""
+    return json.loads(ast.literal_eval(kernel_expression(pg, EXPLORER_STATE)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tests
+# ----------------------------------------------------------------------------------------------------------------
+def test_nbnorm_stores_what_jupyterlab_stores():
+    """The kernelspec nbnorm writes is the one ipykernel installs (JupyterLab copies it on save)."""
+    sys.path.insert(0, str(NBNORM.parent))
+    try:
+        import nbnorm
+    finally:
+        sys.path.remove(str(NBNORM.parent))
+    from ipykernel.ipkernel import IPythonKernel
+    from ipykernel.kernelspec import KERNEL_NAME, get_kernel_dict
+
+    spec = get_kernel_dict()
+    assert nbnorm.KERNELSPEC == {"display_name": spec["display_name"], "language": spec["language"],
+                                 "name": KERNEL_NAME}
+    assert nbnorm.kernel_language_info() == IPythonKernel.language_info
+
+
+@pytest.mark.parametrize("name", [nb.name for nb in NOTEBOOKS])
+def test_open_and_save_changes_nothing(page, notebook_dir, name):
+    """A learner who opens a notebook in JupyterLab (its kernel starts) and saves it gets no git diff."""
+    path = notebook_dir / name
+    before, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    open_notebook(page, name)
+    dirty = page.evaluate("() => window.jupyterapp.shell.currentWidget.context.model.dirty")
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
+    close_notebook(page)
+    assert path.stat().st_mtime_ns != mtime, "JupyterLab did not write the file (save command had no effect)"
+    after = path.read_bytes()
+    if after != before:
+        import difflib
+
+        diff = "\n".join(list(difflib.unified_diff(before.decode().splitlines(), after.decode().splitlines(),
+                                                   "normalised", "saved by JupyterLab", lineterm="", n=1))[:60])
+        pytest.fail(f"saving {name} in JupyterLab changed the normalised file (fix .ci/nbnorm.py):\n{diff}")
+    assert not dirty, f"JupyterLab marked {name} as modified just by opening it"
+
+
+def _slider_readout(slider) -> float:
+    # textContent, not innerText: JupyterLab skips rendering cells outside the viewport (content-visibility).
+    return float(slider.locator(".widget-readout").text_content().strip())
+
+
+def test_notebook_01_runs_and_its_explorer_responds(page):
+    """Run all cells of notebook 01, drag the explorer's eps slider: its figure and probabilities must change."""
+    start = time.monotonic()
+    open_notebook(page, EXPLORER_NOTEBOOK)
+    page.evaluate("""() => { window.__run = null;
+        window.jupyterapp.commands.execute('notebook:run-all-cells')
+          .then(ok => { window.__run = {ok: ok}; }, err => { window.__run = {ok: false, error: String(err)}; }); }""")
+    page.wait_for_function("() => window.__run !== null", timeout=RUN_ALL * 1000, polling=500)
+    page.wait_for_function(
+        "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'",
+        timeout=KERNEL_READY * 1000)
+    run_seconds = time.monotonic() - start
+    run = page.evaluate("() => window.__run")
+    nb = page.evaluate("() => window.jupyterapp.shell.currentWidget.context.model.toJSON()")
+    errors = [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(nb["cells"])
+              for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors and run.get("ok"), f"notebook 01 did not run cleanly in JupyterLab: {run} {errors}"
+    not_run = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and c.get("execution_count") is None]
+    assert not not_run, f"cells {not_run} were not executed"
+
+    # The explorer: the cell output that holds a float slider labelled eps, and the figure in its output widget.
+    slider = page.locator(".widget-hslider").filter(
+        has=page.locator(".widget-label", has_text="eps")).filter(has=page.locator(".noUi-handle"))
+    slider.first.wait_for(state="attached", timeout=REDRAW * 1000)
+    assert slider.count() == 1, f"expected one eps slider, found {slider.count()}"
+    explorer = page.locator(".jp-OutputArea-output").filter(has=slider)
+    figure = explorer.locator(".widget-output img")
+    figure.first.wait_for(state="attached", timeout=REDRAW * 1000)
+    states = explorer_states(page)
+    assert len(states) == 1, f"expected one AttackExplorer in the kernel, found {len(states)}"
+    eps_before, src_before = _slider_readout(slider), figure.get_attribute("src")
+    assert abs(states[0]["eps"] - eps_before) < 1e-6, (states[0], eps_before)
+
+    # Drag the handle to 70% of the track, as a person would (Playwright scrolls it into view first).
+    track = slider.locator(".noUi-target")
+    box = track.bounding_box()
+    slider.locator(".noUi-handle").drag_to(track, target_position={"x": 0.7 * box["width"], "y": box["height"] / 2})
+    moved = time.monotonic()
+    page.wait_for_function(
+        "([el, old]) => { const img = el.querySelector('.widget-output img'); return !!img && img.src !== old; }",
+        arg=[explorer.element_handle(), src_before], timeout=REDRAW * 1000, polling=50)
+    redraw_seconds = time.monotonic() - moved
+    eps_after, src_after = _slider_readout(slider), figure.get_attribute("src")
+    after = explorer_states(page)[0]
+    assert eps_after > eps_before + 0.1, f"the slider did not move: eps {eps_before} -> {eps_after}"
+    assert src_after != src_before, "the explorer's figure did not change"
+    assert abs(after["eps"] - eps_after) < 1e-6, f"the kernel's eps {after['eps']} is not the slider's {eps_after}"
+    change = max(abs(a - b) for a, b in zip(after["adv_prob"], states[0]["adv_prob"]))
+    assert change > 1e-3, f"the probabilities did not change (largest change {change:.2g})"
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    explorer.screenshot(path=str(SCREENSHOTS / "01_explorer.png"))
+    print(f"\nnotebook 01 ran all cells in JupyterLab in {run_seconds:.0f} s; explorer redrew "
+          f"{redraw_seconds:.2f} s after the slider moved (eps {eps_before:.2f} -> {eps_after:.2f}, largest "
+          f"probability change {change:.2f}); screenshot {SCREENSHOTS / '01_explorer.png'}")
+    close_notebook(page)
