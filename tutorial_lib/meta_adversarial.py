@@ -850,7 +850,7 @@ def adapted_sanity_checks(model: keras.Model, tasks: Tasks, *, eps: float, steps
                           large_eps: float = 0.5, chance_margin: float = 0.1, restart_gain_limit: float = 0.03,
                           fgsm_margin: float = 0.01, zero_grad_limit: float = 0.01,
                           transfer_params: Sequence[Any] | None = None, seed: int = 0,
-                          chunk: int = 50) -> "Any":
+                          chunk: int = 50) -> _evaluate.SanityReport:
     """The gradient-masking checks of ``evaluate.sanity_checks``, applied to adapted models.
 
     Each task adapts from ``model`` (or ``params``) with ``steps`` SGD steps at ``lr`` on its clean support
