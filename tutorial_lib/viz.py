@@ -99,7 +99,8 @@ def plot_sweep(results: Any, ax: matplotlib.axes.Axes | None = None, *, title: s
         line, = ax.plot(s.eps, s.accuracy, marker="o", markersize=3, label=s.label)
         if n is not None:
             half = np.array([_ci95_half_width(a, n) for a in s.accuracy])
-            ax.fill_between(s.eps, s.accuracy - half, s.accuracy + half, color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.fill_between(s.eps, np.clip(s.accuracy - half, 0, 1), np.clip(s.accuracy + half, 0, 1),
+                            color=line.get_color(), alpha=0.2, linewidth=0)
     if chance is not None:
         ax.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
     ax.set_xlabel(xlabel)
