@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NB ?= $(NOTEBOOKS)
 EXEC_TIMEOUT ?= 1800
 
-.PHONY: tutorials test unit nbval nbcheck lab notebooks bench peers clean venv
+.PHONY: tutorials test unit uitest nbval nbcheck lab notebooks bench peers clean venv
 
 # Re-installs only when pyproject.toml is newer than the stamp (fast when nothing changed).
 $(VENV)/.installed: pyproject.toml
@@ -39,11 +39,15 @@ tutorials: $(VENV)/.installed
 	$(PY) -m tutorial_lib.report build/results build/results.md
 	@echo "HTML in build/html/, results in build/results.md"
 
-## make test: unit tests, then every notebook under nbval (quick profile)
-test: unit nbcheck nbval
+## make test: unit tests, the JupyterLab browser test, then every notebook under nbval (quick profile)
+test: unit nbcheck uitest nbval
 
 unit: $(VENV)/.installed
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --ignore=tests/ui
+
+## make uitest: JupyterLab in headless Chromium runs notebook 01 and moves its explorer (skips without chromium)
+uitest: $(VENV)/.installed
+	$(PY) -m pytest tests/ui -q -p no:cacheprovider
 
 nbcheck: $(VENV)/.installed
 	$(PY) .ci/nbnorm.py --check $(NOTEBOOKS)
