@@ -156,6 +156,28 @@ class MetaAdvSettings:
 
 
 @dataclass(frozen=True)
+class ApplicationSettings:
+    """Notebook 07: the adversarial sticker and the cross-checks with CleverHans and ART (driver
+    tutorial_lib/experiments/applications.py). The models are those of notebooks 03 and 05."""
+
+    patch_sizes: tuple[int, ...] = (6, 10, 14)  # side of the square patch in pixels
+    patch_target: int = 8  # the digit targeted patches aim for (also one of the AQ model's digits 5-9)
+    patch_steps: int = 120  # Adam steps on the patch, each on patch_batch images at random places
+    patch_batch: int = 64
+    patch_lr: float = 0.05
+    patch_max_angle: float = 0.0  # random turns of the patch while training and measuring (degrees)
+    patch_eval_size: int = 1000  # correctly classified test images the patch is measured on
+    # CleverHans / ART / tl.attacks on the PGD-AT model of notebook 03, on the same images, at its eps
+    peer_size: int = 100
+    peer_pgd_steps: int = 40
+    peer_step_size: float = 0.01
+    strong_steps: int = 100  # our strong attack: PGD-strong_steps x strong_restarts
+    strong_restarts: int = 5
+    apgd_steps: int = 50  # ART's APGD with the cross-entropy and the DLR loss
+    apgd_restarts: int = 1
+
+
+@dataclass(frozen=True)
 class Profile:
     """All sizes for one run of the series. Read it, don't build it: use :func:`get_profile`."""
 
@@ -167,6 +189,7 @@ class Profile:
     adv_training: AdvTrainingSettings
     meta: MetaSettings
     meta_adv: MetaAdvSettings
+    applications: ApplicationSettings = field(default_factory=ApplicationSettings)
     expected_minutes: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,6 +218,8 @@ PROFILES: dict[str, Profile] = {
         meta=MetaSettings(meta_steps=5000, eval_tasks=600),
         meta_adv=MetaAdvSettings(meta_steps=3000, eval_tasks=600, curve_tasks=200, sanity_tasks=100, collapse_steps=500,
                                  at_epochs=5),
+        applications=ApplicationSettings(patch_sizes=(5, 8, 11, 14), patch_steps=400, peer_size=1000,
+                                         apgd_steps=100),
     ),
     "full": Profile(
         name="full",
@@ -208,6 +233,9 @@ PROFILES: dict[str, Profile] = {
         meta=MetaSettings(meta_steps=60000, eval_tasks=1000, meta_batch=32),
         meta_adv=MetaAdvSettings(meta_steps=30000, eval_tasks=1000, meta_batch=32, curve_tasks=500, sanity_tasks=200,
                                  collapse_steps=1000, at_epochs=20),
+        applications=ApplicationSettings(patch_sizes=(5, 8, 11, 14), patch_steps=2000, patch_max_angle=15.0,
+                                         patch_eval_size=10000, peer_size=10000, strong_restarts=20,
+                                         apgd_steps=100, apgd_restarts=5),
     ),
 }
 
