@@ -304,6 +304,16 @@ def check_attacked_set(answer: Any) -> bool:
                   "look at aq_task_gradient: which images go into inner_loop, and which into attack_adapted?")
 
 
+def check_grid_points(answer: Any, *, angle_steps: int, shift_steps: int) -> bool:
+    """Exercise 06.1: forward passes per image of a spatial attack: angle_steps * shift_steps ** 2 (dx and dy)."""
+    if _missing(answer, "a whole number"):
+        return False
+    expected = int(angle_steps) * int(shift_steps) ** 2
+    return report(close(answer, expected, atol=0),
+                  f"{expected}: every angle with every horizontal and every vertical shift, one forward pass each.",
+                  "the grid has one point per (angle, dx, dy) combination: multiply the three axes' lengths.")
+
+
 # ---------------------------------------------------------------------------------------------
 # The answer key (for teachers; learners should try first)
 # ---------------------------------------------------------------------------------------------
@@ -338,6 +348,9 @@ SOLUTIONS: dict[str, str] = {
     "05.2": "answer_robust = runs.all(axis=0).mean()   # survives every run",
     "05.3": "answer_eps = 0.1 * min(1, 150 / 300)   # = 0.05",
     "05.4": "answer_set = 'query'",
+    "06.1": "answer_points = 9 * 5 * 5   # = 225; the profile's grid: spatial.grid_points",
+    "06.2": "answer_ci = 1.96 * np.std(acc, ddof=1) / np.sqrt(len(acc))",
+    "06.3": "answer_all = runs.all(axis=0).mean()   # survives every attack",
 }
 
 

@@ -156,6 +156,43 @@ class MetaAdvSettings:
 
 
 @dataclass(frozen=True)
+class UnseenAttackSettings:
+    """Notebook 06: adapting to an attack family left out of meta-training (driver
+    tutorial_lib/experiments/unseen_attacks.py). Meta-test tasks are notebook 05's (5-way, digits 5-9); the
+    models of notebook 05 are reused and one leave-one-out initialisation per family is meta-trained."""
+
+    eval_tasks: int = 100  # meta-test tasks per cell (mean and 95% CI over tasks)
+    q_queries: int = 5  # queries per class in the meta-test tasks
+    k_shots: tuple[int, ...] = (1, 5)
+    adapt_steps: tuple[int, ...] = (0, 1, 5, 10)  # robust accuracy after this many adaptation steps
+    adapt_lr: float = 0.4  # meta-learners adapt every layer: first step at adapt_lr (as meta-trained) ...
+    adapt_later_lr: float = 0.1  # ... later steps at this rate (0.4 throughout overshoots after one step)
+    at_lr: float = 0.4  # the adversarially trained classifier adapts its head only, at this rate
+    # the families: L-inf (eps linf_eps), L2 (eps chosen among l2_eps_candidates), spatial (grid below)
+    linf_eps: float = 0.1
+    l2_eps_candidates: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5)
+    eval_pgd_steps: int = 10  # gradient attacks at test time: PGD-k (+ MIM-k) (L-inf), PGD-k (L2), random start
+    linf_mim: bool = False  # also MIM-k in the L-inf test family (a query is robust only if both fail)
+    spatial_max_angle: float = 15.0
+    spatial_max_shift: float = 2.0
+    spatial_angle_steps: int = 5
+    spatial_shift_steps: int = 3
+    # leave-one-out meta-training: AQ on attacks drawn from the other families (PGD-3 / MIM-3 / FGSM,
+    # a coarse spatial grid), eps ramp over ramp_fraction, clean_weight of clean-query loss, warm start from
+    # notebook 05's MAML
+    meta_steps: int = 300
+    ramp_fraction: float = 0.5
+    clean_weight: float = 0.2
+    train_spatial_angle_steps: int = 3
+    train_spatial_shift_steps: int = 3
+    # the trained-on x tested-on matrix: K shots and adaptation steps of its cells; sanity checks: fewer tasks
+    matrix_k: int = 5
+    matrix_steps: int = 5
+    sanity_tasks: int = 40
+    l2_probe_tasks: int = 50
+
+
+@dataclass(frozen=True)
 class ApplicationSettings:
     """Notebook 07: the adversarial sticker and the cross-checks with CleverHans and ART (driver
     tutorial_lib/experiments/applications.py). The models are those of notebooks 03 and 05."""
@@ -189,6 +226,7 @@ class Profile:
     adv_training: AdvTrainingSettings
     meta: MetaSettings
     meta_adv: MetaAdvSettings
+    unseen: UnseenAttackSettings = field(default_factory=UnseenAttackSettings)
     applications: ApplicationSettings = field(default_factory=ApplicationSettings)
     expected_minutes: dict[str, float] = field(default_factory=dict)
 
@@ -218,6 +256,8 @@ PROFILES: dict[str, Profile] = {
         meta=MetaSettings(meta_steps=5000, eval_tasks=600),
         meta_adv=MetaAdvSettings(meta_steps=3000, eval_tasks=600, curve_tasks=200, sanity_tasks=100, collapse_steps=500,
                                  at_epochs=5),
+        unseen=UnseenAttackSettings(eval_tasks=300, q_queries=15, eval_pgd_steps=20, linf_mim=True, meta_steps=1500,
+                                    spatial_angle_steps=7, spatial_shift_steps=5, sanity_tasks=100),
         applications=ApplicationSettings(patch_sizes=(5, 8, 11, 14), patch_steps=400, peer_size=1000,
                                          apgd_steps=100),
     ),
@@ -233,6 +273,9 @@ PROFILES: dict[str, Profile] = {
         meta=MetaSettings(meta_steps=60000, eval_tasks=1000, meta_batch=32),
         meta_adv=MetaAdvSettings(meta_steps=30000, eval_tasks=1000, meta_batch=32, curve_tasks=500, sanity_tasks=200,
                                  collapse_steps=1000, at_epochs=20),
+        unseen=UnseenAttackSettings(eval_tasks=1000, q_queries=15, eval_pgd_steps=40, linf_mim=True, meta_steps=10000,
+                                    spatial_angle_steps=31, spatial_shift_steps=5, sanity_tasks=200,
+                                    l2_probe_tasks=200),
         applications=ApplicationSettings(patch_sizes=(5, 8, 11, 14), patch_steps=2000, patch_max_angle=15.0,
                                          patch_eval_size=10000, peer_size=10000, strong_restarts=20,
                                          apgd_steps=100, apgd_restarts=5),

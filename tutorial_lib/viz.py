@@ -501,3 +501,64 @@ def plot_meta_losses(losses: Mapping[str, Sequence[float]], *, window: int = 20,
         ax.set_title(title, fontsize=12)
     fig.tight_layout()
     return fig
+
+
+def plot_adaptation_by_family(held_out: Mapping[str, Mapping[str, Mapping[str, Any]]], steps: Sequence[int], *,
+                              labels: Mapping[str, str] | None = None,
+                              family_labels: Mapping[str, str] | None = None) -> Figure:
+    """Robust accuracy against adaptation steps, one panel per held-out attack family, one colour per method,
+    solid for the largest K and dashed for the others, with 95% error bars.
+
+    ``held_out[family][method]["<k>shot"]["robust"][str(steps)] = {"mean", "ci95"}`` (the results schema of
+    notebook 06). Returns the Figure. Introduced in notebooks/06_unseen_attacks.ipynb.
+    """
+    if not held_out:
+        raise ValueError("held_out is empty: pass {family: {method: {'<k>shot': {...}}}}")
+    labels, family_labels = dict(labels or {}), dict(family_labels or {})
+    fig, axes = plt.subplots(1, len(held_out), figsize=(4.2 * len(held_out), 3.8), dpi=DPI, sharey=True, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (family, per_method) in zip(axes[0], held_out.items()):
+        for c, (method, entry) in enumerate(per_method.items()):
+            ks = sorted(int(k.removesuffix("shot")) for k in entry)
+            for k in ks:
+                cells = [entry[f"{k}shot"]["robust"][str(s)] for s in steps]
+                ax.errorbar(list(steps), [100 * x["mean"] for x in cells], yerr=[100 * x["ci95"] for x in cells],
+                            color=colours[c % len(colours)], ls="-" if k == ks[-1] else "--", marker="o", ms=3,
+                            capsize=2, label=f"{labels.get(method, method)}, K={k}")
+        ax.set_title(f"held out: {family_labels.get(family, family)}", fontsize=11)
+        ax.set_xlabel("adaptation steps", fontsize=10)
+        ax.set_xticks(list(steps))
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("robust accuracy (%)", fontsize=10)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    return fig
+
+
+def plot_attack_matrix(matrix: Mapping[str, Mapping[str, Mapping[str, float]]], *,
+                       row_labels: Mapping[str, str] | None = None, col_labels: Mapping[str, str] | None = None,
+                       title: str = "") -> Figure:
+    """A trained-on x tested-on heat map of robust accuracy: ``matrix[row][column] = {"mean", "ci95"}`` (fractions),
+    each cell annotated "mean ± ci95" in percent. Returns the Figure. Introduced in notebooks/06_unseen_attacks.ipynb.
+    """
+    if not matrix:
+        raise ValueError("matrix is empty: pass {row: {column: {'mean', 'ci95'}}}")
+    rows = list(matrix)
+    cols = list(next(iter(matrix.values())))
+    row_labels, col_labels = dict(row_labels or {}), dict(col_labels or {})
+    values = np.array([[100 * matrix[r][c]["mean"] for c in cols] for r in rows])
+    fig, ax = plt.subplots(figsize=(1.9 * len(cols) + 3.0, 0.5 * len(rows) + 1.4), dpi=DPI)
+    im = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax.text(j, i, f"{values[i, j]:.1f} ± {100 * matrix[r][c]['ci95']:.1f}", ha="center", va="center",
+                    fontsize=8, color="white" if values[i, j] < 60 else "black")
+    ax.set_xticks(range(len(cols)), [col_labels.get(c, c) for c in cols], fontsize=9)
+    ax.set_yticks(range(len(rows)), [row_labels.get(r, r) for r in rows], fontsize=9)
+    ax.set_xlabel("tested on", fontsize=10)
+    fig.colorbar(im, ax=ax, label="robust accuracy (%)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
