@@ -1,4 +1,5 @@
-"""Gather the notebooks' ``build/results/*.json`` into one Markdown file (``make tutorials`` calls this).
+"""Gather the notebooks' ``build/results/*.json`` into one Markdown file (``make tutorials`` calls this): the
+series' headline numbers beside the published results they echo (:func:`published_table`), then every result.
 
     python -m tutorial_lib.report [RESULTS_DIR] [OUT_MD]
 """
@@ -11,6 +12,49 @@ from pathlib import Path
 from typing import Any
 
 from . import runtime
+
+#: The published numbers the series' results echo: each with its source, the exact setting it was measured in, and
+#: where our number comes from (results file, keys). ``value`` None: the paper's figure was not checked here, so the
+#: table names the source without quoting a number. Introduced in notebooks/07_applications_and_results.ipynb.
+PUBLISHED: tuple[dict[str, Any], ...] = (
+    {"key": "madry_pgd_at", "what": "PGD adversarial training, MNIST, robust accuracy at eps = 0.3",
+     "value": 0.893,
+     "source": "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks (ICLR), MNIST "
+               "white-box results",
+     "setting": "full MNIST (60,000 training / 10,000 test images); CNN with two 5x5 conv layers (32, 64 filters) and a "
+                "1,024-unit dense layer; trained with PGD-40 (step 0.01, random start) for 100,000 steps of 50 images; "
+                "attacked with PGD-100 and 20 random restarts",
+     "ours": ("03_adversarial_training", ("methods", "pgd", "pgd100_restarts5"), "eval_size"),
+     "ours_what": "PGD-AT, PGD-100 x 5 restarts"},
+    {"key": "wong_fast_at", "what": "fast adversarial training (FGSM with a random start), MNIST, eps = 0.3",
+     "value": None,
+     "source": "Wong, Rice and Kolter 2020, Fast is better than free: Revisiting adversarial training (ICLR), MNIST "
+               "experiments",
+     "setting": "full MNIST; FGSM adversarial training with a random start; evaluated with PGD with restarts",
+     "ours": ("03_adversarial_training", ("methods", "fgsm_rs", "pgd100_restarts5"), "eval_size"),
+     "ours_what": "fast AT, PGD-100 x 5 restarts"},
+    {"key": "finn_maml_1shot", "what": "MAML, 5-way 1-shot accuracy on held-out classes",
+     "value": 0.987, "ci95": 0.004,
+     "source": "Finn, Abbeel and Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks "
+               "(ICML), Table 1 (Omniglot)",
+     "setting": "Omniglot, 1,200 meta-training characters with rotations as extra classes; 4 conv blocks of 64 "
+                "filters; 60,000 meta-steps of 32 tasks",
+     "ours": ("04_meta_learning", ("methods", "maml", "1shot"), None),
+     "ours_what": "MAML 5-way 1-shot, digits 5-9"},
+    {"key": "finn_maml_5shot", "what": "MAML, 5-way 5-shot accuracy on held-out classes",
+     "value": 0.999, "ci95": 0.001,
+     "source": "Finn, Abbeel and Levine 2017 (ICML), Table 1 (Omniglot)",
+     "setting": "as the 1-shot row",
+     "ours": ("04_meta_learning", ("methods", "maml", "5shot"), None),
+     "ours_what": "MAML 5-way 5-shot, digits 5-9"},
+    {"key": "goldblum_aq", "what": "Adversarial Querying, robust few-shot accuracy",
+     "value": None,
+     "source": "Goldblum, Fowl and Goldstein 2020, Adversarially Robust Few-Shot Learning: A Meta-Learning Approach "
+               "(NeurIPS), Table 1",
+     "setting": "Mini-ImageNet 5-way few-shot, colour images, L-inf attacks",
+     "ours": ("05_meta_adversarial", ("methods", "aq", "robust_restarts5"), None),
+     "ours_what": "AQ 5-way 5-shot, digits 5-9, PGD-20 x 5 restarts at eps 0.1"},
+)
 
 
 def _flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
@@ -25,10 +69,109 @@ def _flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
         rows.append((prefix, json.dumps(value)))
 
 
+def _dig(data: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _wilson_half(p: float, n: int) -> float:
+    """Half-width of the 95% interval of accuracy ``p`` over ``n`` images (:func:`tutorial_lib.evaluate.accuracy_ci95`)."""
+    import numpy as np
+
+    from . import evaluate  # TensorFlow loads only when a results file needs an interval
+
+    return float(evaluate.accuracy_ci95(np.arange(n) < int(round(p * n)))[1])
+
+
+def our_number(entry: dict[str, Any], results_dir: Path) -> dict[str, Any] | None:
+    """Our number for one :data:`PUBLISHED` entry: ``{"mean", "ci95", "profile", "n"}`` read from its results
+    file, or None when that file (or the key) is missing. Accuracies over images get Wilson's 95% interval
+    (as :func:`tutorial_lib.evaluate.accuracy_ci95`); few-shot results carry their own interval over tasks."""
+    name, keys, n_key = entry["ours"]
+    path = Path(results_dir) / f"{name}.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    value = _dig(data, keys)
+    if isinstance(value, dict) and "mean" in value:
+        return {"mean": float(value["mean"]), "ci95": float(value.get("ci95", float("nan"))),
+                "profile": data.get("profile"), "n": value.get("tasks", data.get("tasks"))}
+    if isinstance(value, (int, float)) and n_key and isinstance(data.get(n_key), int):
+        n = int(data[n_key])
+        return {"mean": float(value), "ci95": _wilson_half(float(value), n), "profile": data.get("profile"), "n": n}
+    return None
+
+
+def _differences(entry: dict[str, Any], data: dict[str, Any] | None, profile: Any) -> str:
+    """How our setting differs from the paper's, from the profile our number was produced with."""
+    if profile is None:
+        return "-"
+    key = entry["key"]
+    if key in ("madry_pgd_at", "wong_fast_at"):
+        s = profile.adv_training
+        images = (data or {}).get("train_images")
+        size = f"{images:,} training images" if images else f"data '{profile.data_source}'"
+        if key == "madry_pgd_at":
+            train = f"PGD-{s.train_pgd_steps} training for {s.epochs} epochs"
+        else:
+            train = f"FGSM with a random start (step {s.fast_alpha} eps) for {s.fast_epochs} epochs"
+        return (f"{size}; the seed CNN (two 3x3 conv layers, no hidden dense layer); {train}; "
+                f"PGD-{s.eval_strong_steps} x {s.eval_restarts} restarts on {s.eval_size:,} test images")
+    if key.startswith("finn_maml"):
+        m = profile.meta
+        return (f"MNIST digits: 5 meta-training digits x {len(m.rotations)} rotations, tested on digits 5-9; "
+                f"a {m.blocks}-block CNN of {m.filters} filters; {m.meta_steps:,} meta-steps of {m.meta_batch} tasks")
+    if key == "goldblum_aq":
+        a = profile.meta_adv
+        return (f"MNIST digits 5-9 (grey, 28 x 28) instead of Mini-ImageNet; eps {a.eps}; {a.meta_steps:,} "
+                f"meta-steps of {a.meta_batch} tasks; PGD-{a.eval_pgd_steps} x {a.eval_restarts} restarts against "
+                "the adapted weights")
+    return "-"
+
+
+def published_rows(results_dir: Path) -> list[dict[str, Any]]:
+    """One row per :data:`PUBLISHED` entry: ``entry``, ``ours`` (:func:`our_number` or None), ``differences`` and
+    ``missing`` (the notebook to run when our number is not there yet)."""
+    results_dir = Path(results_dir)
+    r00 = results_dir / "00_setup_and_data.json"
+    data00 = json.loads(r00.read_text()) if r00.is_file() else None
+    rows = []
+    for entry in PUBLISHED:
+        ours = our_number(entry, results_dir)
+        profile = None
+        if ours is not None and ours.get("profile") in runtime.PROFILES:
+            profile = runtime.get_profile(ours["profile"])
+        rows.append({"entry": entry, "ours": ours, "differences": _differences(entry, data00, profile),
+                     "missing": None if ours is not None else f"run notebooks/{entry['ours'][0]}.ipynb"})
+    return rows
+
+
+def _pct(mean: float, ci95: float | None = None) -> str:
+    if ci95 is None or ci95 != ci95:
+        return f"{100 * mean:.1f}%"
+    return f"{100 * mean:.1f} ± {100 * ci95:.1f}%"
+
+
+def published_table(results_dir: Path) -> str:
+    """Markdown: our number (95% interval, profile) beside the published number, its source and setting, and how
+    the settings differ. Missing results say which notebook produces them."""
+    lines = ["| result | ours | published | source and setting | how our setting differs |", "|---|---|---|---|---|"]
+    for row in published_rows(results_dir):
+        e, ours = row["entry"], row["ours"]
+        ours_cell = (f"{_pct(ours['mean'], ours['ci95'])} ({e['ours_what']}; profile {ours['profile']})"
+                     if ours else f"not yet: {row['missing']}")
+        pub = "number not checked here" if e["value"] is None else _pct(e["value"], e.get("ci95"))
+        lines.append(f"| {e['what']} | {ours_cell} | {pub} | {e['source']}: {e['setting']} | {row['differences']} |")
+    return "\n".join(lines)
+
+
 def results_markdown(results_dir: Path) -> str:
-    """One section per notebook with a two-column table of its flattened results."""
+    """The table of :func:`published_table`, then one section per notebook with its flattened results."""
     files = sorted(Path(results_dir).glob("*.json"))
-    parts = ["# Results of the notebook series", ""]
+    parts = ["# Results of the notebook series", "", "## Ours vs published", "", published_table(results_dir), ""]
     if not files:
         parts.append("No results yet: run `make tutorials`.")
     for path in files:
