@@ -155,3 +155,26 @@ def test_bench_numbers_reads_the_meta_benchmark(tmp_path):
     assert app.bench_numbers(tmp_path) == {}
     (tmp_path / "meta.json").write_text(json.dumps({"speedup_compiled_vs_eager": 6.5}))
     assert app.bench_numbers(tmp_path) == {"compiled_vs_eager_meta_step": 6.5}
+
+
+# Exercises of notebook 07 (tutorial_lib.exercises, 07.1-07.3): the answer key passes, wrong answers get a hint
+def _solve(key: str, **names):
+    scope = {"np": np, **names}
+    exec(tl.exercises.SOLUTIONS[key], scope)  # noqa: S102 - our own answer key
+    return scope
+
+
+def test_exercises_07_answer_key_passes_and_wrong_answers_fail(capsys):
+    ex = tl.exercises
+    assert ex.check_patch_area(_solve("07.1", size=10)["answer_area"], size=10)
+    weak = np.array([True, True, False, True])
+    strong = np.array([True, False, False, True])
+    assert ex.check_extra_breaks(_solve("07.2", weak=weak, strong=strong)["answer_extra"], weak, strong)
+    kw = dict(seconds_per_epoch=2.0, data_scale=15.0, epochs=80)
+    assert ex.check_projected_hours(_solve("07.3", **kw)["answer_hours"], **kw)
+    assert not ex.check_patch_area(10, size=10) and not ex.check_extra_breaks(2, weak, strong)
+    assert not ex.check_projected_hours(None, **kw)
+    out = capsys.readouterr().out
+    assert "Not yet" in out and "No answer yet" in out
+    with pytest.raises(ValueError, match="same length"):
+        ex.check_extra_breaks(1, weak, strong[:2])

@@ -315,6 +315,49 @@ def check_grid_points(answer: Any, *, angle_steps: int, shift_steps: int) -> boo
 
 
 # ---------------------------------------------------------------------------------------------
+# 07 applications and results
+# ---------------------------------------------------------------------------------------------
+def check_patch_area(answer: Any, *, size: int, height: int = 28, width: int = 28) -> bool:
+    """Exercise 07.1: the fraction of a ``height`` x ``width`` image a ``size`` x ``size`` patch covers."""
+    if _missing(answer, "a fraction in [0, 1]"):
+        return False
+    expected = size * size / (height * width)
+    return report(close(answer, expected, rtol=1e-4),
+                  f"{expected:.3f} of the image: the patch may change these pixels by any amount, where an "
+                  "eps-ball attack changes every pixel by at most eps.",
+                  "count the patch's pixels and divide by the image's pixels.")
+
+
+def check_extra_breaks(answer: Any, weak: Any, strong: Any) -> bool:
+    """Exercise 07.2: how many images the strong attack breaks that the weak one leaves correct.
+
+    ``weak``, ``strong``: bool (images,), True where the image is still classified correctly after that attack.
+    """
+    if _missing(answer, "a whole number"):
+        return False
+    weak, strong = np.asarray(weak, dtype=bool), np.asarray(strong, dtype=bool)
+    if weak.shape != strong.shape or weak.ndim != 1:
+        raise ValueError(f"weak and strong must be bool arrays of the same length, got {weak.shape} and {strong.shape}")
+    expected = int(np.sum(weak & ~strong))
+    return report(close(answer, expected, atol=0),
+                  f"{expected} images survive the weak attack but not the strong one (and "
+                  f"{int(np.sum(~weak & strong))} the other way round): the paired view behind the gap of the two "
+                  "robust accuracies.",
+                  "an image counts when it is correct after the weak attack AND wrong after the strong one.")
+
+
+def check_projected_hours(answer: Any, *, seconds_per_epoch: float, data_scale: float, epochs: int) -> bool:
+    """Exercise 07.3: hours of ``epochs`` epochs when one epoch takes ``seconds_per_epoch`` on our data and the
+    full data is ``data_scale`` times larger."""
+    if _missing(answer, "a number of hours"):
+        return False
+    expected = seconds_per_epoch * data_scale * epochs / 3600
+    return report(close(answer, expected, rtol=1e-3),
+                  f"about {expected:.2g} h: time per epoch grows with the number of images, the total with the epochs.",
+                  "seconds per epoch x (full data / our data) x epochs, then divide by 3600.")
+
+
+# ---------------------------------------------------------------------------------------------
 # The answer key (for teachers; learners should try first)
 # ---------------------------------------------------------------------------------------------
 #: Worked answers, keyed "<notebook>.<exercise>", as code or a short derivation that uses the notebook's names.
@@ -351,6 +394,9 @@ SOLUTIONS: dict[str, str] = {
     "06.1": "answer_points = 9 * 5 * 5   # = 225; the profile's grid: spatial.grid_points",
     "06.2": "answer_ci = 1.96 * np.std(acc, ddof=1) / np.sqrt(len(acc))",
     "06.3": "answer_all = runs.all(axis=0).mean()   # survives every attack",
+    "07.1": "answer_area = size * size / (28 * 28)",
+    "07.2": "answer_extra = int(np.sum(weak & ~strong))",
+    "07.3": "answer_hours = seconds_per_epoch * data_scale * epochs / 3600",
 }
 
 
