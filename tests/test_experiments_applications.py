@@ -178,3 +178,13 @@ def test_exercises_07_answer_key_passes_and_wrong_answers_fail(capsys):
     assert "Not yet" in out and "No answer yet" in out
     with pytest.raises(ValueError, match="same length"):
         ex.check_extra_breaks(1, weak, strong[:2])
+
+
+def test_plot_patch_curves_draws_one_panel_per_model_and_rejects_empty_input():
+    patch = {"sizes": [6, 10], "target": 8, "untargeted": {"a": [0.1, 0.4], "b": [0.2, 0.3]},
+             "targeted": {"a": [0.0, 0.1]}, "random_patch": {"a": [0.05, 0.1]}, "n_eval": {"a": 100, "b": 50}}
+    fig = tl.viz.plot_patch_curves(patch, labels={"a": "model A"})
+    assert len(fig.axes) == 2 and "model A" in fig.axes[0].get_title()
+    assert len(fig.axes[0].lines) == 3 and len(fig.axes[1].lines) == 1
+    with pytest.raises(ValueError, match="untargeted"):
+        tl.viz.plot_patch_curves({"sizes": [6]})

@@ -562,3 +562,40 @@ def plot_attack_matrix(matrix: Mapping[str, Mapping[str, Mapping[str, float]]], 
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_patch_curves(patch: Mapping[str, Any], *, labels: Mapping[str, str] | None = None) -> Figure:
+    """Success of a trained patch against its size: one panel per model, untargeted and targeted trained patches
+    and the random patch of the same size (control), each with its 95% band (``patch["n_eval"]`` images).
+
+    ``patch``: the ``"patch"`` entry of notebook 07's results (``sizes``, ``target``, ``untargeted``,
+    ``targeted``, ``random_patch``, ``n_eval``). Returns the Figure. Introduced in
+    notebooks/07_applications_and_results.ipynb.
+    """
+    if not patch.get("untargeted"):
+        raise ValueError("patch has no 'untargeted' results: pass the 'patch' entry of notebook 07's results")
+    names = list(patch["untargeted"])
+    sizes = np.asarray(patch["sizes"])
+    labels = dict(labels or {})
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.0), dpi=DPI, sharey=True, squeeze=False)
+    kinds = (("untargeted", "trained: misread", "C3", "o-"), ("targeted", f"trained: read as {patch['target']}", "C0", "s-"),
+             ("random_patch", "random patch: misread", "0.5", "^--"))
+    for ax, name in zip(axes[0], names):
+        n = int(patch["n_eval"][name])
+        for kind, label, color, style in kinds:
+            if name not in patch.get(kind, {}):
+                continue
+            values = np.asarray(patch[kind][name], dtype=float)
+            half = np.array([_ci95_half_width(v, n) for v in values])
+            ax.plot(sizes, 100 * values, style, color=color, label=label, markersize=4)
+            ax.fill_between(sizes, 100 * np.clip(values - half, 0, 1), 100 * np.clip(values + half, 0, 1),
+                            color=color, alpha=0.15, linewidth=0)
+        ax.set_title(f"{labels.get(name, name)} (n = {n})", fontsize=9)
+        ax.set_xlabel("patch side (pixels)", fontsize=9)
+        ax.set_xticks(sizes)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("success (%), 95% band", fontsize=9)
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
