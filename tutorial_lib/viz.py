@@ -7,6 +7,7 @@ for stored notebook outputs). Introduced in notebooks/01_fgsm.ipynb.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Callable, Mapping, Sequence
 
 import keras
@@ -285,7 +286,8 @@ def plot_robustness(results: Mapping[str, Mapping[str, float]], *, labels: Mappi
         ax.bar(np.arange(len(results)) + i * width, [100 * v for v in values], width, yerr=err, capsize=2,
                error_kw={"linewidth": 0.8}, label=evaluate.summary_column_title(k))
     ax.set_xticks(np.arange(len(results)) + 0.4 - width / 2)
-    ax.set_xticklabels([(labels or {}).get(m, training.METHOD_TITLES.get(m, m)) for m in results], fontsize=8)
+    names = [(labels or {}).get(m, training.METHOD_TITLES.get(m, m)) for m in results]
+    ax.set_xticklabels([textwrap.fill(name, 16) for name in names], fontsize=8)   # long names on two lines
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, ncol=len(keys), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
