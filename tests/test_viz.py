@@ -124,6 +124,8 @@ def test_training_figures_return_figures():
     fig = viz.plot_robustness(results, labels={"pgd": "mine"})
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["standard", "mine"]
+    long = viz.plot_robustness(results, labels={"pgd": "fast AT, stop + restore best"})
+    assert long.axes[0].get_xticklabels()[1].get_text() == "fast AT, stop +\nrestore best"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["clean", "FGSM", "PGD-40"]
     assert len(ax.patches) == 6 and max(p.get_height() for p in ax.patches) == pytest.approx(99.0)
     fig = viz.plot_robustness(results, n=1000)   # with 95% error bars
