@@ -27,7 +27,8 @@ $(VENV)/.peers: $(VENV)/.installed
 peers: $(VENV)/.peers
 
 ## make tutorials: run every notebook (profile $(TUTORIAL_PROFILE)) into build/, render HTML, gather results
-tutorials: $(VENV)/.installed
+## (installs the peers extra: notebook 07 checks our attacks against CleverHans and ART)
+tutorials: $(VENV)/.peers
 	@mkdir -p build/notebooks build/html build/results
 	@n=0; total=$(words $(NOTEBOOKS)); for nb in $(NOTEBOOKS); do \
 	  n=$$((n+1)); start=$$(date +%s); echo "[$$n/$$total] $$nb (profile $(TUTORIAL_PROFILE)) ..."; \
