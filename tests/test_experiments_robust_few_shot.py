@@ -120,6 +120,20 @@ def test_results_refuse_different_task_sets(tiny):
         rfs.results({"maml": a, "aq": b}, {}, tiny)
 
 
+def test_paired_difference_against_numpy():
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.5, 0.7, 40), rng.uniform(0.2, 0.4, 40)
+    ev = {m: mad.RobustEvaluation(v, v, None, 1, "PGD", 0.1, 1, 0.4, "clean") for m, v in (("aq", a), ("maml", b))}
+    d = rfs.paired_difference(ev, "aq", "maml")
+    assert np.isclose(d["mean"], (a - b).mean()) and np.isclose(d["ci95"], 1.96 * (a - b).std(ddof=1) / np.sqrt(40))
+    assert "ahead of" in rfs.paired_verdict(ev, "aq", "maml") and "behind" in rfs.paired_verdict(ev, "maml", "aq")
+    assert "not clearly different" in rfs.paired_verdict(ev, "aq", "aq")
+    assert rfs.mean_ci95([0.5, 0.5, 0.5]) == {"mean": 0.5, "ci95": 0.0}
+    ev["short"] = mad.RobustEvaluation(a[:10], a[:10], None, 1, "PGD", 0.1, 1, 0.4, "clean")
+    with pytest.raises(ValueError, match="different tasks"):
+        rfs.paired_difference(ev, "aq", "short")
+
+
 def test_uniform_loss_is_log_n():
     assert np.isclose(rfs.uniform_loss(5), np.log(5))
 

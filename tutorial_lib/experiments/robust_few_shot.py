@@ -16,7 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import attacks, evaluate, meta, models, runtime, training
+from .. import attacks, meta, models, runtime, training
+from .. import evaluate as _evaluate
 from .. import meta_adversarial as mad
 from ..tasks import FewShotSampler, Tasks, digit_splits
 from . import meta_learning
@@ -233,7 +234,7 @@ def sanity_checks(model: keras.Model, tasks: Tasks, settings, *, transfer_from: 
 
 def mean_ci95(values) -> dict[str, float]:
     """``{"mean", "ci95"}`` of per-task values (1.96 standard errors, ddof=1)."""
-    mean, ci = evaluate.mean_ci95(np.asarray(values, dtype=np.float64))
+    mean, ci = _evaluate.mean_ci95(np.asarray(values, dtype=np.float64))
     return {"mean": float(mean), "ci95": float(ci)}
 
 
