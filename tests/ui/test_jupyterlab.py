@@ -44,7 +44,7 @@ KERNEL_READY = 120
 RUN_ALL = float(os.environ.get("UI_RUN_TIMEOUT", "900"))
 REDRAW = 120
 
-CHROMIUM_ARGS = [  # as root in a container, with no network but loopback (see the README's CI section)
+CHROMIUM_ARGS = [  # may run as root; no background connections (the CI machine's network is closed)
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
 ]
@@ -176,7 +176,7 @@ def page(browser, lab):
     pg = context.new_page()
     pg.goto(lab.url("lab"), timeout=PAGE_LOAD * 1000)
     pg.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=PAGE_LOAD * 1000)
-    pg.evaluate("() => window.jupyterapp.restored")
+    in_page(pg, "() => window.jupyterapp.restored", timeout=PAGE_LOAD)
     yield pg
     context.close()
 
@@ -184,18 +184,34 @@ def page(browser, lab):
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers that run in the page (JupyterLab's application object)
 # ----------------------------------------------------------------------------------------------------------------
+def in_page(pg, function: str, arg=None, *, timeout: float):
+    """Call the JS ``function`` (may return a promise) in the page and wait at most ``timeout`` s for its value.
+
+    (``page.evaluate`` alone would wait for a promise without a time limit.)"""
+    pg.evaluate("""(arg) => { window.__ui = {done: false};
+        Promise.resolve().then(() => (%s)(arg))
+          .then(value => { window.__ui = {done: true, value}; },
+                err => { window.__ui = {done: true, error: String(err && err.stack || err)}; }); }""" % function,
+                arg)
+    pg.wait_for_function("() => window.__ui.done", timeout=timeout * 1000, polling=100)
+    result = pg.evaluate("() => window.__ui")
+    if "error" in result:
+        raise AssertionError(f"in JupyterLab: {result['error']}")
+    return result.get("value")
+
+
 def open_notebook(pg, name: str) -> None:
     """Open ``name`` and wait until its kernel is idle and JupyterLab has read the kernel's info and spec."""
-    pg.evaluate("(path) => { window.__opened = null; window.jupyterapp.commands.execute('docmanager:open', {path})"
-                ".then(() => { window.__opened = path; }); }", name)
+    in_page(pg, "(path) => window.jupyterapp.commands.execute('docmanager:open', {path}).then(() => null)", name,
+            timeout=PAGE_LOAD)
     pg.wait_for_function(
         """(path) => { const w = window.jupyterapp.shell.currentWidget;
-             return window.__opened === path && !!(w && w.context && w.context.path === path && w.context.isReady
+             return !!(w && w.context && w.context.path === path && w.context.isReady
                && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel
                && w.sessionContext.session.kernel.status === 'idle'); }""", arg=name, timeout=KERNEL_READY * 1000)
     # The notebook panel stores kernelspec and language_info when these promises resolve; ours resolve after its.
-    pg.evaluate("""async () => { const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
-                                 await k.info; await k.spec; }""")
+    in_page(pg, """async () => { const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+                                 await k.info; await k.spec; return null; }""", timeout=KERNEL_READY)
     pg.wait_for_function(
         """() => { const m = window.jupyterapp.shell.currentWidget.context.model;
                    return !!(m.getMetadata('kernelspec') && m.getMetadata('language_info')); }""",
@@ -204,20 +220,16 @@ def open_notebook(pg, name: str) -> None:
 
 def close_notebook(pg) -> None:
     """Shut the current notebook's kernel down and close it without saving (Galata's page.notebook.close)."""
-    pg.evaluate("""async () => { const w = window.jupyterapp.shell.currentWidget;
-                                 await w.sessionContext.shutdown(); w.context.model.dirty = false; w.dispose(); }""")
+    in_page(pg, """async () => { const w = window.jupyterapp.shell.currentWidget;
+                                 await w.sessionContext.shutdown(); w.context.model.dirty = false; w.dispose();
+                                 return null; }""", timeout=KERNEL_READY)
 
 
 def kernel_expression(pg, expression: str, timeout: float = 60) -> str:
     """Evaluate ``expression`` in the current notebook's kernel as a user expression; no cell, no output is added."""
-    pg.evaluate(
-        """(expr) => { window.__expr = null;
-             const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
-             k.requestExecute({code: '', silent: true, store_history: false, user_expressions: {v: expr}}).done
-               .then(reply => { window.__expr = reply.content.user_expressions.v; },
-                     err => { window.__expr = {status: 'error', evalue: String(err)}; }); }""", expression)
-    pg.wait_for_function("() => window.__expr !== null", timeout=timeout * 1000)
-    result = pg.evaluate("() => window.__expr")
+    result = in_page(pg, """(expr) => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel
+        .requestExecute({code: '', silent: true, store_history: false, user_expressions: {v: expr}}).done
+        .then(reply => reply.content.user_expressions.v)""", expression, timeout=timeout)
     assert result.get("status") == "ok", f"kernel could not evaluate {expression!r}: {result}"
     return result["data"]["text/plain"]
 
@@ -259,7 +271,7 @@ def test_open_and_save_changes_nothing(page, notebook_dir, name):
     before, mtime = path.read_bytes(), path.stat().st_mtime_ns
     open_notebook(page, name)
     dirty = page.evaluate("() => window.jupyterapp.shell.currentWidget.context.model.dirty")
-    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    in_page(page, "() => window.jupyterapp.commands.execute('docmanager:save').then(() => null)", timeout=60)
     page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
     close_notebook(page)
     assert path.stat().st_mtime_ns != mtime, "JupyterLab did not write the file (save command had no effect)"
@@ -282,26 +294,26 @@ def test_notebook_01_runs_and_its_explorer_responds(page):
     """Run all cells of notebook 01, drag the explorer's eps slider: its figure and probabilities must change."""
     start = time.monotonic()
     open_notebook(page, EXPLORER_NOTEBOOK)
-    page.evaluate("""() => { window.__run = null;
-        window.jupyterapp.commands.execute('notebook:run-all-cells')
-          .then(ok => { window.__run = {ok: ok}; }, err => { window.__run = {ok: false, error: String(err)}; }); }""")
-    page.wait_for_function("() => window.__run !== null", timeout=RUN_ALL * 1000, polling=500)
+    # notebook:run-all-cells resolves when the last cell has run (false if one failed), like Galata's run().
+    ok = in_page(page, "() => window.jupyterapp.commands.execute('notebook:run-all-cells')", timeout=RUN_ALL)
     page.wait_for_function(
         "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'",
         timeout=KERNEL_READY * 1000)
     run_seconds = time.monotonic() - start
-    run = page.evaluate("() => window.__run")
     nb = page.evaluate("() => window.jupyterapp.shell.currentWidget.context.model.toJSON()")
     errors = [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(nb["cells"])
               for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors and run.get("ok"), f"notebook 01 did not run cleanly in JupyterLab: {run} {errors}"
+    assert not errors and ok, f"notebook 01 did not run cleanly in JupyterLab (run-all returned {ok}): {errors}"
     not_run = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and c.get("execution_count") is None]
     assert not not_run, f"cells {not_run} were not executed"
 
     # The explorer: the cell output that holds a float slider labelled eps, and the figure in its output widget.
     slider = page.locator(".widget-hslider").filter(
         has=page.locator(".widget-label", has_text="eps")).filter(has=page.locator(".noUi-handle"))
-    slider.first.wait_for(state="attached", timeout=REDRAW * 1000)
+    try:
+        slider.first.wait_for(state="attached", timeout=REDRAW * 1000)
+    except sync_api.TimeoutError:
+        pytest.fail(f"no explorer with an eps slider appeared within {REDRAW} s after the notebook ran")
     assert slider.count() == 1, f"expected one eps slider, found {slider.count()}"
     explorer = page.locator(".jp-OutputArea-output").filter(has=slider)
     figure = explorer.locator(".widget-output img")
@@ -316,9 +328,13 @@ def test_notebook_01_runs_and_its_explorer_responds(page):
     box = track.bounding_box()
     slider.locator(".noUi-handle").drag_to(track, target_position={"x": 0.7 * box["width"], "y": box["height"] / 2})
     moved = time.monotonic()
-    page.wait_for_function(
-        "([el, old]) => { const img = el.querySelector('.widget-output img'); return !!img && img.src !== old; }",
-        arg=[explorer.element_handle(), src_before], timeout=REDRAW * 1000, polling=50)
+    try:
+        page.wait_for_function(
+            "([el, old]) => { const img = el.querySelector('.widget-output img'); return !!img && img.src !== old; }",
+            arg=[explorer.element_handle(), src_before], timeout=REDRAW * 1000, polling=50)
+    except sync_api.TimeoutError:
+        pytest.fail(f"the explorer's figure did not change within {REDRAW} s of moving the eps slider from "
+                    f"{eps_before} to {_slider_readout(slider)}")
     redraw_seconds = time.monotonic() - moved
     eps_after, src_after = _slider_readout(slider), figure.get_attribute("src")
     after = explorer_states(page)[0]
