@@ -183,11 +183,7 @@ def build_methods(model, x, y, *, xla_pgd: bool) -> tuple[dict, list[str]]:
     mp_model = mixed_precision_copy(model)
     methods: dict[str, tuple[str, Callable[[], np.ndarray], Callable[[], Any] | None]] = {
         "ours FGSM": ("fgsm", lambda: attacks.fgsm(model, x, y, EPS), None),
-        "ours PGD-40 (unrolled)": ("pgd", lambda: attacks.pgd(model, x, y, EPS, unroll=True, **pgd_kw), None),
-        "ours PGD-40 (tf.while_loop, 1 step per iteration)": (
-            "pgd", lambda: attacks.pgd(model, x, y, EPS, unroll=False, **pgd_kw), None),
-        "ours PGD-40 (tf.while_loop, 10-step chunks)": (
-            "pgd", lambda: attacks.pgd(model, x, y, EPS, unroll=10, **pgd_kw), None),
+        "ours PGD-40": ("pgd", lambda: attacks.pgd(model, x, y, EPS, **pgd_kw), None),
         "ours PGD-40, batch 100": ("pgd", lambda: attacks.pgd(model, x, y, EPS, batch_size=100, **pgd_kw), None),
         "ours PGD-40, mixed bfloat16": ("pgd", lambda: attacks.pgd(mp_model, x, y, EPS, **pgd_kw), None),
         "seed-style eager FGSM, batch 100": ("fgsm", lambda: eager_loop(model, x, y, steps=1, step_size=EPS),
@@ -196,8 +192,8 @@ def build_methods(model, x, y, *, xla_pgd: bool) -> tuple[dict, list[str]]:
                                                lambda: eager_loop(model, x[:100], y[:100], steps=2, step_size=STEP)),
     }
     if xla_pgd:
-        methods["ours PGD-40 (XLA, tf.while_loop)"] = (
-            "pgd", lambda: attacks.pgd(model, x, y, EPS, unroll=False, jit_compile=True, **pgd_kw), None)
+        methods["ours PGD-40 (XLA)"] = (
+            "pgd", lambda: attacks.pgd(model, x, y, EPS, jit_compile=True, **pgd_kw), None)
     notes = []
     for name, factory in (("CleverHans", cleverhans_methods), ("ART", art_methods)):
         try:
@@ -298,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     restarts = None
     if not args.skip_restarts:
         restarts = restarts_run(model, x, y, tiles=5, restarts=5)
-        one = by.get("ours PGD-40 (unrolled)", {}).get("seconds")
+        one = by.get("ours PGD-40", {}).get("seconds")
         restarts["x_one_run"] = restarts["seconds"] / one if one else None
-        one_cpu = by.get("ours PGD-40 (unrolled)", {}).get("cpu_seconds")
+        one_cpu = by.get("ours PGD-40", {}).get("cpu_seconds")
         restarts["cpu_x_one_run"] = restarts["cpu_seconds"] / one_cpu if one_cpu else None
         print(f"PGD-40 x5 restarts over {restarts['images']} images: {restarts['seconds']:.1f} s")
 
@@ -329,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate_targets(by: dict[str, dict], restarts: dict | None) -> list[dict[str, Any]]:
     """The issue's targets: measured ratios in wall time and in CPU time, the goal, and whether it was met."""
     n = _n(by)
-    ours_pgd, ours_fgsm = "ours PGD-40 (unrolled)", "ours FGSM"
+    ours_pgd, ours_fgsm = "ours PGD-40", "ours FGSM"
     checks = [  # (target, numerator row, denominator row or None for the x_floor column, goal, test)
         ("PGD-40 / (40 x floor pass)", ours_pgd, None, "<= 1.2", lambda r: r <= 1.2),
         ("CleverHans PGD-40 batch 1000 / ours", f"CleverHans PGD-40, batch {n}", ours_pgd, ">= 0.95 (on par)", lambda r: r >= 0.95),
@@ -367,7 +363,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def markdown(result: dict[str, Any]) -> str:
     n, floor = result["n"], result["floor_seconds"]
-    ours = next((r["seconds"] for r in result["rows"] if r["method"] == "ours PGD-40 (unrolled)"), None)
+    ours = next((r["seconds"] for r in result["rows"] if r["method"] == "ours PGD-40"), None)
     lines = [
         f"Attacks on the quick-profile baseline CNN (clean accuracy {result['clean_accuracy']:.1%}), {n} MNIST test "
         f"images, eps {result['eps']}, PGD step {result['step_size']}, no random start; numpy in and out; best of "

@@ -283,15 +283,6 @@ def test_batching_gives_the_same_result(model):
     np.testing.assert_allclose(batched, whole, atol=1e-6)
 
 
-@pytest.mark.parametrize("unroll", [False, 3])
-def test_while_loop_matches_unrolled_loop(model, unroll):
-    x, y = random_batch(10)
-    kw = dict(step_size=0.05, steps=7, seed=1)
-    unrolled = attacks.pgd(model, x, y, 0.2, unroll=True, **kw)
-    looped = attacks.pgd(model, x, y, 0.2, unroll=unroll, **kw)  # 3: two loop iterations of 3 steps + 1
-    np.testing.assert_allclose(looped, unrolled, atol=1e-6)
-
-
 def test_gradient_ascent_reaches_the_projection_of_the_maximiser():
     # maximise -||x_adv - c||^2: the answer is c projected on the eps ball around x and the range
     rng = np.random.default_rng(0)
@@ -423,7 +414,6 @@ BAD_CALLS = [
     ("spec steps", lambda m: attacks.PGD(eps=0.1, steps=0), ValueError, "steps must be >= 1"),
     ("spec norm", lambda m: attacks.MIM(eps=0.1, norm="l1"), ValueError, "unknown norm"),
     ("spec decay", lambda m: attacks.MIM(eps=0.1, decay=-1), ValueError, "decay must be >= 0"),
-    ("spec unroll", lambda m: attacks.PGD(eps=0.1, unroll=0), ValueError, "unroll must be"),
 ]
 
 

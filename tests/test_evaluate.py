@@ -188,7 +188,7 @@ def test_pgd_sweep_is_monotone_and_below_fgsm(small):
     model, x, y = small
     x, y = x[:100], y[:100]
     eps = [0.0, 0.1, 0.2, 0.3]
-    pgd = attacks.PGD(eps=0.3, steps=10, step_size=0.05, seed=0, unroll=False)
+    pgd = attacks.PGD(eps=0.3, steps=10, step_size=0.05, seed=0)
     p = evaluate.epsilon_sweep(model, x, y, pgd.with_eps, eps)
     f = evaluate.epsilon_sweep(model, x, y, lambda e: attacks.FGSM(eps=e), eps)
     assert p.label == pgd.name

@@ -57,14 +57,20 @@ _SUBMODULES = (
 )
 
 
-def __getattr__(name: str):
-    # Submodules load on first use.
-    if name in _SUBMODULES:
-        module = importlib.import_module(f".{name}", __name__)
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'tutorial_lib' has no attribute {name!r}")
+def lazy_submodules(package: str, names: tuple[str, ...], namespace: dict):
+    """``(__getattr__, __dir__)`` for a package whose submodules ``names`` load on first use."""
+
+    def __getattr__(name: str):
+        if name in names:
+            module = importlib.import_module(f".{name}", package)
+            namespace[name] = module
+            return module
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted(list(namespace) + list(names))
+
+    return __getattr__, __dir__
 
 
-def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES))
+__getattr__, __dir__ = lazy_submodules(__name__, _SUBMODULES, globals())

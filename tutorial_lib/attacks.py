@@ -1,16 +1,16 @@
 """Adversarial attacks on logits models: FGSM, BIM, PGD (L-inf and L2, random start, restarts) and MIM.
 
-Each attack is a function (numpy in, numpy out, validated, batched) and a small *spec* object
-(``FGSM(eps=0.1)``, ``PGD(eps=0.3, steps=40, step_size=0.01)``) that ``evaluate``, ``training`` and the
-meta-learning modules take as a value. The whole iteration loop runs in one graph-mode ``tf.function``,
-traced once per model, input shape and settings and then reused. Introduced in notebooks/01_fgsm.ipynb.
+PGD's math comes first (:func:`gradient_ascent`, one screen); then the attack specs (``FGSM(eps=0.1)``,
+``PGD(eps=0.3, steps=40, step_size=0.01)``), small values that ``evaluate``, ``training`` and the meta-learning
+modules take as "an attack"; the functions ``fgsm``, ``pgd``, ``bim``, ``mim`` are one-line wrappers over them.
+The whole iteration loop runs in one graph-mode ``tf.function``, traced once per model, input shape and
+settings and then reused. Introduced in notebooks/01_fgsm.ipynb.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -22,143 +22,70 @@ from . import models
 from .checks import check_bool, check_eps, check_images_and_labels, check_number, check_positive_int
 
 __all__ = [
-    "fgsm", "bim", "pgd", "mim", "gradient_ascent",
-    "Attack", "FGSM", "BIM", "PGD", "MIM",
-    "trace_count", "clear_cache", "UNROLL_MAX_STEPS", "UNROLL_CHUNK",
+    "gradient_ascent", "Attack", "FGSM", "BIM", "PGD", "MIM", "fgsm", "bim", "pgd", "mim",
+    "trace_count", "clear_cache",
 ]
 
-#: Loops of at most this many steps are unrolled into the graph; longer ones run a ``tf.while_loop`` whose
-#: body holds :data:`UNROLL_CHUNK` unrolled steps. Measured on a 2-core CPU (benchmarks/attacks.py, CPU time):
-#: PGD-40 unrolled 1.00x the 40-pass floor, a loop of 10-step chunks 0.99-1.05x, a one-step-per-iteration
-#: tf.while_loop 1.01-1.55x depending on machine load (never faster than unrolled). Tracing grows with the
-#: unrolled length: the first PGD-40 call on 300 images cost 8.1 s CPU fully unrolled, 4.4 s in 10-step chunks and
-#: 3.8 s as a one-step loop (later calls 2.9 / 2.7 / 2.5 s), so only short loops are unrolled whole.
-UNROLL_MAX_STEPS = 10
-UNROLL_CHUNK = 10
 #: How far outside [clip_min, clip_max] input pixels may lie (float rounding) before it is an error.
 RANGE_TOLERANCE = 1e-5
 _NORMS = {"inf": "inf", "linf": "inf", "l_inf": "inf", "2": 2, "l2": 2}
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation (Python values only: runs before anything is traced); the shared checks are in tutorial_lib.checks
+# PGD: projected steps of gradient ascent on the loss (FGSM is one step, BIM has no random start, MIM adds momentum)
 # --------------------------------------------------------------------------------------------------
-def _check_step_size(step_size: Any) -> float:
-    step_size = check_number("step_size", step_size)
-    if step_size <= 0:
-        raise ValueError(f"step_size must be > 0, got {step_size}; a typical L-inf choice is 2.5 * eps / steps")
-    return step_size
+def gradient_ascent(
+    loss_fn: Callable[[tf.Tensor], tf.Tensor], x: Any, *, eps: Any, step_size: Any, steps: int,
+    norm: str | int = "inf", random_start: bool = False, momentum: float | None = None,
+    clip_min: float = 0.0, clip_max: float = 1.0, seed: Any = None,
+) -> tf.Tensor:
+    """Maximise ``loss_fn`` around ``x`` by projected gradient steps; pure TensorFlow, graph-compatible.
 
+    ``loss_fn(x_adv)`` returns the per-example loss, shape (B,); its gradient is taken for the sum, so each
+    example gets its own gradient. Each step moves by ``step_size`` along sign(grad) (``norm="inf"``) or
+    grad / ||grad||_2 (``norm=2``), then projects onto the ``eps`` ball around ``x`` and onto
+    [clip_min, clip_max]. ``momentum`` (MIM's decay mu) accumulates g = mu g + grad / mean|grad| and steps
+    along g instead. ``random_start`` starts from a uniform point of the ball, from ``tf.random.stateless_*``
+    when ``seed`` (shape (2,) int tensor) is given, else from TF's global generator. ``eps``/``step_size``:
+    Python floats or scalar tensors (tensors do not cause retracing). Values are not validated here (the specs
+    do that). Returns x_adv with the dtype of x, gradient stopped. Used by TRADES in notebooks/03.
+    Introduced in notebooks/02_iterative_attacks.ipynb.
 
-def _check_steps(steps: Any) -> int:
-    return check_positive_int("steps", steps)
+    The loop is a ``tf.while_loop`` of single steps, what AutoGraph makes of ``for _ in tf.range(steps)``,
+    written out so it also runs where Keras traces without AutoGraph (``test_step``). Measured with
+    benchmarks/attacks.py on a shared 2-core CPU, PGD-40 this way took 0.97x and 0.98x the 40-pass floor in
+    process CPU time (two runs; fully unrolled 0.96x and 0.99x, 10-step chunks 0.98x and 1.09x), so nothing
+    is unrolled.
+    """
+    norm = _check_norm(norm)
+    x = tf.stop_gradient(tf.convert_to_tensor(x))
+    if not x.dtype.is_floating:
+        raise TypeError(f"x must be a float tensor, got {x.dtype.name}")
+    eps, step_size = tf.cast(eps, x.dtype), tf.cast(step_size, x.dtype)
+    x_adv = _project(x + _random_delta(x, eps, norm, seed), x, eps, norm, clip_min, clip_max) if random_start else x
 
+    def step(i: tf.Tensor, x_adv: tf.Tensor, g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            loss = loss_fn(x_adv)
+        grad = tape.gradient(loss, x_adv)
+        if grad is None:
+            raise ValueError("loss_fn(x_adv) does not depend on x_adv: its gradient is None")
+        if momentum is not None:
+            g = momentum * g + grad / tf.maximum(tf.reduce_mean(tf.abs(grad), axis=_pixel_axes(x), keepdims=True), 1e-12)
+            grad = g
+        return i + 1, _project(x_adv + step_size * _ascent_direction(grad, norm), x, eps, norm, clip_min, clip_max), g
 
-def _check_restarts(restarts: Any, random_start: bool) -> int:
-    restarts = check_positive_int("restarts", restarts)
-    if restarts > 1 and not random_start:
-        raise ValueError(
-            f"restarts={restarts} needs random_start=True: without a random start every restart "
-            "computes the same perturbation"
-        )
-    return restarts
-
-
-def _check_norm(norm: Any) -> str | int:
-    """Canonical norm: ``"inf"`` or ``2``. Accepts "inf", np.inf, "linf", 2, "2", "l2"."""
-    if isinstance(norm, bool):
-        raise ValueError(f"unknown norm {norm!r}; use norm='inf' (L-infinity) or norm=2 (L2)")
-    if isinstance(norm, (int, float, np.integer, np.floating)):
-        if norm == np.inf:
-            return "inf"
-        if norm == 2:
-            return 2
-    elif isinstance(norm, str) and norm.strip().lower() in _NORMS:
-        return _NORMS[norm.strip().lower()]
-    raise ValueError(f"unknown norm {norm!r}; use norm='inf' (L-infinity) or norm=2 (L2)")
-
-
-def _check_clip(clip_min: Any, clip_max: Any) -> tuple[float, float]:
-    clip_min = check_number("clip_min", clip_min)
-    clip_max = check_number("clip_max", clip_max)
-    if clip_min >= clip_max:
-        raise ValueError(
-            f"clip_min must be < clip_max, got clip_min={clip_min}, clip_max={clip_max} "
-            "(the valid pixel range; [0, 1] for the series' images)"
-        )
-    return clip_min, clip_max
-
-
-def _check_batch_size(batch_size: Any) -> int | None:
-    if batch_size is None:
-        return None
-    return check_positive_int("batch_size", batch_size, hint=" (or None for one batch)")
-
-
-def _check_unroll(unroll: Any) -> bool | int | None:
-    if unroll is None or isinstance(unroll, (bool, np.bool_)):
-        return None if unroll is None else bool(unroll)
-    if not isinstance(unroll, (int, np.integer)) or unroll < 1:
-        raise ValueError(f"unroll must be None, True, False or a number of steps >= 1 per loop iteration, got {unroll!r}")
-    return int(unroll)
-
-
-def _check_decay(decay: Any) -> float:
-    decay = check_number("decay", decay)
-    if decay < 0:
-        raise ValueError(f"decay must be >= 0 (momentum factor; 1.0 in the MIM paper), got {decay}")
-    return decay
-
-
-def _num_classes(model: Any, x: np.ndarray) -> int:
-    shape = None
-    try:
-        shape = tuple(model.output_shape)
-    except Exception:  # subclassed models have no static output shape
-        pass
-    if not shape or shape[-1] is None:
-        shape = tuple(model(tf.constant(x[:1]), training=False).shape)
-    if len(shape) != 2:
-        raise ValueError(
-            f"the model must return logits of shape (batch, classes), but its output has shape {shape}"
-        )
-    return int(shape[-1])
-
-
-def _prepare(model: Any, x: Any, y: Any, clip_min: float, clip_max: float) -> tuple[np.ndarray, np.ndarray]:
-    """Validate the model, images (inside [clip_min, clip_max]) and labels (inside the model's classes)."""
-    models.check_logits_model(model)
-    x, y = check_images_and_labels(x, y)
-    lo, hi = float(x.min()), float(x.max())
-    if lo < clip_min - RANGE_TOLERANCE or hi > clip_max + RANGE_TOLERANCE:
-        hint = " (uint8 images? divide by 255 first)" if hi > 1.5 and clip_max <= 1 else ""
-        raise ValueError(
-            f"x has values in [{lo:.4g}, {hi:.4g}], outside the valid range [clip_min, clip_max] = "
-            f"[{clip_min}, {clip_max}]{hint}; rescale x or pass the clip_min/clip_max of your data"
-        )
-    if lo < clip_min or hi > clip_max:  # float rounding only
-        x = np.clip(x, clip_min, clip_max)
-    n_classes = _num_classes(model, x)
-    if y.min() < 0 or y.max() >= n_classes:
-        raise ValueError(
-            f"labels must be in 0..{n_classes - 1} (the model has {n_classes} outputs), "
-            f"got values in {int(y.min())}..{int(y.max())}"
-        )
-    return x, y
-
-
-# --------------------------------------------------------------------------------------------------
-# Graph-compatible core
-# --------------------------------------------------------------------------------------------------
-def _reduce_axes(x: tf.Tensor) -> list[int]:
-    return list(range(1, x.shape.rank))
+    steps = check_positive_int("steps", steps)
+    _, x_adv, _ = tf.while_loop(lambda i, *_: i < steps, step, [tf.constant(0), x_adv, tf.zeros_like(x)])
+    return tf.stop_gradient(x_adv)
 
 
 def _ascent_direction(grad: tf.Tensor, norm: str | int) -> tf.Tensor:
     """The steepest-ascent unit step for the norm: sign(grad) for L-inf, grad / ||grad||_2 for L2."""
     if norm == "inf":
         return tf.sign(grad)
-    return tf.math.l2_normalize(grad, axis=_reduce_axes(grad), epsilon=1e-24)
+    return tf.math.l2_normalize(grad, axis=_pixel_axes(grad), epsilon=1e-24)
 
 
 def _project(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, norm: str | int, clip_min: float, clip_max: float) -> tf.Tensor:
@@ -166,7 +93,7 @@ def _project(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, norm: str | int, cl
     if norm == "inf":
         x_adv = tf.clip_by_value(x_adv, x - eps, x + eps)
     else:
-        x_adv = x + tf.clip_by_norm(x_adv - x, eps, axes=_reduce_axes(x))
+        x_adv = x + tf.clip_by_norm(x_adv - x, eps, axes=_pixel_axes(x))
     return tf.clip_by_value(x_adv, clip_min, clip_max)
 
 
@@ -179,7 +106,7 @@ def _random_delta(x: tf.Tensor, eps: tf.Tensor, norm: str | int, seed: tf.Tensor
         else:
             unit = tf.random.stateless_uniform(shape, seed, -1.0, 1.0, dtype=x.dtype)
         return eps * unit
-    axes = _reduce_axes(x)
+    axes = _pixel_axes(x)
     dim = float(np.prod(x.shape[1:]))
     radius_shape = tf.concat([shape[:1], tf.ones([len(axes)], tf.int32)], 0)
     if seed is None:
@@ -191,108 +118,17 @@ def _random_delta(x: tf.Tensor, eps: tf.Tensor, norm: str | int, seed: tf.Tensor
     return eps * tf.math.l2_normalize(direction, axis=axes) * u ** (1.0 / dim)
 
 
-def gradient_ascent(
-    loss_fn: Callable[[tf.Tensor], tf.Tensor],
-    x: Any,
-    *,
-    eps: Any,
-    step_size: Any,
-    steps: int,
-    norm: str | int = "inf",
-    random_start: bool = False,
-    momentum: float | None = None,
-    clip_min: float = 0.0,
-    clip_max: float = 1.0,
-    seed: Any = None,
-    unroll: bool | int | None = None,
-) -> tf.Tensor:
-    """Maximise ``loss_fn`` around ``x`` by projected gradient steps; pure TensorFlow, graph-compatible.
-
-    ``loss_fn(x_adv)`` returns the per-example loss, shape (B,); its gradient is taken for the sum, so each
-    example gets its own gradient. Each step moves by ``step_size`` along sign(grad) (``norm="inf"``) or
-    grad / ||grad||_2 (``norm=2``), then projects onto the ``eps`` ball around ``x`` and onto
-    [clip_min, clip_max]. ``momentum`` (MIM's decay mu) accumulates g = mu g + grad / mean|grad| and steps
-    along g instead. ``random_start`` starts from a uniform point of the ball, from
-    ``tf.random.stateless_*`` when ``seed`` (shape (2,) int tensor) is given, else from TF's global generator.
-
-    ``x``: float tensor (B, ...) inside [clip_min, clip_max]. ``eps``/``step_size``: Python floats or scalar
-    tensors (tensors do not cause retracing inside a tf.function). ``steps``: Python int. ``unroll``: True unrolls
-    every step into the graph; False runs a ``tf.while_loop`` of single steps; an int k runs a
-    ``tf.while_loop`` whose body holds k unrolled steps; None (default) unrolls up to
-    :data:`UNROLL_MAX_STEPS` steps and uses chunks of :data:`UNROLL_CHUNK` beyond.
-    Values are not validated here (the numpy-level functions do that). Returns x_adv with the dtype of x,
-    gradient stopped. Used by TRADES in notebooks/03. Introduced in notebooks/02_iterative_attacks.ipynb.
-    """
-    norm = _check_norm(norm)
-    steps = _check_steps(steps)
-    x = tf.stop_gradient(tf.convert_to_tensor(x))
-    if not x.dtype.is_floating:
-        raise TypeError(f"x must be a float tensor, got {x.dtype.name}")
-    eps = tf.cast(eps, x.dtype)
-    step_size = tf.cast(step_size, x.dtype)
-    axes = _reduce_axes(x)
-
-    def step(x_adv: tf.Tensor, g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        with tf.GradientTape() as tape:
-            tape.watch(x_adv)
-            loss = loss_fn(x_adv)
-        grad = tape.gradient(loss, x_adv)
-        if grad is None:
-            raise ValueError("loss_fn(x_adv) does not depend on x_adv: its gradient is None")
-        if momentum is not None:
-            g = momentum * g + grad / tf.maximum(tf.reduce_mean(tf.abs(grad), axis=axes, keepdims=True), 1e-12)
-            grad = g
-        x_adv = x_adv + step_size * _ascent_direction(grad, norm)
-        return _project(x_adv, x, eps, norm, clip_min, clip_max), g
-
-    x_adv = x
-    if random_start:
-        x_adv = _project(x + _random_delta(x, eps, norm, seed), x, eps, norm, clip_min, clip_max)
-    g = tf.zeros_like(x)
-    chunk = _chunk_size(unroll, steps)
-
-    def unrolled(n: int, x_adv: tf.Tensor, g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        for _ in range(n):
-            x_adv, g = step(x_adv, g)
-        return x_adv, g
-
-    loops, rest = divmod(steps, chunk)
-    if loops > 1:
-        _, x_adv, g = tf.while_loop(
-            lambda i, *_: i < loops,
-            lambda i, xa, gg: (i + 1, *unrolled(chunk, xa, gg)),
-            [tf.constant(0), x_adv, g],
-        )
-    else:
-        rest += loops * chunk
-    x_adv, g = unrolled(rest, x_adv, g)
-    return tf.stop_gradient(x_adv)
-
-
-def _chunk_size(unroll: bool | int | None, steps: int) -> int:
-    """Steps per tf.while_loop iteration (``steps`` itself means fully unrolled)."""
-    if unroll is None:
-        return steps if steps <= UNROLL_MAX_STEPS else UNROLL_CHUNK
-    if unroll is True:
-        return steps
-    if unroll is False:
-        return 1
-    return max(1, min(int(unroll), steps))
-
-
-def _per_example_loss(model: Any, x: tf.Tensor, y: tf.Tensor, targeted: bool) -> tf.Tensor:
-    """Cross-entropy on the logits in float32 (also under mixed precision); negated for targeted attacks."""
-    logits = tf.cast(model(x, training=False), tf.float32)
-    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int32), logits=logits)
-    return -loss if targeted else loss
+def _pixel_axes(x: tf.Tensor) -> list[int]:
+    return list(range(1, x.shape.rank))
 
 
 def _attack(
     model: Any, x: tf.Tensor, y: tf.Tensor, *, eps: Any, step_size: Any, steps: int, norm: str | int,
     random_start: bool, restarts: int, momentum: float | None, targeted: bool, clip_min: float,
-    clip_max: float, seed: Any, unroll: bool | int | None,
+    clip_max: float, seed: Any,
 ) -> tf.Tensor:
-    """The attack as TensorFlow ops.
+    """The attack on a model as TensorFlow ops: cross-entropy on the logits (float32), ascended or, targeted,
+    descended towards ``y``.
 
     With restarts, per example, a restart that succeeds (misclassifies; targeted: predicts the target) beats
     one that does not, and among equals the higher loss wins, so an example counts as broken if any restart
@@ -302,21 +138,18 @@ def _attack(
     x = tf.cast(x, tf.float32)
     y = tf.cast(y, tf.int32)
 
-    def loss_fn(x_adv: tf.Tensor) -> tf.Tensor:
-        return _per_example_loss(model, x_adv, y, targeted)
-
-    def run(r: Any) -> tf.Tensor:
-        seed_r = None if seed is None else tf.random.experimental.stateless_fold_in(seed, r)
-        return gradient_ascent(loss_fn, x, eps=eps, step_size=step_size, steps=steps, norm=norm,
-                               random_start=random_start, momentum=momentum, clip_min=clip_min,
-                               clip_max=clip_max, seed=seed_r, unroll=unroll)
-
     def score(x_adv: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """(succeeded, loss) per example."""
+        """(succeeded, loss to maximise) per example."""
         logits = tf.cast(model(x_adv, training=False), tf.float32)
         hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
         loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
         return (hit, -loss) if targeted else (tf.logical_not(hit), loss)
+
+    def run(r: Any) -> tf.Tensor:
+        seed_r = None if seed is None else tf.random.experimental.stateless_fold_in(seed, r)
+        return gradient_ascent(lambda xa: score(xa)[1], x, eps=eps, step_size=step_size, steps=steps, norm=norm,
+                               random_start=random_start, momentum=momentum, clip_min=clip_min,
+                               clip_max=clip_max, seed=seed_r)
 
     best = run(0)
     if restarts > 1:
@@ -334,178 +167,7 @@ def _attack(
 
 
 # --------------------------------------------------------------------------------------------------
-# Compiled-function cache: one tf.function per model and settings, traced once per input shape
-# --------------------------------------------------------------------------------------------------
-_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
-_TRACES: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
-
-
-def _default_jit() -> bool:
-    """XLA on GPU; plain graph mode on CPU (XLA ran PGD 2-4x slower on our 2-core CPUs)."""
-    return bool(tf.config.list_logical_devices("GPU"))
-
-
-def trace_count(model: Any) -> int:
-    """How many times attack graphs were traced for ``model`` (repeated calls should not add any)."""
-    return _TRACES.get(model, 0)
-
-
-def clear_cache(model: Any = None) -> None:
-    """Drop the compiled attack functions of ``model`` (all models when None)."""
-    if model is None:
-        _CACHE.clear()
-    else:
-        _CACHE.pop(model, None)
-
-
-def _compiled(model: Any, settings: dict[str, Any], sample_shape: tuple[int, ...], jit_compile: bool | None) -> Any:
-    jit = _default_jit() if jit_compile is None else bool(jit_compile)
-    if jit and settings.get("unroll") is None:
-        # XLA compiles a tf.while_loop once; a 40-step unrolled graph took over 24 GiB to compile on CPU.
-        settings = {**settings, "unroll": False}
-    key = (tuple(sorted(settings.items(), key=lambda kv: kv[0])), sample_shape, jit)
-    per_model = _CACHE.setdefault(model, {})
-    if key in per_model:
-        return per_model[key]
-    model_ref = weakref.ref(model)  # the cache must not keep the model alive
-    # A partial (not a closure) gives each compiled function its own key in TF's retracing detector.
-    run = functools.partial(_traced_attack, model_ref, settings)
-    signature = [
-        tf.TensorSpec((None, *sample_shape), tf.float32, name="x"),
-        tf.TensorSpec((None,), tf.int64, name="y"),
-        tf.TensorSpec((), tf.float32, name="eps"),
-        tf.TensorSpec((), tf.float32, name="step_size"),
-        tf.TensorSpec((2,), tf.int64, name="seed"),
-    ]
-    fn = tf.function(run, input_signature=signature, jit_compile=jit)
-    per_model[key] = fn
-    return fn
-
-
-def _traced_attack(model_ref: Any, settings: dict[str, Any], x: tf.Tensor, y: tf.Tensor, eps: tf.Tensor,
-                   step_size: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    model = model_ref()
-    _TRACES[model] = _TRACES.get(model, 0) + 1  # Python side effect: runs only while tracing
-    return _attack(model, x, y, eps=eps, step_size=step_size, seed=seed, **settings)
-
-
-def _seed_pair(seed: Any) -> np.random.Generator:
-    if seed is None:  # drawn from numpy's global state, so runtime.setup(seed=...) makes runs repeatable
-        return np.random.default_rng(np.random.randint(0, 2**31 - 1))
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    return np.random.default_rng(int(seed))
-
-
-def _run(
-    model: Any, x: Any, y: Any, *, eps: float, step_size: float, steps: int, norm: str | int,
-    random_start: bool, restarts: int, momentum: float | None, targeted: bool, clip_min: float,
-    clip_max: float, batch_size: int | None, seed: Any, jit_compile: bool | None, unroll: bool | int | None,
-) -> np.ndarray:
-    """Validate, then run the cached compiled attack batch by batch; numpy out."""
-    x, y = _prepare(model, x, y, clip_min, clip_max)
-    batch_size = _check_batch_size(batch_size)
-    unroll = _check_unroll(unroll)
-    rng = _seed_pair(seed)
-    settings = dict(steps=steps, norm=norm, random_start=random_start, restarts=restarts, momentum=momentum,
-                    targeted=targeted, clip_min=clip_min, clip_max=clip_max, unroll=unroll)
-    fn = _compiled(model, settings, tuple(x.shape[1:]), jit_compile)
-    eps_t = tf.constant(eps, tf.float32)
-    step_t = tf.constant(step_size, tf.float32)
-    n = len(x)
-    batch_size = batch_size or n
-    out = np.empty_like(x)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        seed_t = tf.constant(rng.integers(0, 2**62, size=2), tf.int64)
-        out[start:stop] = fn(tf.constant(x[start:stop]), tf.constant(y[start:stop]), eps_t, step_t, seed_t).numpy()
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Public functions
-# --------------------------------------------------------------------------------------------------
-def fgsm(
-    model: Any, x: Any, y: Any, eps: float, *, targeted: bool = False, clip_min: float = 0.0,
-    clip_max: float = 1.0, batch_size: int | None = None, jit_compile: bool | None = None,
-) -> np.ndarray:
-    """Fast Gradient Sign Method: x_adv = clip(x + eps * sign(grad_x CE(model(x), y)), clip_min, clip_max).
-
-    ``model``: Keras model returning logits (B, classes). ``x``: float images (B, H, W, C) in
-    [clip_min, clip_max] (numpy or tensor). ``y``: int class ids (B,); with ``targeted=True`` they are the
-    *target* classes and the step goes down the loss instead. One-hot labels are rejected: convert with
-    ``np.argmax(y, axis=1)``. ``batch_size`` bounds memory (None: one batch). ``jit_compile``: None means XLA
-    on GPU only. Returns float32 numpy, same shape as x, with ``|x_adv - x| <= eps`` and pixels in range.
-    Introduced in notebooks/01_fgsm.ipynb.
-    """
-    eps = check_eps(eps)
-    clip_min, clip_max = _check_clip(clip_min, clip_max)
-    return _run(model, x, y, eps=eps, step_size=eps, steps=1, norm="inf", random_start=False, restarts=1,
-                momentum=None, targeted=check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
-                batch_size=batch_size, seed=0, jit_compile=jit_compile, unroll=True)
-
-
-def pgd(
-    model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, norm: str | int = "inf",
-    random_start: bool = True, restarts: int = 1, targeted: bool = False, clip_min: float = 0.0,
-    clip_max: float = 1.0, batch_size: int | None = None, seed: int | None = None,
-    jit_compile: bool | None = None, unroll: bool | int | None = None,
-) -> np.ndarray:
-    """Projected Gradient Descent (Madry et al.): ``steps`` gradient-ascent steps projected on the eps ball.
-
-    ``norm``: "inf" (signed steps, L-inf ball) or 2 (normalised steps, L2 ball). ``random_start``: begin at a
-    uniform random point of the ball; ``restarts`` > 1 repeats from new random starts and keeps, per
-    example, a restart that misclassifies (targeted: hits the target) if there is one, else the one with
-    the highest loss: an example counts as broken if any restart breaks it. ``seed`` makes the random
-    starts repeatable (None: drawn from numpy's global generator, which ``runtime.setup`` seeds). Other arguments as in :func:`fgsm`.
-    ``unroll`` overrides how the steps are laid out in the graph (see :func:`gradient_ascent`).
-    Returns float32 numpy of x's shape, inside the ball and the pixel range.
-    Introduced in notebooks/02_iterative_attacks.ipynb.
-    """
-    eps = check_eps(eps)
-    clip_min, clip_max = _check_clip(clip_min, clip_max)
-    random_start = check_bool("random_start", random_start)
-    return _run(model, x, y, eps=eps, step_size=_check_step_size(step_size), steps=_check_steps(steps),
-                norm=_check_norm(norm), random_start=random_start,
-                restarts=_check_restarts(restarts, random_start), momentum=None,
-                targeted=check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
-                batch_size=batch_size, seed=seed, jit_compile=jit_compile, unroll=unroll)
-
-
-def bim(
-    model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, targeted: bool = False,
-    clip_min: float = 0.0, clip_max: float = 1.0, batch_size: int | None = None,
-    jit_compile: bool | None = None, unroll: bool | int | None = None,
-) -> np.ndarray:
-    """Basic Iterative Method (Kurakin et al.): L-inf PGD from x itself (no random start, no restarts).
-
-    Arguments and result as in :func:`pgd`. Introduced in notebooks/02_iterative_attacks.ipynb.
-    """
-    return pgd(model, x, y, eps, step_size=step_size, steps=steps, norm="inf", random_start=False, restarts=1,
-               targeted=targeted, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size, seed=0,
-               jit_compile=jit_compile, unroll=unroll)
-
-
-def mim(
-    model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, decay: float = 1.0,
-    norm: str | int = "inf", targeted: bool = False, clip_min: float = 0.0, clip_max: float = 1.0,
-    batch_size: int | None = None, jit_compile: bool | None = None, unroll: bool | int | None = None,
-) -> np.ndarray:
-    """Momentum Iterative Method (Dong et al.): g = decay * g + grad / mean|grad|; step along sign(g).
-
-    Starts at x (no random start). Other arguments and result as in :func:`pgd`.
-    Introduced in notebooks/02_iterative_attacks.ipynb.
-    """
-    eps = check_eps(eps)
-    clip_min, clip_max = _check_clip(clip_min, clip_max)
-    return _run(model, x, y, eps=eps, step_size=_check_step_size(step_size), steps=_check_steps(steps),
-                norm=_check_norm(norm), random_start=False, restarts=1, momentum=_check_decay(decay),
-                targeted=check_bool("targeted", targeted), clip_min=clip_min, clip_max=clip_max,
-                batch_size=batch_size, seed=0, jit_compile=jit_compile, unroll=unroll)
-
-
-# --------------------------------------------------------------------------------------------------
-# Attack specs: attacks as values
+# Attack specs: attacks as values (each setting is declared and validated here, once)
 # --------------------------------------------------------------------------------------------------
 class Attack:
     """Base of the attack specs: ``spec(model, x, y)`` (numpy) and ``spec.generate(model, x, y)`` (tensors).
@@ -556,6 +218,7 @@ class Attack:
         return dataclasses.replace(self, eps=eps)
 
     def _settings(self) -> dict[str, Any]:
+        """The settings of :func:`_attack` other than eps, step_size and seed (the compiled function's key)."""
         raise NotImplementedError
 
     def _step_size(self, eps: Any) -> Any:
@@ -565,33 +228,34 @@ class Attack:
                  step_size: Any = None) -> tf.Tensor:
         """Adversarial examples as a tensor, built from TensorFlow ops only.
 
-        Callable inside another ``tf.function`` (e.g. a Keras ``train_step``). ``x``: float tensor
-        (B, H, W, C) in [clip_min, clip_max]; ``y``: int class ids (B,). ``eps``: Python float or scalar
-        tensor / ``tf.Variable`` overriding ``self.eps`` (for eps ramps; no retracing when it is a tensor).
-        ``seed``: optional shape-(2,) int tensor for stateless random starts (else TF's global generator).
-        ``step_size``: float or scalar tensor overriding the spec's step (e.g. one that shrinks with an eps ramp).
-        No value validation, no batching; the model is called with ``training=False``. Returns x_adv (dtype
-        of x, gradient stopped) inside the eps ball and the pixel range.
+        Callable inside another ``tf.function`` (e.g. a Keras ``train_step``). ``model``: any callable
+        ``f(x, training=False) -> logits``. ``x``: float tensor (B, H, W, C) in [clip_min, clip_max]; ``y``: int
+        class ids (B,). ``eps``: Python float or scalar tensor / ``tf.Variable`` overriding ``self.eps`` (for eps
+        ramps; no retracing when it is a tensor). ``seed``: optional shape-(2,) int tensor for stateless random
+        starts (else TF's global generator). ``step_size``: float or scalar tensor overriding the spec's step
+        (e.g. one that shrinks with an eps ramp). No value validation, no batching. Returns x_adv (dtype of x,
+        gradient stopped) inside the eps ball and the pixel range.
         Introduced in notebooks/02_iterative_attacks.ipynb.
         """
         eps = self.eps if eps is None else eps
-        x = tf.convert_to_tensor(x)
         step_size = self._step_size(eps) if step_size is None else step_size
-        return _attack(model, x, tf.convert_to_tensor(y), eps=eps, step_size=step_size, seed=seed,
-                       **self._settings())
+        return _attack(model, tf.convert_to_tensor(x), tf.convert_to_tensor(y), eps=eps, step_size=step_size,
+                       seed=seed, **self._settings())
 
     def __call__(self, model: Any, x: Any, y: Any) -> np.ndarray:
         """Run the attack on numpy (or tensor) inputs: validated, batched, compiled; numpy out."""
-        settings = self._settings()
-        return _run(model, x, y, eps=self.eps, step_size=float(self._step_size(self.eps)),
-                    batch_size=getattr(self, "batch_size", None), seed=getattr(self, "seed", 0),
-                    jit_compile=getattr(self, "jit_compile", None), **settings)
+        return _run(self, model, x, y)
 
 
 @dataclass(frozen=True, repr=False)
 class FGSM(Attack):
-    """Fast Gradient Sign Method as a value: ``FGSM(eps=0.1)(model, x, y)``. See :func:`fgsm`.
+    """Fast Gradient Sign Method: x_adv = clip(x + eps * sign(grad_x CE(model(x), y)), clip_min, clip_max).
 
+    ``FGSM(eps=0.1)(model, x, y)``: ``model`` returns logits (B, classes); ``x``: float images (B, H, W, C) in
+    [clip_min, clip_max] (numpy or tensor); ``y``: int class ids (B,); with ``targeted=True`` they are the
+    *target* classes and the step goes down the loss instead. One-hot labels are rejected: convert with
+    ``np.argmax(y, axis=1)``. ``batch_size`` bounds memory (None: one batch). ``jit_compile``: None means XLA
+    on GPU only. Returns float32 numpy, same shape as x, with ``|x_adv - x| <= eps`` and pixels in range.
     Introduced in notebooks/01_fgsm.ipynb.
     """
 
@@ -611,14 +275,20 @@ class FGSM(Attack):
 
     def _settings(self) -> dict[str, Any]:
         return dict(steps=1, norm="inf", random_start=False, restarts=1, momentum=None, targeted=self.targeted,
-                    clip_min=self.clip_min, clip_max=self.clip_max, unroll=True)
+                    clip_min=self.clip_min, clip_max=self.clip_max)
 
 
 @dataclass(frozen=True, repr=False)
 class PGD(Attack):
-    """Projected Gradient Descent as a value: ``PGD(eps=0.3, steps=40, step_size=0.01)``. See :func:`pgd`.
+    """Projected Gradient Descent (Madry et al.): ``steps`` gradient-ascent steps projected on the eps ball.
 
-    Introduced in notebooks/02_iterative_attacks.ipynb.
+    ``PGD(eps=0.3, steps=40, step_size=0.01)(model, x, y)``. ``norm``: "inf" (signed steps, L-inf ball) or 2
+    (normalised steps, L2 ball). ``random_start``: begin at a uniform random point of the ball; ``restarts`` > 1
+    repeats from new random starts and keeps, per example, a restart that misclassifies (targeted: hits the
+    target) if there is one, else the one with the highest loss: an example counts as broken if any restart
+    breaks it. ``seed`` makes the random starts repeatable (None: drawn from numpy's global generator, which
+    ``runtime.setup`` seeds). Other settings as in :class:`FGSM`. Returns float32 numpy of x's shape, inside
+    the ball and the pixel range. Introduced in notebooks/02_iterative_attacks.ipynb.
     """
 
     label: ClassVar[str] = "PGD"
@@ -634,14 +304,12 @@ class PGD(Attack):
     batch_size: int | None = None
     seed: int | None = None
     jit_compile: bool | None = None
-    unroll: bool | int | None = None
 
     def __post_init__(self) -> None:
         self._validate_common()
-        object.__setattr__(self, "steps", _check_steps(self.steps))
+        object.__setattr__(self, "steps", check_positive_int("steps", self.steps))
         object.__setattr__(self, "step_size", _check_step_size(self.step_size))
         object.__setattr__(self, "norm", _check_norm(self.norm))
-        object.__setattr__(self, "unroll", _check_unroll(self.unroll))
         object.__setattr__(self, "random_start", check_bool("random_start", self.random_start))
         object.__setattr__(self, "restarts", _check_restarts(self.restarts, self.random_start))
 
@@ -655,15 +323,14 @@ class PGD(Attack):
 
     def _settings(self) -> dict[str, Any]:
         return dict(steps=self.steps, norm=self.norm, random_start=self.random_start, restarts=self.restarts,
-                    momentum=None, targeted=self.targeted, clip_min=self.clip_min, clip_max=self.clip_max,
-                    unroll=self.unroll)
+                    momentum=None, targeted=self.targeted, clip_min=self.clip_min, clip_max=self.clip_max)
 
 
 @dataclass(frozen=True, repr=False)
 class BIM(PGD):
-    """Basic Iterative Method as a value: PGD without random start. See :func:`bim`.
+    """Basic Iterative Method (Kurakin et al.): L-inf PGD from x itself (no random start, no restarts).
 
-    Introduced in notebooks/02_iterative_attacks.ipynb.
+    Settings and result as in :class:`PGD`. Introduced in notebooks/02_iterative_attacks.ipynb.
     """
 
     label: ClassVar[str] = "BIM"
@@ -672,9 +339,10 @@ class BIM(PGD):
 
 @dataclass(frozen=True, repr=False)
 class MIM(Attack):
-    """Momentum Iterative Method as a value: ``MIM(eps=0.3, steps=10, step_size=0.03)``. See :func:`mim`.
+    """Momentum Iterative Method (Dong et al.): g = decay * g + grad / mean|grad|; step along sign(g).
 
-    Introduced in notebooks/02_iterative_attacks.ipynb.
+    ``MIM(eps=0.3, steps=10, step_size=0.03)(model, x, y)``. Starts at x (no random start). Other settings and
+    result as in :class:`PGD`. Introduced in notebooks/02_iterative_attacks.ipynb.
     """
 
     label: ClassVar[str] = "MIM"
@@ -688,22 +356,219 @@ class MIM(Attack):
     clip_max: float = 1.0
     batch_size: int | None = None
     jit_compile: bool | None = None
-    unroll: bool | int | None = None
 
     def __post_init__(self) -> None:
         self._validate_common()
-        object.__setattr__(self, "steps", _check_steps(self.steps))
+        object.__setattr__(self, "steps", check_positive_int("steps", self.steps))
         object.__setattr__(self, "step_size", _check_step_size(self.step_size))
         object.__setattr__(self, "norm", _check_norm(self.norm))
-        object.__setattr__(self, "unroll", _check_unroll(self.unroll))
-        object.__setattr__(self, "decay", _check_decay(self.decay))
+        object.__setattr__(self, "decay", check_number("decay", self.decay, low=0.0,
+                                                       hint="It is the momentum factor; 1.0 in the MIM paper."))
 
     def _name(self) -> str:
         return f"{self.label}-{self.steps}" + (" L2" if self.norm == 2 else "")
 
     def _settings(self) -> dict[str, Any]:
         return dict(steps=self.steps, norm=self.norm, random_start=False, restarts=1, momentum=self.decay,
-                    targeted=self.targeted, clip_min=self.clip_min, clip_max=self.clip_max, unroll=self.unroll)
+                    targeted=self.targeted, clip_min=self.clip_min, clip_max=self.clip_max)
+
+
+# --------------------------------------------------------------------------------------------------
+# The functions: one line each over the specs
+# --------------------------------------------------------------------------------------------------
+def fgsm(model: Any, x: Any, y: Any, eps: float, *, targeted: bool = False, clip_min: float = 0.0,
+         clip_max: float = 1.0, batch_size: int | None = None, jit_compile: bool | None = None) -> np.ndarray:
+    """``FGSM(eps, ...)(model, x, y)``: see :class:`FGSM`. Introduced in notebooks/01_fgsm.ipynb."""
+    return FGSM(eps=eps, targeted=targeted, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
+                jit_compile=jit_compile)(model, x, y)
+
+
+def pgd(model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, norm: str | int = "inf",
+        random_start: bool = True, restarts: int = 1, targeted: bool = False, clip_min: float = 0.0,
+        clip_max: float = 1.0, batch_size: int | None = None, seed: int | None = None,
+        jit_compile: bool | None = None) -> np.ndarray:
+    """``PGD(eps, ...)(model, x, y)``: see :class:`PGD`. Introduced in notebooks/02_iterative_attacks.ipynb."""
+    return PGD(eps=eps, steps=steps, step_size=step_size, norm=norm, random_start=random_start, restarts=restarts,
+               targeted=targeted, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size, seed=seed,
+               jit_compile=jit_compile)(model, x, y)
+
+
+def bim(model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, targeted: bool = False,
+        clip_min: float = 0.0, clip_max: float = 1.0, batch_size: int | None = None,
+        jit_compile: bool | None = None) -> np.ndarray:
+    """``BIM(eps, ...)(model, x, y)``: see :class:`BIM`. Introduced in notebooks/02_iterative_attacks.ipynb."""
+    return BIM(eps=eps, steps=steps, step_size=step_size, targeted=targeted, clip_min=clip_min, clip_max=clip_max,
+               batch_size=batch_size, seed=0, jit_compile=jit_compile)(model, x, y)
+
+
+def mim(model: Any, x: Any, y: Any, eps: float, *, step_size: float, steps: int, decay: float = 1.0,
+        norm: str | int = "inf", targeted: bool = False, clip_min: float = 0.0, clip_max: float = 1.0,
+        batch_size: int | None = None, jit_compile: bool | None = None) -> np.ndarray:
+    """``MIM(eps, ...)(model, x, y)``: see :class:`MIM`. Introduced in notebooks/02_iterative_attacks.ipynb."""
+    return MIM(eps=eps, steps=steps, step_size=step_size, decay=decay, norm=norm, targeted=targeted,
+               clip_min=clip_min, clip_max=clip_max, batch_size=batch_size, jit_compile=jit_compile)(model, x, y)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a spec on numpy inputs: validation, a compiled function cached per model and settings, batches
+# --------------------------------------------------------------------------------------------------
+_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
+_TRACES: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+
+
+def trace_count(model: Any) -> int:
+    """How many times attack graphs were traced for ``model`` (repeated calls should not add any)."""
+    return _TRACES.get(model, 0)
+
+
+def clear_cache(model: Any = None) -> None:
+    """Drop the compiled attack functions of ``model`` (all models when None)."""
+    if model is None:
+        _CACHE.clear()
+    else:
+        _CACHE.pop(model, None)
+
+
+def _run(spec: Attack, model: Any, x: Any, y: Any) -> np.ndarray:
+    """Validate, then run the spec's cached compiled attack batch by batch; numpy out."""
+    x, y = _prepare(model, x, y, spec.clip_min, spec.clip_max)
+    fn = _compiled(model, spec._settings(), tuple(x.shape[1:]), spec.jit_compile)
+    eps_t = tf.constant(spec.eps, tf.float32)
+    step_t = tf.constant(float(spec._step_size(spec.eps)), tf.float32)
+    rng = _seed_pair(getattr(spec, "seed", 0))
+    batch_size = spec.batch_size or len(x)
+    out = np.empty_like(x)
+    for start in range(0, len(x), batch_size):
+        stop = min(start + batch_size, len(x))
+        seed_t = tf.constant(rng.integers(0, 2**62, size=2), tf.int64)
+        out[start:stop] = fn(tf.constant(x[start:stop]), tf.constant(y[start:stop]), eps_t, step_t, seed_t).numpy()
+    return out
+
+
+def _compiled(model: Any, settings: dict[str, Any], sample_shape: tuple[int, ...], jit_compile: bool | None) -> Any:
+    # XLA on GPU; plain graph mode on CPU (XLA ran PGD 2-4x slower on our 2-core CPUs).
+    jit = bool(tf.config.list_logical_devices("GPU")) if jit_compile is None else bool(jit_compile)
+    key = (tuple(sorted(settings.items(), key=lambda kv: kv[0])), sample_shape, jit)
+    per_model = _CACHE.setdefault(model, {})
+    if key in per_model:
+        return per_model[key]
+    model_ref = weakref.ref(model)  # the cache must not keep the model alive
+    # A partial (not a closure) gives each compiled function its own key in TF's retracing detector.
+    run = functools.partial(_traced_attack, model_ref, settings)
+    signature = [
+        tf.TensorSpec((None, *sample_shape), tf.float32, name="x"),
+        tf.TensorSpec((None,), tf.int64, name="y"),
+        tf.TensorSpec((), tf.float32, name="eps"),
+        tf.TensorSpec((), tf.float32, name="step_size"),
+        tf.TensorSpec((2,), tf.int64, name="seed"),
+    ]
+    fn = tf.function(run, input_signature=signature, jit_compile=jit)
+    per_model[key] = fn
+    return fn
+
+
+def _traced_attack(model_ref: Any, settings: dict[str, Any], x: tf.Tensor, y: tf.Tensor, eps: tf.Tensor,
+                   step_size: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    model = model_ref()
+    _TRACES[model] = _TRACES.get(model, 0) + 1  # Python side effect: runs only while tracing
+    return _attack(model, x, y, eps=eps, step_size=step_size, seed=seed, **settings)
+
+
+def _seed_pair(seed: Any) -> np.random.Generator:
+    """The generator of the per-batch seed pairs: from ``seed``, or from numpy's global state when None (so
+    ``runtime.setup(seed=...)`` makes runs repeatable)."""
+    if seed is None:
+        return np.random.default_rng(np.random.randint(0, 2**31 - 1))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    return np.random.default_rng(int(seed))
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation of attack settings and inputs (Python values only: runs before anything is traced);
+# the checks shared with other modules are in tutorial_lib.checks
+# --------------------------------------------------------------------------------------------------
+def _check_step_size(step_size: Any) -> float:
+    return check_number("step_size", step_size, low=0.0, low_inclusive=False,
+                        hint="A typical L-inf choice is 2.5 * eps / steps.")
+
+
+def _check_restarts(restarts: Any, random_start: bool) -> int:
+    restarts = check_positive_int("restarts", restarts)
+    if restarts > 1 and not random_start:
+        raise ValueError(
+            f"restarts={restarts} needs random_start=True: without a random start every restart "
+            "computes the same perturbation"
+        )
+    return restarts
+
+
+def _check_norm(norm: Any) -> str | int:
+    """Canonical norm: ``"inf"`` or ``2``. Accepts "inf", np.inf, "linf", 2, "2", "l2"."""
+    if isinstance(norm, bool):
+        raise ValueError(f"unknown norm {norm!r}; use norm='inf' (L-infinity) or norm=2 (L2)")
+    if isinstance(norm, (int, float, np.integer, np.floating)):
+        if norm == np.inf:
+            return "inf"
+        if norm == 2:
+            return 2
+    elif isinstance(norm, str) and norm.strip().lower() in _NORMS:
+        return _NORMS[norm.strip().lower()]
+    raise ValueError(f"unknown norm {norm!r}; use norm='inf' (L-infinity) or norm=2 (L2)")
+
+
+def _check_clip(clip_min: Any, clip_max: Any) -> tuple[float, float]:
+    clip_min = check_number("clip_min", clip_min)
+    clip_max = check_number("clip_max", clip_max)
+    if clip_min >= clip_max:
+        raise ValueError(
+            f"clip_min must be < clip_max, got clip_min={clip_min}, clip_max={clip_max} "
+            "(the valid pixel range; [0, 1] for the series' images)"
+        )
+    return clip_min, clip_max
+
+
+def _check_batch_size(batch_size: Any) -> int | None:
+    if batch_size is None:
+        return None
+    return check_positive_int("batch_size", batch_size, hint=" (or None for one batch)")
+
+
+def _num_classes(model: Any, x: np.ndarray) -> int:
+    shape = None
+    try:
+        shape = tuple(model.output_shape)
+    except Exception:  # subclassed models have no static output shape
+        pass
+    if not shape or shape[-1] is None:
+        shape = tuple(model(tf.constant(x[:1]), training=False).shape)
+    if len(shape) != 2:
+        raise ValueError(
+            f"the model must return logits of shape (batch, classes), but its output has shape {shape}"
+        )
+    return int(shape[-1])
+
+
+def _prepare(model: Any, x: Any, y: Any, clip_min: float, clip_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the model, images (inside [clip_min, clip_max]) and labels (inside the model's classes)."""
+    models.check_logits_model(model)
+    x, y = check_images_and_labels(x, y)
+    lo, hi = float(x.min()), float(x.max())
+    if lo < clip_min - RANGE_TOLERANCE or hi > clip_max + RANGE_TOLERANCE:
+        hint = " (uint8 images? divide by 255 first)" if hi > 1.5 and clip_max <= 1 else ""
+        raise ValueError(
+            f"x has values in [{lo:.4g}, {hi:.4g}], outside the valid range [clip_min, clip_max] = "
+            f"[{clip_min}, {clip_max}]{hint}; rescale x or pass the clip_min/clip_max of your data"
+        )
+    if lo < clip_min or hi > clip_max:  # float rounding only
+        x = np.clip(x, clip_min, clip_max)
+    n_classes = _num_classes(model, x)
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(
+            f"labels must be in 0..{n_classes - 1} (the model has {n_classes} outputs), "
+            f"got values in {int(y.min())}..{int(y.max())}"
+        )
+    return x, y
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1308,6 +1173,9 @@ class AdversarialPatch:
         Numpy in and out; see :func:`paste_patch`. Pixels outside each square are returned unchanged.
         """
         x = check_images_and_labels(x, np.zeros(len(np.asarray(x)), np.int64))[0]
+        if x.min() < self.clip_min - RANGE_TOLERANCE or x.max() > self.clip_max + RANGE_TOLERANCE:
+            raise ValueError(f"x has values in [{x.min():.4g}, {x.max():.4g}], outside [clip_min, clip_max] = "
+                             f"[{self.clip_min}, {self.clip_max}]; rescale x or pass the clip_min/clip_max of your data")
         height, width = self._check_fits(x.shape[1:])
         patch = self._check_patch(patch, x.shape[-1])
         positions = np.asarray(positions)

@@ -394,31 +394,25 @@ def adversarial_fit(
     x: np.ndarray,
     y: np.ndarray,
     *,
-    method: str,
-    eps: float | None = None,
     epochs: int,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
     decay_epochs: int = 0,
     ramp_epochs: int = 0,
-    steps: int | None = None,
-    step_size: float | None = None,
-    attack: attacks.Attack | None = None,
-    beta: float = 6.0,
-    clean_weight: float = 0.0,
-    align_weight: float = 0.0,
     callbacks: list | None = None,
     strategy: Any = None,
     verbose: int | str = 2,
+    **trainer_options: Any,
 ) -> tuple[keras.Model, dict[str, Any]]:
-    """Train ``classifier`` in place with ``method`` and return ``(classifier, info)``.
+    """Train ``classifier`` in place with an :class:`AdversarialTrainer` and return ``(classifier, info)``.
 
     ``x``: float32 images (N, H, W, C) in [0, 1]; ``y``: int labels (N,). Adam at ``learning_rate``, divided
     by 10 for the last ``decay_epochs`` epochs (a step schedule); with ``ramp_epochs`` > 0 an
     :class:`EpsilonRamp` warms eps up over that many epochs. ``strategy``: a tf.distribute strategy whose
     scope the classifier was built in (None: the current one). ``info`` holds the Keras history, the
-    eps used per epoch and ``seconds_per_epoch`` (median wall-clock). The other options are those of
-    :class:`AdversarialTrainer`. Introduced in notebooks/03_adversarial_training.ipynb.
+    eps used per epoch and ``seconds_per_epoch`` (median wall-clock). ``trainer_options`` are the
+    :class:`AdversarialTrainer`'s (``method``, ``eps``, ``steps``, ``step_size`` or ``attack``, ``beta``,
+    ``clean_weight``, ``align_weight``). Introduced in notebooks/03_adversarial_training.ipynb.
     """
     epochs = check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -437,11 +431,10 @@ def adversarial_fit(
         lr = keras.optimizers.schedules.PiecewiseConstantDecay(
             [steps_per_epoch * (epochs - decay_epochs)], [learning_rate, learning_rate / 10])
     with strategy.scope():
-        trainer = AdversarialTrainer(classifier, method=method, eps=eps, steps=steps, step_size=step_size,
-                                     attack=attack, beta=beta, clean_weight=clean_weight, align_weight=align_weight)
+        trainer = AdversarialTrainer(classifier, **trainer_options)
         trainer.compile(optimizer=keras.optimizers.Adam(lr))
     timer = EpochTimer()
-    ramp = EpsilonRamp(trainer.eps_max, ramp_epochs) if ramp_epochs and method != "none" else None
+    ramp = EpsilonRamp(trainer.eps_max, ramp_epochs) if ramp_epochs and trainer.attack is not None else None
     cbs = [timer] + ([ramp] if ramp else []) + list(callbacks or [])
     hist = trainer.fit(x, y, batch_size=batch_size, epochs=epochs, callbacks=cbs, shuffle=True, verbose=verbose)
     info = {

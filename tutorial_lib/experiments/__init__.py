@@ -6,18 +6,7 @@ first use, e.g. ``tl.experiments.meta_learning.meta_train``.
 
 from __future__ import annotations
 
-import importlib
+from .. import lazy_submodules
 
-_SUBMODULES = ("adversarial_training", "meta_learning", "robust_few_shot", "unseen_attacks")
-
-
-def __getattr__(name: str):
-    if name in _SUBMODULES:
-        module = importlib.import_module(f".{name}", __name__)
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'tutorial_lib.experiments' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES))
+_SUBMODULES = ("adversarial_training", "meta_learning", "robust_few_shot", "unseen_attacks", "applications")
+__getattr__, __dir__ = lazy_submodules(__name__, _SUBMODULES, globals())
