@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -36,6 +37,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 NBNORM = ROOT / ".ci" / "nbnorm.py"
 SCREENSHOTS = ROOT / "build" / "ui"
 EXPLORER_NOTEBOOK = "01_fgsm.ipynb"
+EPS_LABEL = re.compile(r"^\s*(eps|ε|epsilon)(?![a-z])", re.IGNORECASE)  # the explorer's slider description
 
 # Seconds. Generous: the machines that run this are often shared; a wait ends as soon as its condition holds.
 SERVER_START = 120
@@ -309,7 +311,7 @@ def test_notebook_01_runs_and_its_explorer_responds(page):
 
     # The explorer: the cell output that holds a float slider labelled eps, and the figure in its output widget.
     slider = page.locator(".widget-hslider").filter(
-        has=page.locator(".widget-label", has_text="eps")).filter(has=page.locator(".noUi-handle"))
+        has=page.locator(".widget-label", has_text=EPS_LABEL)).filter(has=page.locator(".noUi-handle"))
     try:
         slider.first.wait_for(state="attached", timeout=REDRAW * 1000)
     except sync_api.TimeoutError:
