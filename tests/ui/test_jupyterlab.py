@@ -251,7 +251,8 @@ def explorer_states(pg) -> list[dict]:
 # Tests
 # ----------------------------------------------------------------------------------------------------------------
 def test_nbnorm_stores_what_jupyterlab_stores():
-    """The kernelspec nbnorm writes is the one ipykernel installs (JupyterLab copies it on save)."""
+    """nbnorm's kernelspec is the one ipykernel installs and its language_info the one the kernel reports; JupyterLab
+    copies both into the notebook when it starts the kernel (checked end to end by the next test)."""
     sys.path.insert(0, str(NBNORM.parent))
     try:
         import nbnorm
