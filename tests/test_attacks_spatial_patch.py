@@ -448,6 +448,8 @@ PATCH_BAD = [
      ValueError, r"patch must have shape \(3, 3, 1\)"),
     ("patch range", lambda m: attacks.AdversarialPatch(3).apply(PX, np.full((3, 3, 1), 2.0), np.zeros((4, 2), int)),
      ValueError, r"in \[0.0, 1.0\]"),
+    ("apply x range", lambda m: attacks.AdversarialPatch(3).apply(PX + 1, np.zeros((3, 3, 1)), np.zeros((4, 2), int)),
+     ValueError, "outside"),
     ("positions out", lambda m: attacks.AdversarialPatch(3).apply(PX, np.zeros((3, 3, 1)), np.full((4, 2), 10)),
      ValueError, "inside the image"),
     ("positions float", lambda m: attacks.AdversarialPatch(3).apply(PX, np.zeros((3, 3, 1)), np.zeros((4, 2))),
@@ -462,3 +464,19 @@ PATCH_BAD = [
 def test_patch_bad_input_raises_a_helpful_error(model, call, error, message):
     with pytest.raises(error, match=message):
         call(model)
+
+
+def test_spatial_and_pool_run_against_adapted_weights(model):
+    """Through meta_adversarial.attack_adapted: the attack sees the model at the given (adapted) weights."""
+    from tutorial_lib import meta, meta_adversarial
+
+    x = images(24)
+    y = np.random.default_rng(24).integers(0, N_CLASSES, len(x))
+    spec = attacks.Spatial(max_angle=20, max_shift=1, angle_steps=5, shift_steps=3)
+    params = meta.params_of(model)
+    got = meta_adversarial.attack_adapted(spec, model, params, x, y, eps=tf.constant(1.0), step_size=0.1)
+    np.testing.assert_array_equal(got.numpy(), spec(model, x, y))
+    other = tiny_cnn(seed=5)  # other weights, same architecture: the attack must follow the weights it is given
+    shifted = meta_adversarial.attack_adapted(spec, model, meta.params_of(other), x, y)
+    np.testing.assert_array_equal(shifted.numpy(), spec(other, x, y))
+    assert not np.array_equal(shifted.numpy(), got.numpy())
