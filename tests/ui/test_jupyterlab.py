@@ -250,21 +250,31 @@ def explorer_states(pg) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------------
 # Tests
 # ----------------------------------------------------------------------------------------------------------------
-def test_nbnorm_stores_what_jupyterlab_stores():
-    """nbnorm's kernelspec is the one ipykernel installs and its language_info the one the kernel reports; JupyterLab
-    copies both into the notebook when it starts the kernel (checked end to end by the next test)."""
+def test_nbnorm_stores_what_the_kernel_reports():
+    """nbnorm fills in the kernelspec of the installed python3 kernel and the language_info a running kernel reports,
+    which is what JupyterLab copies into a notebook when it starts the kernel (end to end: the next test)."""
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import start_new_kernel
+
     sys.path.insert(0, str(NBNORM.parent))
     try:
         import nbnorm
     finally:
         sys.path.remove(str(NBNORM.parent))
-    from ipykernel.ipkernel import IPythonKernel
-    from ipykernel.kernelspec import KERNEL_NAME, get_kernel_dict
-
-    spec = get_kernel_dict()
-    assert nbnorm.KERNELSPEC == {"display_name": spec["display_name"], "language": spec["language"],
-                                 "name": KERNEL_NAME}
-    assert nbnorm.kernel_language_info() == IPythonKernel.language_info
+    manager, client = start_new_kernel(kernel_name="python3", startup_timeout=KERNEL_READY)
+    try:
+        reply = client.kernel_info(reply=True, timeout=KERNEL_READY)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"display_name": "Python 3", "language": "python",
+                                                           "name": "python3"},
+                                            "language_info": {"name": "python", "pygments_lexer": "ipython3"}})
+    meta = nbnorm.normalise(nb, "cut_down").metadata
+    assert meta["kernelspec"] == {"display_name": spec.display_name, "language": spec.language, "name": "python3"}
+    assert meta["language_info"] == reply["content"]["language_info"]
 
 
 @pytest.mark.parametrize("name", [nb.name for nb in NOTEBOOKS])
