@@ -81,9 +81,18 @@ def test_peer_comparison_without_the_extra_runs_ours_only():
     assert "not installed" in table and "pip install" in table
 
 
-def test_peers_available_false_when_a_package_is_missing(monkeypatch):
+def test_without_the_extra_the_comparison_runs_ours_only(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "art" else real(name, *a))
+    assert app.peers_available() is False
+    x, y = images(12)
+    comp = app.peer_comparison(tiny_model(), x, y, SETTINGS, eps=0.1)  # use_peers=None: detects the absence
+    assert comp["accuracy"]["art_apgd"] is None and comp["accuracy"]["ours_pgd"] is not None
+
+    def blocked(name, *a):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(importlib.util, "find_spec", blocked)
     assert app.peers_available() is False
 
 

@@ -188,6 +188,14 @@ def patch_table(patch: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def success_ci(patch: dict[str, Any], name: str, kind: str, index: int) -> tuple[float, float]:
+    """(success fraction, half-width of its 95% interval) of model ``name``'s ``kind`` patch ("untargeted",
+    "targeted" or "random_patch") at size number ``index``, over its ``n_eval`` images (Wilson, as
+    :func:`tutorial_lib.evaluate.accuracy_ci95`)."""
+    value, n = float(patch[kind][name][index]), int(patch["n_eval"][name])
+    return value, float(evaluate.accuracy_ci95(np.arange(n) < int(round(value * n)))[1])
+
+
 def _pct_ci(fraction: float, n: int) -> str:
     hits = np.arange(n) < int(round(float(fraction) * n))
     _, half = evaluate.accuracy_ci95(hits)
@@ -199,7 +207,10 @@ def _pct_ci(fraction: float, n: int) -> str:
 # --------------------------------------------------------------------------------------------------
 def peers_available() -> bool:
     """True when CleverHans and the Adversarial Robustness Toolbox can be imported."""
-    return all(importlib.util.find_spec(m) is not None for m in ("cleverhans", "art"))
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("cleverhans", "art"))
+    except (ImportError, ValueError):  # a broken or blocked installation counts as missing
+        return False
 
 
 def _art(module: str):
@@ -268,11 +279,12 @@ def peer_comparison(model: keras.Model, x: np.ndarray, y: np.ndarray, settings, 
     correct: dict[str, np.ndarray] = {}
     gaps: dict[str, float] = {}
     if use_peers:
-        advs = peer_attacks(model, x, y, eps=eps, steps=s.peer_pgd_steps, step_size=s.peer_step_size)
+        with _quiet_tf():  # ART's classifier retraces its forward pass per batch shape and warns about it
+            advs = peer_attacks(model, x, y, eps=eps, steps=s.peer_pgd_steps, step_size=s.peer_step_size)
+            apgd = apgd_examples(model, x, y, eps=eps, steps=s.apgd_steps, restarts=s.apgd_restarts)
         for key, xa in advs.items():
             correct[key] = clean & evaluate.correct(model, np.asarray(xa), y)
         gaps = {k: float(np.abs(np.asarray(advs[k]) - advs["ours_pgd"]).max()) for k in ("cleverhans_pgd", "art_pgd")}
-        apgd = apgd_examples(model, x, y, eps=eps, steps=s.apgd_steps, restarts=s.apgd_restarts)
         correct["art_apgd_ce"] = clean & evaluate.correct(model, apgd["ce"], y)
         correct["art_apgd_dlr"] = clean & evaluate.correct(model, apgd["dlr"], y)
         correct["art_apgd"] = correct["art_apgd_ce"] & correct["art_apgd_dlr"]
