@@ -480,3 +480,7 @@ def test_spatial_and_pool_run_against_adapted_weights(model):
     shifted = meta_adversarial.attack_adapted(spec, model, meta.params_of(other), x, y)
     np.testing.assert_array_equal(shifted.numpy(), spec(other, x, y))
     assert not np.array_equal(shifted.numpy(), got.numpy())
+    pool = attacks.AttackPool([attacks.FGSM(eps=0.1), spec])  # a pool takes the adapted forward pass the same way
+    adapted = meta_adversarial.adapted_logits_fn(model, meta.params_of(other))
+    drawn = tf.function(lambda a, b, i: pool.generate(adapted, a, b, i))(tf.constant(x), tf.constant(y), tf.constant(1))
+    np.testing.assert_array_equal(drawn.numpy(), spec(other, x, y))
