@@ -135,6 +135,8 @@ def test_cost_rows_project_to_the_full_profile(tmp_path):
     assert maml["seconds"] == pytest.approx(0.1)
     assert maml["full_seconds"] == pytest.approx(0.1 * full.meta.meta_batch / quick.meta.meta_batch * full.meta.meta_steps)
     assert len(missing) == 2 and "| 03 | pgd |" in app.cost_table(rows)
+    write(tmp_path, "06_unseen_attacks", {"held_out": {}})
+    assert any("records none" in m for m in app.cost_rows(quick, results_dir=tmp_path)[1])
 
 
 def test_results_follow_the_schema():

@@ -492,7 +492,11 @@ def cost_rows(profile, *, results_dir: Path | None = None, full=None,
     if r06 is None:
         missing.append("06_unseen_attacks.json (run notebooks/06_unseen_attacks.ipynb)")
     else:
-        rows += _rows_06(r06, profile, full)
+        rows06 = _rows_06(r06, profile, full)
+        rows += rows06
+        if not rows06:
+            missing.append("training times of notebook 06 (06_unseen_attacks.json records none; see "
+                           "notebooks/06_unseen_attacks.ipynb for its runtime)")
     return rows, missing
 
 
