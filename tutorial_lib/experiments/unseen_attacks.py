@@ -143,8 +143,10 @@ class PoolQuerying(mad.AdversarialQuerying):
         return f"PoolQuerying({self.model.name}, pool={self.pool!r}, ramp_steps={self.ramp_steps})"
 
     def eps_at(self, step: int) -> float:
-        """The budget scale at meta-step ``step``: ``min(1, step / ramp_steps)`` (1 without a ramp)."""
-        return 1.0 if self.ramp_steps == 0 else min(1.0, step / self.ramp_steps)
+        """The budget scale at meta-step ``step`` (0-based): ``min(1, (step + 1) / ramp_steps)`` (1 without a ramp).
+
+        The ramp starts at 1 / ramp_steps, not 0: L2 PGD at radius exactly 0 divides by a zero norm (NaN)."""
+        return 1.0 if self.ramp_steps == 0 else min(1.0, (step + 1) / self.ramp_steps)
 
     def _task_gradient(self, params, sx, sy, qx, qy, *, eps, seed):
         drawn = _DrawnAttack(self.pool, self.pool.draw(tf.random.experimental.stateless_fold_in(seed, 99)), eps)
@@ -164,7 +166,8 @@ def meta_adv_without(family: str, data, settings, meta_settings, *, l2_eps: floa
     pool = train_pool(s, l2_eps).without(family)
     ramp = int(round(s.ramp_fraction * s.meta_steps))
     name = f"06_meta_adv_without_{family}"
-    config = {"pool": repr(pool), "meta_steps": s.meta_steps, "ramp_steps": ramp, "clean_weight": s.clean_weight,
+    config = {"pool": repr(pool), "meta_steps": s.meta_steps, "ramp_steps": ramp, "ramp": "linear from 1/ramp_steps",
+              "clean_weight": s.clean_weight,
               "start": "05_maml", "start_weights": float(sum(float(np.sum(w)) for w in start.get_weights())),
               "n_way": ms.n_way, "k_shot": ms.k_shot, "q_queries": ms.q_queries, "meta_batch": ms.meta_batch,
               "inner_lr": ms.inner_lr, "inner_steps": ms.train_steps, "meta_lr": ms.meta_lr,
