@@ -268,3 +268,5 @@ def test_mean_ci95():
     assert ci == pytest.approx(1.96 * np.std([0, 1, 0, 1], ddof=1) / 2)
     with pytest.raises(ValueError, match="at least 2"):
         evaluate.mean_ci95(np.array([1.0]))
+    record = evaluate.mean_ci95_record([0.0, 1.0, 0.0, 1.0])
+    assert record == {"mean": pytest.approx(0.5), "ci95": pytest.approx(ci)} and set(record) == {"mean", "ci95"}

@@ -437,7 +437,7 @@ def test_adapted_sanity_checks_report(splits):
 def test_every_method_takes_a_meta_step(splits):
     tr, _ = splits
     batch = tr.sample(2, seed=0)
-    for method in MA.METHODS:
+    for method in MA.LEARNERS:
         model = cnn(7, zero_head=True)
         learner = MA.make_learner(method, model, inner_lr=0.4, zero_head=True)
         before = [v.numpy().copy() for v in model.trainable_variables]

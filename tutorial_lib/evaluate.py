@@ -132,6 +132,15 @@ def mean_ci95(values: Any, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(axis=axis), 1.96 * values.std(axis=axis, ddof=1) / math.sqrt(n)
 
 
+def mean_ci95_record(values: Any) -> dict[str, float]:
+    """:func:`mean_ci95` of a 1-d sequence as the ``{"mean", "ci95"}`` record the results files use.
+
+    Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+    mean, ci = mean_ci95(np.asarray(values, dtype=np.float64))
+    return {"mean": float(mean), "ci95": float(ci)}
+
+
 def adversarial_examples(model: keras.Model, x: np.ndarray, y: np.ndarray, attack: attacks.Attack, *,
                          batch_size: int = 500) -> np.ndarray:
     """Run ``attack(model, x_batch, y_batch)`` batch by batch; returns float32 images shaped like ``x``.

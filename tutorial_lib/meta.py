@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -478,7 +478,9 @@ class Reptile(MetaLearner):
 # The seed article's step, kept for teaching and as a regression test. Do not use it to train.
 # --------------------------------------------------------------------------------------------------
 def seed_meta_train_step(model: keras.Model, task_x, task_y, *, optimizer: keras.optimizers.Optimizer,
-                         meta_optimizer: keras.optimizers.Optimizer) -> tuple[tf.Tensor, list[tf.Tensor]]:
+                         meta_optimizer: keras.optimizers.Optimizer,
+                         perturb: Callable[[keras.Model, tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+                         ) -> tuple[tf.Tensor, list[tf.Tensor]]:
     """The seed article's ``meta_train_step`` (without its FGSM part), made to run on real task tensors.
 
     ``task_x``: float (tasks, n, H, W, C); ``task_y``: int (tasks, n). For each task in turn, under one outer
@@ -490,15 +492,18 @@ def seed_meta_train_step(model: keras.Model, task_x, task_y, *, optimizer: keras
     see through the in-place assignments, so ``meta_grads`` is just the sum of ordinary gradients, each at
     whatever weights the previous task left (divided by the number of tasks): sequential SGD plus a second,
     mis-scaled step. The true meta-gradient differentiates the query loss *through* the adaptation
-    (:func:`maml_task_gradient`). Introduced in notebooks/04_meta_learning.ipynb.
+    (:func:`maml_task_gradient`). ``perturb(model, x, y)``, when given, replaces each task's images before its
+    step (the seed's FGSM: :func:`tutorial_lib.meta_adversarial.seed_meta_adversarial_step`).
+    Introduced in notebooks/04_meta_learning.ipynb.
     """
     variables = model.trainable_variables
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     with tf.GradientTape() as tape:
         task_losses = []
         for i in range(len(task_x)):
+            x = task_x[i] if perturb is None else perturb(model, task_x[i], task_y[i])
             with tf.GradientTape() as task_tape:
-                task_loss = loss_fn(task_y[i], model(task_x[i], training=True))
+                task_loss = loss_fn(task_y[i], model(x, training=True))
             task_grads = task_tape.gradient(task_loss, variables)
             optimizer.apply_gradients(zip(task_grads, variables))
             task_losses.append(task_loss)

@@ -23,7 +23,7 @@ from . import evaluate as _evaluate
 from . import meta as _meta
 from .tasks import FewShotSampler, Tasks
 
-METHODS = ("maml", "aq", "aq_trades", "adml", "seed_fgsm")
+LEARNERS = ("maml", "aq", "aq_trades", "adml", "seed_fgsm")
 OUTER_LOSSES = ("ce", "trades")
 SUPPORT_MODES = ("clean", "adversarial")
 
@@ -491,7 +491,7 @@ def make_learner(method: str, model: keras.Model, **options) -> _meta.MetaLearne
         return ADML(model, **options)
     if method == "seed_fgsm":
         return AdversarialMAML(model, **options)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    raise ValueError(f"method must be one of {LEARNERS}, got {method!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -514,21 +514,8 @@ def seed_meta_adversarial_step(model: keras.Model, task_x, task_y, *, optimizer:
     through an adaptation (compare :func:`adversarial_maml_task_gradient`).
     """
     fgsm = check_attack(_attacks.FGSM(eps=eps), "FGSM")
-    variables = model.trainable_variables
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    with tf.GradientTape() as tape:
-        task_losses = []
-        for i in range(len(task_x)):
-            x_adv = fgsm.generate(model, task_x[i], task_y[i])
-            with tf.GradientTape() as task_tape:
-                task_loss = loss_fn(task_y[i], model(x_adv, training=True))
-            task_grads = task_tape.gradient(task_loss, variables)
-            optimizer.apply_gradients(zip(task_grads, variables))
-            task_losses.append(task_loss)
-        meta_loss = tf.reduce_mean(task_losses)
-    meta_grads = tape.gradient(meta_loss, variables)
-    meta_optimizer.apply_gradients(zip(meta_grads, variables))
-    return meta_loss, meta_grads
+    return _meta.seed_meta_train_step(model, task_x, task_y, optimizer=optimizer, meta_optimizer=meta_optimizer,
+                                      perturb=lambda m, x, y: fgsm.generate(m, x, y))
 
 
 def compare_seed_step(model: keras.Model, tasks: Tasks, *, inner_lr: float, eps: float) -> dict[str, np.ndarray]:
@@ -582,11 +569,6 @@ def gradient_cosine(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------------
 # Robust evaluation of adapted learners
 # --------------------------------------------------------------------------------------------------
-def _stats(values: np.ndarray) -> dict[str, float]:
-    mean, ci = _evaluate.mean_ci95(values)
-    return {"mean": float(mean), "ci95": float(ci)}
-
-
 @dataclass(frozen=True)
 class RobustEvaluation:
     """Per-task query accuracies (fractions in [0, 1]) of adapted models, clean and under attack.
@@ -608,9 +590,9 @@ class RobustEvaluation:
 
     def summary(self) -> dict[str, dict[str, float]]:
         """``{"clean": {"mean", "ci95"}, "robust": {...}, "robust_restarts<k>": {...}}`` (1.96 std / sqrt(n))."""
-        out = {"clean": _stats(self.clean), "robust": _stats(self.robust)}
+        out = {"clean": _evaluate.mean_ci95_record(self.clean), "robust": _evaluate.mean_ci95_record(self.robust)}
         if self.robust_restarts is not None:
-            out[f"robust_restarts{self.restarts}"] = _stats(self.robust_restarts)
+            out[f"robust_restarts{self.restarts}"] = _evaluate.mean_ci95_record(self.robust_restarts)
         return out
 
     def __str__(self) -> str:

@@ -23,7 +23,7 @@ from ..tasks import FewShotSampler, Tasks, digit_splits
 from . import meta_learning
 
 #: Every method of the results table, in table order.
-METHODS = ("maml", "maml_adv_finetune", "at_transfer", "adml", "aq", "aq_trades", "seed_fgsm")
+COMPARED = ("maml", "maml_adv_finetune", "at_transfer", "adml", "aq", "aq_trades", "seed_fgsm")
 #: The methods that are meta-trained (the others reuse a meta-trained or adversarially trained model).
 META_TRAINED = ("maml", "adml", "aq", "aq_trades", "seed_fgsm")
 #: What each method is, in a few words (table rows and figure labels).
@@ -200,7 +200,7 @@ def transfer_init(classifier: keras.Model, n_way: int) -> keras.Model:
 # --------------------------------------------------------------------------------------------------
 def adaptation(method: str, settings) -> dict[str, Any]:
     """How ``method`` adapts at test time: ``steps``, ``lr`` and the options of robust_evaluate."""
-    _check_method(method, METHODS)
+    _check_method(method, COMPARED)
     s = settings
     if method == "at_transfer":
         return dict(steps=s.at_finetune_steps, lr=s.at_finetune_lr, head_only=True)
@@ -232,12 +232,6 @@ def sanity_checks(model: keras.Model, tasks: Tasks, settings, *, transfer_from: 
                                      transfer_params=None if transfer_from is None else meta.params_of(transfer_from))
 
 
-def mean_ci95(values) -> dict[str, float]:
-    """``{"mean", "ci95"}`` of per-task values (1.96 standard errors, ddof=1)."""
-    mean, ci = _evaluate.mean_ci95(np.asarray(values, dtype=np.float64))
-    return {"mean": float(mean), "ci95": float(ci)}
-
-
 # --------------------------------------------------------------------------------------------------
 # Results: the JSON of build/results and the notebook's table
 # --------------------------------------------------------------------------------------------------
@@ -252,7 +246,7 @@ def method_result(method: str, evaluation, settings, train_seconds: float | None
 
 
 def results(evaluations: dict[str, Any], train_seconds: dict[str, float | None], settings) -> dict[str, Any]:
-    """The results of notebook 05 in the series' schema (``methods`` keyed by :data:`METHODS` order)."""
+    """The results of notebook 05 in the series' schema (``methods`` keyed by :data:`COMPARED` order)."""
     s = settings
     n_tasks = {len(ev.clean) for ev in evaluations.values()}
     if len(n_tasks) != 1:
@@ -260,7 +254,7 @@ def results(evaluations: dict[str, Any], train_seconds: dict[str, float | None],
     return {"eps": s.eps, "n_way": s.n_way, "k_shot": s.k_shot, "tasks": n_tasks.pop(),
             "eval_attack": describe_eval_attack(s),
             "methods": {m: method_result(m, evaluations[m], s, train_seconds.get(m))
-                        for m in METHODS if m in evaluations}}
+                        for m in COMPARED if m in evaluations}}
 
 
 def save(result: dict[str, Any]):
@@ -268,7 +262,7 @@ def save(result: dict[str, Any]):
     return runtime.save_results(RESULTS_NAME, result)
 
 
-def results_markdown(result: dict[str, Any]) -> str:
+def results_table(result: dict[str, Any]) -> str:
     """A Markdown table of :func:`results`: accuracies in percent with 95% CIs, adaptation and training time."""
     r = int(result.get("restarts", 5))
     key = next((k for k in next(iter(result["methods"].values())) if k.startswith("robust_restarts")), f"robust_restarts{r}")
@@ -297,7 +291,7 @@ def paired_difference(evaluations: dict[str, Any], a: str, b: str, field: str = 
     x, y = (np.asarray(getattr(evaluations[m], field), dtype=np.float64) for m in (a, b))
     if x.shape != y.shape:
         raise ValueError(f"{a} and {b} were evaluated on different tasks ({x.shape} vs {y.shape}); use the same tasks")
-    return mean_ci95(x - y)
+    return _evaluate.mean_ci95_record(x - y)
 
 
 def paired_verdict(evaluations: dict[str, Any], a: str, b: str, field: str = "robust") -> str:
