@@ -267,6 +267,20 @@ def test_l2_random_start_is_uniform_in_the_ball():
     np.testing.assert_allclose((unit ** 2).mean(axis=0), 1 / d, atol=0.02)
 
 
+@pytest.mark.parametrize("random_start", [False, True])
+def test_l2_pgd_at_eps_zero_returns_the_input(model, random_start):
+    # eps = 0 is the empty ball for every norm: the L2 projection and the L2 random start must not divide 0 by 0
+    x, y = random_batch(12)
+    spec = attacks.PGD(eps=0.0, norm=2, steps=3, step_size=0.1, random_start=random_start)
+    for got in (spec(model, x, y),
+                spec.generate(model, tf.constant(x), tf.constant(y), eps=tf.constant(0.0),
+                              seed=tf.constant([1, 2], tf.int64)).numpy()):
+        assert not np.isnan(got).any()
+        np.testing.assert_array_equal(got, x)
+    linf = attacks.PGD(eps=0.0, steps=3, step_size=0.1, random_start=random_start)(model, x, y)
+    np.testing.assert_array_equal(linf, x)
+
+
 def test_random_start_is_deterministic_for_a_seed(model):
     x, y = random_batch(8)
     a = attacks.pgd(model, x, y, 0.2, step_size=0.05, steps=2, seed=5)

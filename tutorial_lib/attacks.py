@@ -95,7 +95,11 @@ def _project(x_adv: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, norm: str | int, cl
     if norm == "inf":
         x_adv = tf.clip_by_value(x_adv, x - eps, x + eps)
     else:
-        x_adv = x + tf.clip_by_norm(x_adv - x, eps, axes=_pixel_axes(x))
+        # delta * min(1, eps / ||delta||), written out: tf.clip_by_norm divides 0 by 0 when delta = 0 and eps = 0
+        delta = x_adv - x
+        length = tf.norm(tf.reshape(delta, [tf.shape(delta)[0], -1]), axis=1)
+        scale = tf.minimum(1.0, tf.math.divide_no_nan(eps, length))  # ||delta|| = 0: delta is 0, any scale will do
+        x_adv = x + delta * tf.reshape(scale, [-1] + [1] * (x.shape.rank - 1))
     return tf.clip_by_value(x_adv, clip_min, clip_max)
 
 
