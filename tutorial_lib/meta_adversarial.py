@@ -37,26 +37,33 @@ def default_attack(eps: float = 0.1) -> _attacks.PGD:
 # Validation
 # --------------------------------------------------------------------------------------------------
 def check_attack(attack: Any, name: str = "attack") -> _attacks.Attack:
-    """Return ``attack`` if it is an attack spec whose eps is > 0 and smaller than its pixel range.
+    """Return ``attack`` if it is an attack spec whose eps makes sense for its threat model (``attack.family``).
 
-    An eps ball as wide as the pixel range contains every image (the attack can paint any picture), so no
-    classifier can be robust in it; eps = 0 is no attack at all (use plain ``meta.MAML`` instead).
+    Every eps must be > 0: eps = 0 is no attack at all (use plain ``meta.MAML`` instead). L-inf: eps must also be
+    smaller than the pixel range, since an L-inf ball as wide as the range contains every image (the attack can
+    paint any picture) and no classifier can be robust in it. L2: eps > 0 is all (radii above 1 are common).
+    Spatial: eps scales the rotation/shift grid, so it lies in (0, 1].
     """
     if not isinstance(attack, _attacks.Attack):
         raise TypeError(f"{name} must be an attack spec from tutorial_lib.attacks (e.g. attacks.PGD(eps=0.1, "
                         f"steps=3, step_size=0.083)), got {type(attack).__name__}")
-    span = attack.clip_max - attack.clip_min
     if not attack.eps > 0:
         raise ValueError(f"{name}.eps must be > 0, got {attack.eps}; for no attack use meta.MAML")
-    if attack.eps >= span:
-        raise ValueError(f"{name}.eps = {attack.eps} is not smaller than the pixel range [{attack.clip_min}, "
-                         f"{attack.clip_max}]: the eps ball would contain every image. Use eps well below "
-                         f"{span} (0.1-0.3 for MNIST in [0, 1])")
+    if attack.family == "linf":
+        span = attack.clip_max - attack.clip_min
+        if attack.eps >= span:
+            raise ValueError(f"{name}.eps = {attack.eps} is not smaller than the pixel range [{attack.clip_min}, "
+                             f"{attack.clip_max}]: the L-inf eps ball would contain every image. Use eps well "
+                             f"below {span} (0.1-0.3 for MNIST in [0, 1])")
+    elif attack.family == "spatial" and attack.eps > 1:
+        raise ValueError(f"{name}.eps = {attack.eps} scales the spatial grid (max_angle, max_shift) and must lie "
+                         "in (0, 1]; for a larger budget raise max_angle / max_shift instead")
     return attack
 
 
 def check_data_range(attack: _attacks.Attack, *arrays: np.ndarray, name: str = "attack") -> None:
-    """Raise unless the images lie inside the attack's pixel range and its eps ball fits inside their range."""
+    """Raise unless the images lie inside the attack's pixel range and, for an L-inf attack, its eps ball fits
+    inside their range."""
     lo = min(float(np.min(a)) for a in arrays)
     hi = max(float(np.max(a)) for a in arrays)
     tol = 1e-5  # float rounding, as the attacks allow
@@ -64,9 +71,9 @@ def check_data_range(attack: _attacks.Attack, *arrays: np.ndarray, name: str = "
         raise ValueError(f"the images lie in [{lo:.4g}, {hi:.4g}] but {name} clips to [{attack.clip_min}, "
                          f"{attack.clip_max}]: the attack would change even clean pixels. Rescale the images or "
                          "give the attack clip_min/clip_max matching the data")
-    if hi > lo and attack.eps >= hi - lo:
+    if attack.family == "linf" and hi > lo and attack.eps >= hi - lo:
         raise ValueError(f"{name}.eps = {attack.eps} is not smaller than the images' range [{lo:.4g}, {hi:.4g}]: "
-                         "the eps ball would contain every image; use a smaller eps")
+                         "the L-inf eps ball would contain every image; use a smaller eps")
 
 
 def _check_fraction(name: str, value: Any) -> float:
