@@ -83,7 +83,7 @@ def test_pool_learner_gradient_equals_aq_with_the_drawn_spec():
     tasks = tiny_tasks()
     spec = attacks.PGD(eps=0.1, steps=2, step_size=0.05, random_start=True)
     model = tiny_model()
-    learner = ua.PoolQuerying(model, pool=attacks.AttackPool([spec]), inner_lr=0.4, inner_steps=1, clean_weight=0.3,
+    learner = mad.PoolQuerying(model, pool=attacks.AttackPool([spec]), inner_lr=0.4, inner_steps=1, clean_weight=0.3,
                               zero_head=True)
     params = meta.params_of(model)
     seed = tf.constant([0, 5], tf.int64)
@@ -100,7 +100,7 @@ def test_pool_learner_ramp_and_meta_step_changes_weights():
     pool = attacks.AttackPool([attacks.FGSM(eps=0.1), attacks.Spatial(max_angle=10, max_shift=1, angle_steps=3,
                                                                       shift_steps=3)])
     model = tiny_model()
-    learner = ua.PoolQuerying(model, pool=pool, ramp_steps=4, zero_head=True)
+    learner = mad.PoolQuerying(model, pool=pool, ramp_steps=4, zero_head=True)
     assert [learner.eps_at(i) for i in (0, 2, 3, 9)] == [0.25, 0.75, 1.0, 1.0]
     before = [w.copy() for w in model.get_weights()]
     loss, acc = learner.meta_step(tiny_tasks(n_tasks=2))
@@ -111,9 +111,9 @@ def test_pool_learner_ramp_and_meta_step_changes_weights():
 
 def test_pool_learner_bad_input():
     with pytest.raises(TypeError, match="AttackPool"):
-        ua.PoolQuerying(tiny_model(), pool=[attacks.FGSM(eps=0.1)])
+        mad.PoolQuerying(tiny_model(), pool=[attacks.FGSM(eps=0.1)])
     with pytest.raises(ValueError, match="attack="):
-        ua.PoolQuerying(tiny_model(), pool=attacks.AttackPool([attacks.FGSM(eps=0.1)]), attack=attacks.FGSM(eps=0.1))
+        mad.PoolQuerying(tiny_model(), pool=attacks.AttackPool([attacks.FGSM(eps=0.1)]), attack=attacks.FGSM(eps=0.1))
 
 
 # ---- evaluation --------------------------------------------------------------------------------------

@@ -168,6 +168,40 @@ def test_aq_meta_trains_and_robust_evaluate_smoke(splits):
 
 
 # ----------------------------------------------------------------------------------------------
+# PoolQuerying: AQ whose query attack is drawn per task from an AttackPool
+# ----------------------------------------------------------------------------------------------
+def test_pool_querying_equals_aq_with_the_spec_each_task_draws():
+    model, task = tiny_mlp("float32"), tiny_task(2, dtype=np.float32)
+    params = [tf.constant(v.numpy()) for v in model.trainable_variables]
+    args = [tf.constant(a) for a in task]
+    specs = [A.PGD(eps=0.1, steps=2, step_size=0.05), A.PGD(eps=0.5, norm=2, steps=2, step_size=0.25)]
+    options = dict(inner_lr=0.4, inner_steps=1, clean_weight=0.3)
+
+    def aq_gradient(spec, seed):
+        aq = MA.AdversarialQuerying(model, attack=spec, **options)
+        return flat(aq._task_gradient(params, *args, eps=tf.constant(spec.eps), seed=seed)[0])
+
+    # a one-spec pool at full budget (scale 1) is AQ with that spec at its eps, same seed
+    one = MA.PoolQuerying(model, pool=A.AttackPool([specs[1]]), **options)
+    seed = tf.constant([0, 5], tf.int64)
+    np.testing.assert_allclose(flat(one._task_gradient(params, *args, eps=tf.constant(1.0), seed=seed)[0]),
+                               aq_gradient(specs[1], seed), rtol=1e-4, atol=1e-6)
+    # with two specs each task's seed picks one (as pool.draw says) and the gradient is AQ's with that one
+    pool = A.AttackPool(specs)
+    two = MA.PoolQuerying(model, pool=pool, **options)
+    drawn = []
+    for i in range(8):
+        seed = tf.constant([1, i], tf.int64)
+        index = int(pool.draw(tf.random.experimental.stateless_fold_in(seed, 99)))
+        drawn.append(index)
+        got = flat(two._task_gradient(params, *args, eps=tf.constant(1.0), seed=seed)[0])
+        np.testing.assert_allclose(got, aq_gradient(specs[index], seed), rtol=1e-4, atol=1e-6)
+        assert not np.allclose(got, aq_gradient(specs[1 - index], seed), rtol=1e-4, atol=1e-6)
+    assert set(drawn) == {0, 1}, drawn  # both threat models are drawn over a meta-batch of 8
+    assert two.eps_at(0) == 1.0 and MA.PoolQuerying(model, pool=pool, ramp_steps=4).eps_at(0) == 0.25
+
+
+# ----------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------
 def test_bad_inputs_are_refused_with_clear_errors(splits):

@@ -2,8 +2,9 @@
 
 Built on :mod:`tutorial_lib.meta` (its inner loop, forward pass and ``MetaLearner``) and the attack specs of
 :mod:`tutorial_lib.attacks` (run through ``.generate`` against a model evaluated at adapted weights). Holds
-Adversarial Querying (AQ, with an eps ramp, a clean-query mix and a TRADES outer loss), ADML, the seed's
-adversarial meta-step as written and corrected, and robust evaluation of adapted learners.
+Adversarial Querying (AQ, with an eps ramp, a clean-query mix and a TRADES outer loss), AQ with an attack pool
+(``PoolQuerying``), ADML, the seed's adversarial meta-step as written and corrected, and robust evaluation of
+adapted learners.
 Introduced in notebooks/05_meta_adversarial.ipynb.
 """
 
@@ -447,6 +448,57 @@ class AdversarialQuerying(AdversarialMetaLearner):
                                 clean_weight=self.clean_weight,
                                 outer_loss=self.outer_loss, trades_beta=self.trades_beta, first_order=self.first_order,
                                 zero_head=self.zero_head)
+
+
+@dataclass(frozen=True)
+class _DrawnAttack:
+    """The pool's spec number ``index`` with its budget times ``scale``, behind the ``.generate`` of a spec."""
+
+    pool: _attacks.AttackPool
+    index: Any
+    scale: Any
+
+    def generate(self, model, x, y, *, eps=None, seed=None, step_size=None):
+        return self.pool.generate(model, x, y, self.index, scale=self.scale, seed=seed)
+
+
+class PoolQuerying(AdversarialQuerying):
+    """Adversarial Querying whose every task draws its query attack from an :class:`~tutorial_lib.attacks.AttackPool`.
+
+    ``PoolQuerying(model, pool=attacks.AttackPool([...]), ...)``: for each task of a meta-batch the pool draws one
+    spec (from the task's seed, so a meta-batch mixes threat models: L-inf, L2, spatial), and the outer loss is
+    taken on the queries attacked by that spec against the ADAPTED weights, as in :class:`AdversarialQuerying`.
+    The ramp grows a scale 0 -> 1 over the first ``ramp_steps`` meta-steps that multiplies the drawn spec's
+    budget (eps and step size; the spatial grid's angles and shifts). Other options as ``AdversarialQuerying``
+    (``clean_weight`` mixes in the clean-query loss); ``attack=`` is refused (the attacks come from the pool).
+    Introduced in notebooks/06_unseen_attacks.ipynb.
+    """
+
+    method = "aq_pool"
+
+    def __init__(self, model: keras.Model, *, pool: _attacks.AttackPool, **options) -> None:
+        if not isinstance(pool, _attacks.AttackPool):
+            raise TypeError(f"pool must be a tutorial_lib.attacks.AttackPool, got {type(pool).__name__}")
+        if "attack" in options:
+            raise ValueError("PoolQuerying draws its attacks from pool=; do not pass attack=")
+        self.pool = pool
+        # the base class keeps one spec for its checks of the pixel range; the attacks come from the pool
+        super().__init__(model, attack=default_attack(), **options)
+
+    def __repr__(self) -> str:
+        return f"PoolQuerying({self.model.name}, pool={self.pool!r}, ramp_steps={self.ramp_steps})"
+
+    def eps_at(self, step: int) -> float:
+        """The budget scale at meta-step ``step`` (0-based): ``min(1, (step + 1) / ramp_steps)`` (1 without a ramp).
+
+        The ramp starts at 1 / ramp_steps, not 0, so the first meta-step already attacks."""
+        return 1.0 if self.ramp_steps == 0 else min(1.0, (step + 1) / self.ramp_steps)
+
+    def _task_gradient(self, params, sx, sy, qx, qy, *, eps, seed):
+        drawn = _DrawnAttack(self.pool, self.pool.draw(tf.random.experimental.stateless_fold_in(seed, 99)), eps)
+        return aq_task_gradient(self.model, params, sx, sy, qx, qy, attack=drawn, steps=self.inner_steps,
+                                lr=self.inner_lr, seed=seed, clean_weight=self.clean_weight,
+                                first_order=self.first_order, zero_head=self.zero_head)
 
 
 class ADML(AdversarialMetaLearner):

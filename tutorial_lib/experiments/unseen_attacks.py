@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from .. import attacks, evaluate, meta, models, runtime
 from .. import meta_adversarial as mad
+from ..meta_adversarial import PoolQuerying
 from ..tasks import Tasks, digit_splits
 from . import robust_few_shot as rfs
 
@@ -106,60 +107,13 @@ def describe_families(settings, l2_eps: float) -> dict[str, dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Meta-training on an attack pool (Adversarial Querying, each task draws its attack)
+# Meta-training on an attack pool (meta_adversarial.PoolQuerying: each task draws its attack)
 # --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _DrawnAttack:
-    """The pool's spec number ``index`` with its budget times ``scale``, behind the ``.generate`` of a spec."""
-
-    pool: attacks.AttackPool
-    index: Any
-    scale: Any
-
-    def generate(self, model, x, y, *, eps=None, seed=None, step_size=None):
-        return self.pool.generate(model, x, y, self.index, scale=self.scale, seed=seed)
-
-
-class PoolQuerying(mad.AdversarialQuerying):
-    """Adversarial Querying whose every task draws its query attack from an :class:`~tutorial_lib.attacks.AttackPool`.
-
-    The ramp grows a scale 0 -> 1 over the first ``ramp_steps`` meta-steps that multiplies the drawn spec's
-    budget (eps and step size; the spatial grid's angles and shifts). Other options as ``AdversarialQuerying``
-    (``clean_weight`` mixes in the clean-query loss). Introduced in notebooks/06_unseen_attacks.ipynb.
-    """
-
-    method = "aq_pool"
-
-    def __init__(self, model: keras.Model, *, pool: attacks.AttackPool, **options) -> None:
-        if not isinstance(pool, attacks.AttackPool):
-            raise TypeError(f"pool must be a tutorial_lib.attacks.AttackPool, got {type(pool).__name__}")
-        if "attack" in options:
-            raise ValueError("PoolQuerying draws its attacks from pool=; do not pass attack=")
-        self.pool = pool
-        # the base class keeps one spec for its checks of the pixel range; the attacks come from the pool
-        super().__init__(model, attack=mad.default_attack(), **options)
-
-    def __repr__(self) -> str:
-        return f"PoolQuerying({self.model.name}, pool={self.pool!r}, ramp_steps={self.ramp_steps})"
-
-    def eps_at(self, step: int) -> float:
-        """The budget scale at meta-step ``step`` (0-based): ``min(1, (step + 1) / ramp_steps)`` (1 without a ramp).
-
-        The ramp starts at 1 / ramp_steps, not 0: L2 PGD at radius exactly 0 divides by a zero norm (NaN)."""
-        return 1.0 if self.ramp_steps == 0 else min(1.0, (step + 1) / self.ramp_steps)
-
-    def _task_gradient(self, params, sx, sy, qx, qy, *, eps, seed):
-        drawn = _DrawnAttack(self.pool, self.pool.draw(tf.random.experimental.stateless_fold_in(seed, 99)), eps)
-        return mad.aq_task_gradient(self.model, params, sx, sy, qx, qy, attack=drawn, steps=self.inner_steps,
-                                    lr=self.inner_lr, seed=seed, clean_weight=self.clean_weight,
-                                    first_order=self.first_order, zero_head=self.zero_head)
-
-
 def meta_adv_without(family: str, data, settings, meta_settings, *, l2_eps: float, start: keras.Model,
                      seed: int = 0, verbose: int = 0) -> tuple[keras.Model, dict[str, Any]]:
-    """The leave-one-out initialisation for held-out ``family``: :class:`PoolQuerying` on ``train_pool(...)
-    .without(family)``, starting from ``start``'s weights (notebook 05's MAML), ``settings.meta_steps`` meta-steps
-    with notebook 05's tasks, inner loop and meta-optimiser. Cached by configuration; saved as
+    """The leave-one-out initialisation for held-out ``family``: :class:`~tutorial_lib.meta_adversarial.PoolQuerying`
+    on ``train_pool(...).without(family)``, starting from ``start``'s weights (notebook 05's MAML),
+    ``settings.meta_steps`` meta-steps with notebook 05's tasks, inner loop and meta-optimiser. Cached by configuration; saved as
     ``build/models/06_meta_adv_without_<family>.keras`` (safe-mode loadable)."""
     family = _check_family(family)
     s, ms = settings, meta_settings
