@@ -214,19 +214,19 @@ def _fake_adaptation(rng, steps=(0, 1, 3), n=4):
 
 
 def test_results_schema_table_and_figures(settings, rng):
-    held_out = {f: {m: {k: _fake_adaptation(rng) for k in settings.k_shots} for m in ua.METHODS} for f in ua.FAMILIES}
+    held_out = {f: {m: {k: _fake_adaptation(rng) for k in settings.k_shots} for m in ua.COMPARED} for f in ua.FAMILIES}
     matrix = {r: {f: {"mean": 0.5, "ci95": 0.05} for f in ua.FAMILIES} for r in ua.matrix_rows()}
     result = ua.results(held_out, matrix, settings, l2_eps=1.5)
     assert {"families", "k_shots", "steps", "held_out"} <= set(result)
     assert result["k_shots"] == [1, 2] and result["steps"] == [0, 1, 3]
     for f in ua.FAMILIES:
         assert set(result["families"][f]) == {"attacks", "eps"}
-        for m in ua.METHODS:
+        for m in ua.COMPARED:
             cell = result["held_out"][f][m]["2shot"]
             assert set(cell) == {"clean", "robust"} and set(cell["robust"]) == {"0", "1", "3"}
             assert cell["robust"]["3"]["mean"] == pytest.approx(held_out[f][m][2].robust[:, 2].mean())
             assert cell["clean"]["mean"] == pytest.approx(held_out[f][m][2].clean[:, -1].mean())
-    table = ua.results_markdown(result)
+    table = ua.held_out_table(result)
     assert table.count("\n") == 1 + 3 * 4 * 2 and "leave-one-out AQ" in table
     order = ua.ordering(result, "l2", 2, 3)
     assert [o[1] for o in order] == sorted((o[1] for o in order), reverse=True)

@@ -28,7 +28,7 @@ from . import robust_few_shot as rfs
 FAMILIES = ("linf", "l2", "spatial")
 FAMILY_LABELS = {"linf": "L∞", "l2": "L2", "spatial": "spatial"}
 #: The methods compared, in table order.
-METHODS = ("maml", "aq_linf", "at_finetune", "meta_adv_pool")
+COMPARED = ("maml", "aq_linf", "at_finetune", "meta_adv_pool")
 LABELS = {"maml": "plain MAML", "aq_linf": "AQ (L∞ only)", "at_finetune": "AT + head fine-tune",
           "meta_adv_pool": "leave-one-out AQ"}
 RESULTS_NAME = "06_unseen_attacks"
@@ -37,12 +37,6 @@ RESULTS_NAME = "06_unseen_attacks"
 # --------------------------------------------------------------------------------------------------
 # The attack families
 # --------------------------------------------------------------------------------------------------
-def mean_ci95(values) -> dict[str, float]:
-    """``{"mean", "ci95"}`` of per-task values (1.96 standard errors over tasks)."""
-    mean, ci = evaluate.mean_ci95(np.asarray(values, dtype=np.float64))
-    return {"mean": float(mean), "ci95": float(ci)}
-
-
 def _check_family(family: Any) -> str:
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -234,7 +228,8 @@ class Adaptation:
     def at(self, steps: int) -> dict[str, dict[str, float]]:
         """``{"clean": {"mean", "ci95"}, "robust": {...}}`` after ``steps`` adaptation steps."""
         c = self.steps.index(steps)
-        return {"clean": mean_ci95(self.clean[:, c]), "robust": mean_ci95(self.robust[:, c])}
+        return {"clean": evaluate.mean_ci95_record(self.clean[:, c]),
+                "robust": evaluate.mean_ci95_record(self.robust[:, c])}
 
 
 def adapt_and_attack(model: keras.Model, tasks: Tasks, params: Sequence[Any], *, query_attacks: Sequence[Any],
@@ -303,8 +298,8 @@ def test_tasks(data, settings, meta_settings, k_shot: int, *, seed: int = 0) -> 
 def method_adaptation(method: str, settings) -> dict[str, Any]:
     """How ``method`` adapts at test time: every layer, first step at ``adapt_lr`` and later ones at
     ``adapt_later_lr``, or (AT) the head only at ``at_lr``."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in COMPARED:
+        raise ValueError(f"method must be one of {COMPARED}, got {method!r}")
     if method == "at_finetune":
         return {"lr": settings.at_lr, "later_lr": settings.at_lr, "head_only": True}
     return {"lr": settings.adapt_lr, "later_lr": settings.adapt_later_lr, "head_only": False}
@@ -322,8 +317,9 @@ def choose_l2_eps(model: keras.Model, params, tasks: Tasks, settings, *, steps: 
     linf_robust = res.robust_under(range(len(linf)))[:, 0]
     per_l2 = [res.robust_under([len(linf) + j])[:, 0] for j in range(len(candidates))]
     best = int(np.argmin([abs(r.mean() - linf_robust.mean()) for r in per_l2]))
-    return {"eps": candidates[best], "linf": mean_ci95(linf_robust), "clean": mean_ci95(res.clean[:, 0]),
-            "candidates": {f"{e:g}": mean_ci95(r) for e, r in zip(candidates, per_l2)}}
+    return {"eps": candidates[best], "linf": evaluate.mean_ci95_record(linf_robust),
+            "clean": evaluate.mean_ci95_record(res.clean[:, 0]),
+            "candidates": {f"{e:g}": evaluate.mean_ci95_record(r) for e, r in zip(candidates, per_l2)}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -387,7 +383,7 @@ def attack_matrix(held_out: dict[str, dict[str, dict[int, Adaptation]]], loo: di
                     ev = evaluate_method("meta_adv_pool", loo[held], family, tasks, settings, l2_eps=l2_eps, steps=(c,))
             else:
                 ev = held_out[family][row][k]
-            out[row][family] = mean_ci95(ev.robust[:, ev.steps.index(c)])
+            out[row][family] = evaluate.mean_ci95_record(ev.robust[:, ev.steps.index(c)])
     return out
 
 
@@ -404,14 +400,15 @@ def results(held_out: dict[str, dict[str, dict[int, Adaptation]]], matrix: dict[
     n_tasks = set()
     for family, per_method in held_out.items():
         out["held_out"][family] = {}
-        for method in METHODS:
+        for method in COMPARED:
             if method not in per_method:
                 continue
             entry = {}
             for k, ev in per_method[method].items():
                 n_tasks.add(len(ev.clean))
-                entry[f"{k}shot"] = {"clean": mean_ci95(ev.clean[:, -1]),
-                                     "robust": {str(c): mean_ci95(ev.robust[:, i]) for i, c in enumerate(ev.steps)}}
+                entry[f"{k}shot"] = {"clean": evaluate.mean_ci95_record(ev.clean[:, -1]),
+                                     "robust": {str(c): evaluate.mean_ci95_record(ev.robust[:, i])
+                                                for i, c in enumerate(ev.steps)}}
             out["held_out"][family][method] = entry
     if len(n_tasks) > 1:
         raise ValueError(f"every cell must be evaluated on the same number of tasks, got {sorted(n_tasks)}")
@@ -431,7 +428,7 @@ def _pct(cell: dict[str, float]) -> str:
     return f"{100 * cell['mean']:.1f} ± {100 * cell['ci95']:.1f}"
 
 
-def results_markdown(result: dict[str, Any], k: int | None = None) -> str:
+def held_out_table(result: dict[str, Any], k: int | None = None) -> str:
     """The held-out-family table in Markdown: robust accuracy (%, 95% CI) after each number of adaptation steps
     and clean accuracy (after the most steps), one row per family and method; ``k`` (default all) picks K."""
     ks = result["k_shots"] if k is None else [k]
@@ -451,7 +448,7 @@ def paired(held_out, family: str, a: str, b: str, k: int, steps: int) -> dict[st
     """Mean and 95% CI of the per-task robust-accuracy difference ``a - b`` (same tasks, paired)."""
     ea, eb = held_out[family][a][k], held_out[family][b][k]
     i = ea.steps.index(steps)
-    return mean_ci95(ea.robust[:, i] - eb.robust[:, i])
+    return evaluate.mean_ci95_record(ea.robust[:, i] - eb.robust[:, i])
 
 
 def verdict(diff: dict[str, float]) -> str:
