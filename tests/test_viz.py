@@ -151,3 +151,19 @@ def test_meta_learning_figures_return_figures(mnist_subset):
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [20, 60, 70])
     fig = viz.plot_few_shot_results({"maml": {"1shot": ev, "5shot": ev}, "scratch": {"1shot": ev, "5shot": ev}})
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["5-way 1-shot", "5-way 5-shot"]
+
+
+def test_notebook_05_figures_share_one_axis_style():
+    method = {"clean": {"mean": 0.9, "ci95": 0.02}, "robust": {"mean": 0.4, "ci95": 0.05}}
+    figs = [viz.plot_clean_vs_robust({"a": method}, title="clean vs robust"),
+            viz.plot_accuracy_vs_eps({"a": ([0.0, 0.1], [0.9, 0.5], [0.02, 0.03])}, train_eps=0.1, title="eps"),
+            viz.plot_meta_losses({"a": np.linspace(2, 1, 30)}, reference=1.6, title="losses")]
+    for fig, xlabel in zip(figs, ("clean accuracy (%)", "attack radius eps (L-inf)", "meta-step")):
+        ax = fig.axes[0]
+        assert ax.get_xlabel() == xlabel and ax.xaxis.label.get_fontsize() == 12 == ax.yaxis.label.get_fontsize()
+        assert ax.title.get_fontsize() == 12 and ax.get_title()
+        assert ax.get_legend().get_texts()[0].get_fontsize() == 10
+        assert ax.xaxis.get_major_ticks()[0].label1.get_fontsize() == 11
+        assert ax.xaxis.get_gridlines()[0].get_visible()
+        plt.close(fig)
+    assert figs[1].axes[0].get_ylim() == (0, 100)

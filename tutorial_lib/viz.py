@@ -414,6 +414,21 @@ def _mean_ci(entry: Any) -> tuple[float, float]:
     return float(entry.mean), float(entry.ci95)
 
 
+def _finish_axes(fig: Figure, ax: matplotlib.axes.Axes, xlabel: str, ylabel: str, title: str | None,
+                 **legend: Any) -> Figure:
+    """The axis styling of notebook 05's single-axes figures: labels at 12 pt, ticks at 11 pt, a light grid, the
+    legend at 10 pt (``legend`` passes on, e.g. ``loc``), the title (if any) at 12 pt; then a tight layout."""
+    ax.set_xlabel(xlabel, fontsize=12)
+    ax.set_ylabel(ylabel, fontsize=12)
+    ax.tick_params(labelsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=10, **legend)
+    if title:
+        ax.set_title(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
 def plot_clean_vs_robust(methods: Mapping[str, Mapping[str, Any]], *, labels: Mapping[str, str] | None = None,
                          robust_key: str = "robust", robust_label: str = "robust accuracy (%)",
                          title: str | None = None) -> Figure:
@@ -431,15 +446,7 @@ def plot_clean_vs_robust(methods: Mapping[str, Mapping[str, Any]], *, labels: Ma
         (cx, cci), (ry, rci) = _mean_ci(row["clean"]), _mean_ci(row[robust_key])
         ax.errorbar(100 * cx, 100 * ry, xerr=100 * cci, yerr=100 * rci, fmt="o", ms=8, capsize=3, color=f"C{i}",
                     label=labels.get(name, name))
-    ax.set_xlabel("clean accuracy (%)", fontsize=12)
-    ax.set_ylabel(robust_label, fontsize=12)
-    ax.tick_params(labelsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=10, loc="best")
-    if title:
-        ax.set_title(title, fontsize=12)
-    fig.tight_layout()
-    return fig
+    return _finish_axes(fig, ax, "clean accuracy (%)", robust_label, title, loc="best")
 
 
 def plot_accuracy_vs_eps(curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], *,
@@ -462,16 +469,8 @@ def plot_accuracy_vs_eps(curves: Mapping[str, tuple[Sequence[float], Sequence[fl
         ax.fill_between(eps, 100 * (mean - ci), 100 * (mean + ci), alpha=0.2)
     if train_eps is not None:
         ax.axvline(train_eps, color="grey", ls=":", label=f"training eps {train_eps:g}")
-    ax.set_xlabel("attack radius eps (L-inf)", fontsize=12)
-    ax.set_ylabel("query accuracy under attack (%)", fontsize=12)
     ax.set_ylim(0, 100)
-    ax.tick_params(labelsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=10)
-    if title:
-        ax.set_title(title, fontsize=12)
-    fig.tight_layout()
-    return fig
+    return _finish_axes(fig, ax, "attack radius eps (L-inf)", "query accuracy under attack (%)", title)
 
 
 def plot_meta_losses(losses: Mapping[str, Sequence[float]], *, window: int = 20, reference: float | None = None,
@@ -494,15 +493,7 @@ def plot_meta_losses(losses: Mapping[str, Sequence[float]], *, window: int = 20,
         ax.plot(np.arange(w, len(values) + 1), np.convolve(values, np.ones(w) / w, mode="valid"), label=name)
     if reference is not None:
         ax.axhline(reference, color="black", ls="--", lw=1, label=reference_label or f"{reference:.3f}")
-    ax.set_xlabel("meta-step", fontsize=12)
-    ax.set_ylabel(ylabel, fontsize=12)
-    ax.tick_params(labelsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=10)
-    if title:
-        ax.set_title(title, fontsize=12)
-    fig.tight_layout()
-    return fig
+    return _finish_axes(fig, ax, "meta-step", ylabel, title)
 
 
 def plot_adaptation_by_family(held_out: Mapping[str, Mapping[str, Mapping[str, Any]]], steps: Sequence[int], *,
