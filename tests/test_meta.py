@@ -343,3 +343,108 @@ def test_zero_head_starts_each_task_from_a_zero_last_layer():
     np.testing.assert_allclose(float(loss), meta_loss(model, zeroed, task, 2, 0.5), rtol=1e-12)
     learner = M.MAML(model, inner_lr=0.5, first_order=True, zero_head=True)
     assert learner.method == "fomaml" and not np.any(model.trainable_variables[-2].numpy())
+
+
+# --------------------------------------------------------------------------------------------------
+# Learned inner learning rates: Meta-SGD and MAML++'s per-layer per-step rates (LSLR)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls, steps", [(M.MetaSGD, 1), (M.MetaSGD, 2), (M.LSLR, 3)])
+def test_learned_rates_start_as_maml(cls, steps):
+    """With every rate at inner_lr, the first meta-step moves the weights exactly as MAML's does."""
+    batch, lr = _tiny_batch(range(3)), 0.5
+    maml_model, rate_model = tiny_mlp(), tiny_mlp()
+    maml = M.MAML(maml_model, inner_lr=lr, inner_steps=steps, meta_optimizer=keras.optimizers.SGD(1.0))
+    learner = cls(rate_model, inner_lr=lr, inner_steps=steps, meta_optimizer=keras.optimizers.SGD(1.0))
+    assert len(learner.meta_variables) == 2 * len(rate_model.trainable_variables)
+    maml.meta_step(batch)
+    learner.meta_step(batch)
+    for a, b in zip(maml_model.trainable_variables, rate_model.trainable_variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-10, atol=1e-13)
+    # ... and the rates themselves moved (they are meta-variables)
+    assert any(not np.allclose(r.numpy(), lr) for r in learner.rates)
+
+
+@pytest.mark.parametrize("cls, steps", [(M.MetaSGD, 1), (M.LSLR, 2)])
+def test_rate_gradients_match_central_differences(cls, steps):
+    model, task = tiny_mlp(), tiny_task(2)
+    learner = cls(model, inner_lr=0.5, inner_steps=steps)
+    rng = np.random.default_rng(0)
+    learner.set_rates([0.5 + 0.2 * rng.uniform(-1, 1, r.shape) for r in learner.rates])  # not all equal
+    params = [v.numpy() for v in model.trainable_variables]
+    rates = [r.numpy() for r in learner.rates]
+    grads, _, _ = M.learned_rate_task_gradient(model, params, rates, *task, steps=steps)
+    got = np.concatenate([g.numpy().ravel() for g in grads[len(params):]])
+
+    def loss(flat_rates):
+        out, i = [], 0
+        for r in rates:
+            out.append(tf.constant(flat_rates[i:i + r.size].reshape(r.shape)))
+            i += r.size
+        sx, sy, qx, qy = task
+        adapted = M.learned_rate_inner_loop(model, [tf.constant(p) for p in params], sx, sy, rates=out, steps=steps)
+        return float(M.loss_and_accuracy(model, adapted, qx, qy)[0])
+
+    flat, h = np.concatenate([r.ravel() for r in rates]), 1e-6
+    fd = np.array([(loss(flat + h * e) - loss(flat - h * e)) / (2 * h) for e in np.eye(len(flat))])
+    assert np.linalg.norm(got - fd) <= 1e-5 * np.linalg.norm(fd), (got, fd)
+    assert np.linalg.norm(fd) > 1e-3  # the rates do matter on this task
+
+
+def test_lslr_uses_each_steps_rates_and_evaluation_follows_them():
+    model, (sx, sy, qx, qy) = tiny_mlp(), tiny_task(3)
+    learner = M.LSLR(model, inner_lr=0.5, inner_steps=2, test_steps=3)
+    learner.set_rates([np.array([0.3, 0.7])] * len(learner.rates))
+    params = M.params_of(model)
+    by_hand = M.inner_loop(model, M.inner_loop(model, params, sx, sy, steps=1, lr=0.3), sx, sy, steps=2, lr=0.7)
+    for a, b in zip(M.learned_rate_inner_loop(model, params, sx, sy, rates=learner.rate_schedule(), steps=3), by_hand):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12)  # step 3 reuses the last step's rates
+    batch = _tiny_batch(range(4))
+    ev = M.evaluate_adaptation(model, batch, steps=3, lr=None, rates=learner.rate_schedule(), record=[0, 1, 2, 3])
+    for i in range(4):
+        s = [tf.constant(a[i]) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)]
+        adapted = M.learned_rate_inner_loop(model, params, s[0], s[1], rates=learner.rate_schedule(), steps=2)
+        assert ev.per_task[i, 2] == float(M.loss_and_accuracy(model, adapted, s[2], s[3])[1])
+    assert np.isnan(ev.lr) and ev.to_dict()["inner_lr"] is None
+    # constant rates evaluate exactly like plain SGD at that rate
+    learner.set_rates([np.full(r.shape, 0.4) for r in learner.rates])
+    same = M.evaluate_adaptation(model, batch, steps=3, lr=None, rates=learner.rate_schedule())
+    plain = M.evaluate_adaptation(model, batch, steps=3, lr=0.4)
+    np.testing.assert_allclose(same.per_task, plain.per_task)
+
+
+def test_learned_rate_learners_adapt_save_and_refuse_bad_input(mnist_subset, tmp_path):
+    from tutorial_lib import models
+
+    tr, te = T.digit_splits(mnist_subset, n_way=3, k_shot=1, q_queries=3, meta_train=range(3), meta_test=range(3, 6))
+    model = models.few_shot_cnn(3, filters=4, blocks=2)
+    learner = M.make_learner("metasgd", model, inner_lr=0.3, zero_head=True)
+    assert isinstance(learner, M.MetaSGD) and learner.method == "metasgd"
+    assert [tuple(r.shape) for r in learner.rates] == [(1, *v.shape) for v in model.trainable_variables]
+    learner.meta_fit(tr, 3, 2, verbose=0)
+    t = te.sample(1, seed=0)
+    params = learner.adapt(t.support_x[0], t.support_y[0])
+    expected = M.learned_rate_inner_loop(model, M.params_of(model), tf.constant(t.support_x[0]),
+                                         tf.constant(t.support_y[0]), rates=learner.rate_schedule(), steps=1)
+    assert all(np.allclose(a, b) for a, b in zip(params, expected))
+    ev = learner.meta_evaluate(te, tasks=4)
+    assert np.isnan(ev.lr) and ev.per_task.shape == (4, 2)
+    learner.save_rates(tmp_path / "rates.npz")
+    other = M.MetaSGD(models.few_shot_cnn(3, filters=4, blocks=2), inner_lr=0.3)
+    other.load_rates(tmp_path / "rates.npz")
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(learner.rates, other.rates))
+    lslr = M.make_learner("lslr", models.few_shot_cnn(3, filters=4, blocks=2), inner_steps=2)
+    assert [tuple(r.shape) for r in lslr.rates] == [(2,)] * len(model.trainable_variables)
+    with pytest.raises(ValueError, match="shape"):
+        lslr.load_rates(tmp_path / "rates.npz")
+    with pytest.raises(ValueError, match="inner_lr must be > 0"):
+        M.MetaSGD(tiny_mlp("float32"), inner_lr=0.0)
+    with pytest.raises(ValueError, match="inner_steps must be >= 1"):
+        M.LSLR(tiny_mlp("float32"), inner_steps=0)
+    with pytest.raises(ValueError, match="either lr .* or rates"):
+        M.evaluate_adaptation(model, te.sample(2), steps=1, lr=0.1, rates=learner.rate_schedule())
+    with pytest.raises(ValueError, match="either lr .* or rates"):
+        M.evaluate_adaptation(model, te.sample(2), steps=1, lr=None)
+    with pytest.raises(ValueError, match="one schedule per parameter"):
+        M.evaluate_adaptation(model, te.sample(2), steps=1, lr=None, rates=learner.rate_schedule()[:-1])
+    with pytest.raises(ValueError, match=r"rates\[0\] must have shape"):
+        M.evaluate_adaptation(model, te.sample(2), steps=1, lr=None, rates=[np.ones((1, 2))] * len(learner.rates))

@@ -1,4 +1,5 @@
 """Meta-learning done right: MAML (true second order), first-order MAML and Reptile, and evaluation by adaptation.
+Meta-SGD and MAML++'s per-layer per-step rates (learned inner learning rates) build on the same inner loop.
 
 The learner wraps a Keras model the user keeps (as in learn2learn): the inner loop is functional over the
 model's parameter list (``model.stateless_call``), never mutating the model; the meta-gradient of a whole
@@ -25,6 +26,8 @@ from .tasks import FewShotSampler, Tasks
 
 #: The learners :func:`make_learner` builds.
 LEARNERS = ("maml", "fomaml", "reptile")
+#: Learners with meta-learned inner learning rates (:class:`MetaSGD`, :class:`LSLR`); :func:`make_learner` builds them too.
+LEARNED_RATE_LEARNERS = ("metasgd", "lslr")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,6 +114,63 @@ def maml_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], support_
     return [tf.zeros_like(w) if g is None else g for w, g in zip(params, grads)], loss, acc
 
 
+def step_rates(rates: Sequence[tf.Tensor], step) -> list[tf.Tensor]:
+    """The inner learning rates of step ``step`` (0-based) from a rate schedule.
+
+    ``rates[i]`` has a leading step axis, shape ``(T,) + s`` with ``s`` either ``()`` (one rate for the whole
+    parameter tensor) or the parameter's shape (one rate per weight); steps at or beyond ``T`` reuse the last row.
+    ``step`` may be a Python int or a scalar int tensor (inside a ``tf.while_loop``).
+    """
+    if isinstance(step, int):
+        return [r[min(step, int(r.shape[0]) - 1)] for r in rates]
+    return [tf.gather(r, tf.minimum(step, tf.shape(r)[0] - 1)) for r in rates]
+
+
+def learned_rate_inner_loop(model: keras.Model, params: Sequence[tf.Tensor], x: tf.Tensor, y: tf.Tensor, *,
+                            rates: Sequence[tf.Tensor], steps: int, first_order: bool = False) -> list[tf.Tensor]:
+    """:func:`inner_loop` with a rate schedule: step ``t`` is ``p - rates[i][t] * grad`` for every parameter ``i``
+    (see :func:`step_rates` for the shapes). Differentiable w.r.t. ``params`` and ``rates``."""
+    params = list(params)
+    for t in range(int(steps)):
+        params = inner_loop(model, params, x, y, steps=1, lr=step_rates(rates, t), first_order=first_order)
+    return params
+
+
+def learned_rate_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], rates: Sequence[tf.Tensor],
+                               support_x, support_y, query_x, query_y, *, steps: int, first_order: bool = False,
+                               zero_head: bool = False) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+    """One task's meta-gradient w.r.t. the initialisation *and* the inner learning rates (Meta-SGD, MAML++).
+
+    Returns ``(grads, query_loss, query_accuracy)`` with ``grads`` the gradients of the query loss after
+    :func:`learned_rate_inner_loop` w.r.t. ``params`` followed by those w.r.t. ``rates`` (same order and shapes).
+    With every rate equal to ``lr`` the weight gradients are :func:`maml_task_gradient`'s.
+    """
+    params = [tf.identity(p) for p in params]
+    rates = [tf.identity(r) for r in rates]
+    with tf.GradientTape() as tape:
+        tape.watch(params + rates)
+        start = params[:-2] + [tf.zeros_like(p) for p in params[-2:]] if zero_head else params
+        adapted = learned_rate_inner_loop(model, start, support_x, support_y, rates=rates, steps=steps,
+                                          first_order=first_order)
+        loss, acc = loss_and_accuracy(model, adapted, query_x, query_y)
+    grads = tape.gradient(loss, params + rates)
+    return [tf.zeros_like(w) if g is None else g for w, g in zip(params + rates, grads)], loss, acc
+
+
+def _check_rates(rates: Sequence, params: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """``rates`` as float tensors, checked against ``params`` (one schedule per parameter, shapes of :func:`step_rates`)."""
+    if isinstance(rates, (str, bytes)) or not isinstance(rates, (list, tuple)) or len(rates) != len(params):
+        raise ValueError(f"rates must be a list with one schedule per parameter ({len(params)}), "
+                         f"e.g. learner.rate_schedule(); got {type(rates).__name__}")
+    out = []
+    for i, (r, p) in enumerate(zip(rates, params)):
+        r = tf.convert_to_tensor(r, p.dtype)
+        if r.shape.rank < 1 or r.shape[0] < 1 or (tuple(r.shape[1:]) not in ((), tuple(p.shape))):
+            raise ValueError(f"rates[{i}] must have shape (steps,) or (steps,) + {tuple(p.shape)}, got {tuple(r.shape)}")
+        out.append(r)
+    return out
+
+
 def reptile_task_delta(model: keras.Model, params: Sequence[tf.Tensor], x, y, *, steps: int, lr: float,
                        query_x=None, query_y=None) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
     """One task's Reptile direction ``params - adapted`` after ``steps`` SGD steps on ``(x, y)``.
@@ -177,32 +237,39 @@ class Evaluation:
         return f"{100 * self.mean:.1f} +- {100 * self.ci95:.1f}% ({len(self.accuracies)} tasks, {self.steps} steps)"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "ci95": self.ci95, "test_steps": self.steps, "inner_lr": self.lr,
-                "tasks": len(self.accuracies)}
+        """JSON-able summary; ``inner_lr`` is None when adaptation used learned rates."""
+        return {"mean": self.mean, "ci95": self.ci95, "test_steps": self.steps,
+                "inner_lr": None if np.isnan(self.lr) else self.lr, "tasks": len(self.accuracies)}
 
 
 # --------------------------------------------------------------------------------------------------
 # Evaluation by adaptation: shared by the meta-learners and the baselines
 # --------------------------------------------------------------------------------------------------
-def _adapt_curve_fn(model: keras.Model, record: tuple[int, ...], lr: float, head_only: bool):
-    """A compiled fn(params, tasks...) -> (tasks, len(record)) query accuracies after ``record`` SGD steps."""
+def _adapt_curve_fn(model: keras.Model, record: tuple[int, ...], lr: float, head_only: bool,
+                    rates: Sequence[tf.Tensor] | None = None):
+    """A compiled fn(params, tasks...) -> (tasks, len(record)) query accuracies after ``record`` SGD steps
+    (at ``lr``, or with the rate schedule ``rates`` of :func:`step_rates` when given)."""
     n_params = len(model.trainable_variables)
     first = n_params - 2 if head_only else 0  # the last Dense layer's kernel and bias
 
-    def sgd(params, sx, sy, n):
-        for _ in tf.range(n):
+    def sgd(params, sx, sy, n, start):
+        for i in tf.range(start, start + n):
             with tf.GradientTape() as tape:
                 tape.watch(params)
                 loss, _ = loss_and_accuracy(model, params, sx, sy)
             grads = tape.gradient(loss, params[first:])
-            params = params[:first] + [p - lr * g for p, g in zip(params[first:], grads)]
+            if rates is None:
+                params = params[:first] + [p - lr * g for p, g in zip(params[first:], grads)]
+            else:
+                step = step_rates(rates, i)[first:]
+                params = params[:first] + [p - a * g for p, a, g in zip(params[first:], step, grads)]
         return params
 
     def one_task(params, sx, sy, qx, qy):
         accs, done = [], 0
         for target in record:  # a while-loop per segment, accuracy on the queries at each recorded step
             if target > done:
-                params = sgd(params, sx, sy, tf.constant(target - done))
+                params = sgd(params, sx, sy, tf.constant(target - done), tf.constant(done))
                 done = target
             accs.append(loss_and_accuracy(model, params, qx, qy)[1])
         return tf.stack(accs)
@@ -223,24 +290,33 @@ def default_record(steps: int) -> tuple[int, ...]:
     return tuple(marks) + (int(steps),)
 
 
-def evaluate_adaptation(model: keras.Model, tasks: Tasks, *, steps: int, lr: float, params: Sequence[tf.Tensor] | None = None,
-                        head_only: bool = False, record: Sequence[int] | None = None, chunk: int = 50) -> Evaluation:
+def evaluate_adaptation(model: keras.Model, tasks: Tasks, *, steps: int, lr: float | None,
+                        params: Sequence[tf.Tensor] | None = None, head_only: bool = False,
+                        record: Sequence[int] | None = None, chunk: int = 50,
+                        rates: Sequence[tf.Tensor] | None = None) -> Evaluation:
     """Adapt ``model`` (or ``params``) to every task with ``steps`` SGD steps at ``lr`` on its support set.
 
     Returns an :class:`Evaluation` of query accuracy: mean and 95% CI after ``steps`` steps, per-task values,
     and the accuracy after each step count in ``record`` (default :func:`default_record`). ``head_only``
     adapts only the last layer (kernel and bias). MAML-style initialisations, training from scratch (a
     freshly initialised model) and pre-train + fine-tune are all measured this way, on the same tasks.
+    ``rates``: a learned rate schedule (``learner.rate_schedule()`` of :class:`MetaSGD` / :class:`LSLR`, shapes
+    as in :func:`step_rates`) used instead of ``lr``; pass ``lr=None`` with it (the result's ``lr`` is NaN).
     """
     check_meta_model(model)
     if not isinstance(tasks, Tasks):
         raise TypeError(f"tasks must be a tutorial_lib.tasks.Tasks (from FewShotSampler.sample), got {type(tasks).__name__}")
-    steps, lr = check_count("steps", steps), check_number("lr", lr, low=0.0)
+    if (rates is None) == (lr is None):
+        raise ValueError("give either lr (plain SGD) or rates (a learned rate schedule, with lr=None), not both or neither")
+    steps = check_count("steps", steps)
+    lr = float("nan") if lr is None else check_number("lr", lr, low=0.0)
     record = tuple(sorted({int(r) for r in (record if record is not None else default_record(steps))} | {int(steps)}))
     if record[0] < 0 or record[-1] > steps:
         raise ValueError(f"record must hold step counts in 0..{steps}, got {record}")
     params = params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
-    fn = _adapt_curve_fn(model, record, float(lr), bool(head_only))
+    if rates is not None:
+        rates = _check_rates(rates, params)
+    fn = _adapt_curve_fn(model, record, float(lr), bool(head_only), rates)
     dtype = params[0].dtype
     curves = []
     for start in range(0, len(tasks), chunk):
@@ -474,6 +550,114 @@ class Reptile(MetaLearner):
                                   query_x=qx, query_y=qy)
 
 
+class LearnedRateMAML(MAML):
+    """MAML whose inner learning rates are meta-variables, learned with the initialisation (shared machinery of
+    :class:`MetaSGD` and :class:`LSLR`; use those).
+
+    The rates start at ``inner_lr`` and are updated by ``meta_optimizer`` from the gradient of the query loss
+    after adaptation (:func:`learned_rate_task_gradient`); adaptation (:meth:`adapt`, :meth:`meta_evaluate`)
+    uses the learned rates. ``rates`` holds one ``keras.Variable`` per model weight with a leading step axis
+    (:func:`step_rates`); :meth:`save_rates` / :meth:`load_rates` store them beside the model (``.npz``, no pickle).
+    """
+
+    method = "learned_rates"
+
+    def __init__(self, model: keras.Model, *, inner_lr: float = 0.4, inner_steps: int = 1,
+                 test_steps: int | None = None, first_order: bool = False, zero_head: bool = False,
+                 meta_optimizer: keras.optimizers.Optimizer | None = None) -> None:
+        check_meta_model(model)
+        inner_lr = check_number("inner_lr", inner_lr, low=0.0, low_inclusive=False)
+        inner_steps = check_positive_int("inner_steps", inner_steps)
+        self.rates = [keras.Variable(np.full(shape, inner_lr, v.dtype), name=f"rate_{i}", dtype=v.dtype)
+                      for i, (v, shape) in enumerate(zip(model.trainable_variables,
+                                                          self._rate_shapes(model, inner_steps)))]
+        super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, test_steps=test_steps,
+                         first_order=first_order, zero_head=zero_head, meta_optimizer=meta_optimizer)
+        self.method = type(self).method + ("_fo" if self.first_order else "")
+
+    def _rate_shapes(self, model: keras.Model, steps: int) -> list[tuple[int, ...]]:
+        raise NotImplementedError
+
+    @property
+    def meta_variables(self) -> list:
+        """The model's trainable weights followed by the rate variables (what the meta-optimizer updates)."""
+        return list(self.model.trainable_variables) + list(self.rates)
+
+    def rate_schedule(self) -> list[tf.Tensor]:
+        """The current rates as tensors (one per model weight, leading step axis), for :func:`evaluate_adaptation`."""
+        return [tf.convert_to_tensor(r) for r in self.rates]
+
+    def _task_update(self, params, sx, sy, qx, qy):
+        return learned_rate_task_gradient(self.model, params, self.rate_schedule(), sx, sy, qx, qy,
+                                          steps=self.inner_steps, first_order=self.first_order,
+                                          zero_head=self.zero_head)
+
+    def adapt(self, support_x, support_y, steps: int | None = None, *, lr: float | None = None) -> list[tf.Tensor]:
+        """Adapted parameters for one task: ``steps`` (default ``test_steps``) steps with the learned rates
+        (steps beyond the schedule reuse its last row); ``lr`` given: plain SGD at ``lr`` instead."""
+        if lr is not None:
+            return super().adapt(support_x, support_y, steps, lr=lr)
+        sx = tf.convert_to_tensor(support_x, tf.float32)
+        sy = tf.convert_to_tensor(support_y, tf.int32)
+        if sx.shape.rank != 4 or sy.shape.rank != 1 or sx.shape[0] != sy.shape[0]:
+            raise ValueError(f"adapt takes one task: support_x (n, H, W, C) and support_y (n,), got {sx.shape}, {sy.shape}")
+        return learned_rate_inner_loop(self.model, params_of(self.model), sx, sy, rates=self.rate_schedule(),
+                                       steps=self.test_steps if steps is None else steps, first_order=True)
+
+    def meta_evaluate(self, sampler: FewShotSampler, tasks: int = 200, *, steps: int | None = None,
+                      lr: float | None = None, seed: int = 0) -> Evaluation:
+        """As :meth:`MetaLearner.meta_evaluate`, adapting with the learned rates (or plain SGD at ``lr`` if given)."""
+        return evaluate_adaptation(self.model, sampler.sample(tasks, seed=seed),
+                                   steps=self.test_steps if steps is None else steps, lr=lr,
+                                   rates=None if lr is not None else self.rate_schedule())
+
+    def save_rates(self, path) -> None:
+        """Write the rates to ``path`` (numpy ``.npz``, arrays ``rate_0``, ``rate_1``, ... in weight order)."""
+        np.savez(path, **{f"rate_{i}": np.asarray(r) for i, r in enumerate(self.rates)})
+
+    def load_rates(self, path) -> None:
+        """Restore rates written by :meth:`save_rates` (no pickle); their shapes must match this learner's."""
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = [stored[f"rate_{i}"] for i in range(len(stored.files))]
+        self.set_rates(arrays)
+
+    def set_rates(self, arrays: Sequence[np.ndarray]) -> None:
+        """Assign the rates from arrays (same count and shapes as :attr:`rates`)."""
+        if len(arrays) != len(self.rates):
+            raise ValueError(f"expected {len(self.rates)} rate arrays (one per model weight), got {len(arrays)}")
+        for i, (var, a) in enumerate(zip(self.rates, arrays)):
+            if tuple(np.shape(a)) != tuple(var.shape):
+                raise ValueError(f"rate {i} has shape {np.shape(a)}, this learner's has {tuple(var.shape)} "
+                                 "(a different model, method or number of inner steps)")
+            var.assign(np.asarray(a, var.dtype))
+
+
+class MetaSGD(LearnedRateMAML):
+    """Meta-SGD (Li et al. 2017, arXiv:1707.09835): one learned inner learning rate *per weight* (a tensor of the
+    same shape as each weight, so the inner step ``theta - alpha * grad`` also learns a direction), meta-learned
+    with the initialisation. All inner steps share the rates (the paper takes one). Rates start at ``inner_lr``;
+    with them unchanged the first meta-gradient of the weights is MAML's. Introduced in notebooks/04_meta_learning.ipynb.
+    """
+
+    method = "metasgd"
+
+    def _rate_shapes(self, model, steps):
+        return [(1, *v.shape) for v in model.trainable_variables]
+
+
+class LSLR(LearnedRateMAML):
+    """MAML++'s per-layer per-step learning rates (Antoniou, Edwards and Storkey, "How to train your MAML",
+    ICLR 2019): one learned scalar rate per weight tensor and inner step, so ``inner_steps`` steps may each take
+    a different step size in each layer; test-time steps beyond ``inner_steps`` reuse the last step's rates.
+    Introduced in notebooks/04_meta_learning.ipynb.
+    """
+
+    method = "lslr"
+
+    def _rate_shapes(self, model, steps):
+        return [(steps,) for _ in model.trainable_variables]
+
+
 # --------------------------------------------------------------------------------------------------
 # The seed article's step, kept for teaching and as a regression test. Do not use it to train.
 # --------------------------------------------------------------------------------------------------
@@ -546,11 +730,16 @@ def seed_vs_maml(model: keras.Model, tasks: Tasks, *, inner_lr: float) -> dict[s
 
 
 def make_learner(method: str, model: keras.Model, **options) -> MetaLearner:
-    """``"maml"`` -> MAML, ``"fomaml"`` -> MAML(first_order=True), ``"reptile"`` -> Reptile, with ``options``."""
+    """``"maml"`` -> MAML, ``"fomaml"`` -> MAML(first_order=True), ``"reptile"`` -> Reptile, ``"metasgd"`` ->
+    MetaSGD, ``"lslr"`` -> LSLR, with ``options``."""
+    if method == "metasgd":
+        return MetaSGD(model, **options)
+    if method == "lslr":
+        return LSLR(model, **options)
     if method == "maml":
         return MAML(model, **options)
     if method == "fomaml":
         return MAML(model, first_order=True, **options)
     if method == "reptile":
         return Reptile(model, **options)
-    raise ValueError(f"method must be one of {LEARNERS}, got {method!r}")
+    raise ValueError(f"method must be one of {LEARNERS + LEARNED_RATE_LEARNERS}, got {method!r}")
