@@ -110,6 +110,27 @@ def test_cleverhans_art_and_ours_agree_on_the_same_pgd():
     assert "TensorFlowV2Classifier" in type(app.art_classifier(model)).__name__
 
 
+@pytest.mark.peers
+@pytest.mark.skipif(not app.peers_available(), reason="the peers extra (cleverhans, ART) is not installed")
+def test_pgd_agreement_on_a_five_class_learner():
+    model = tiny_model(classes=5, seed=1)
+    x, y = images(12, classes=5)
+    agree = app.pgd_agreement(model, x, y, SETTINGS, eps=0.1)
+    assert set(agree["accuracy"]) == {"ours_pgd", "cleverhans_pgd", "art_pgd"}
+    assert max(agree["max_pixel_gap"].values()) < 1e-4
+    assert all(0.0 <= v <= agree["clean"] for v in agree["accuracy"].values())
+    assert app.art_classifier(model).nb_classes == 5
+    table = app.peers_table(agree, SETTINGS, keys=("ours_pgd", "cleverhans_pgd", "art_pgd"))
+    assert table.count("\n") == 4 and "not installed" not in table
+
+
+def test_num_classes_of_rejects_a_model_without_class_logits():
+    assert app.num_classes_of(tiny_model(classes=5)) == 5
+    scalar = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="one logit per class"):
+        app.num_classes_of(scalar)
+
+
 def write(path, name, data):
     (path / f"{name}.json").write_text(json.dumps(data))
 
@@ -149,7 +170,15 @@ def test_results_follow_the_schema():
     assert set(out["patch"]) >= {"sizes", "target", "untargeted", "targeted", "random_patch"}
     assert "patches" not in out["patch"]
     assert set(out["peers"]) == set(app.PEER_KEYS)
+    assert out["peers_aq"] is None
     json.dumps(out)
+    agree = {"accuracy": {"ours_pgd": 0.5, "cleverhans_pgd": 0.5, "art_pgd": 0.5},
+             "correct": {"ours_pgd": np.ones(4, bool)}, "max_pixel_gap": {"art_pgd": 0.0}, "clean": 1.0}
+    with_aq = app.results(patch, comp, SETTINGS, eps=0.3, aq_agreement=agree, aq_eps=0.1)
+    assert with_aq["peers_aq"]["n_images"] == 4 and with_aq["peers_aq"]["eps"] == 0.1
+    json.dumps(with_aq)
+    with pytest.raises(ValueError, match="aq_eps"):
+        app.results(patch, comp, SETTINGS, eps=0.3, aq_agreement=agree)
 
 
 def test_gradient_step_timings_cover_every_variant_and_restore_the_policy():

@@ -72,6 +72,8 @@ class AdvTrainingSettings:
     remedy_alpha: float = 1.0  # fast AT remedy "smaller step": alpha = remedy_alpha * eps
     remedy_ramp_epochs: int = 5  # fast AT remedy "eps ramp"
     align_weight: float = 1.0  # fast AT remedy GradAlign: lambda
+    nfgsm_noise: float = 2.0  # N-FGSM (de Jorge et al. 2022): noise U[-k eps, k eps] with k = nfgsm_noise
+    nfgsm_alpha: float = 1.0  # N-FGSM step = nfgsm_alpha * eps (no projection onto the eps ball)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,12 @@ class MetaSettings:
     test_steps: int | None = None  # None: test with as many steps as in meta-training (matched)
     meta_lr: float = 3e-3
     zero_head: bool = True
+    # learned inner learning rates, starting at *_inner_lr and meta-learned with Adam(meta_lr) beside the
+    # initialisation (zero head as MAML): Meta-SGD (one rate per weight) and MAML++'s per-layer per-step rates
+    metasgd_inner_lr: float = 0.4
+    metasgd_train_steps: int = 1
+    lslr_inner_lr: float = 0.2
+    lslr_train_steps: int = 3
     # Reptile: inner SGD on each task's support + query images; SGD(eps) outer step
     reptile_inner_lr: float = 0.1
     reptile_train_steps: int = 5
@@ -205,7 +213,7 @@ class ApplicationSettings:
     patch_max_angle: float = 0.0  # random turns of the patch while training and measuring (degrees)
     patch_eval_size: int = 1000  # correctly classified test images the patch is measured on
     # CleverHans / ART / tl.attacks on the PGD-AT model of notebook 03, on the same images, at its eps
-    peer_size: int = 100
+    peer_size: int = 300
     peer_pgd_steps: int = 40
     peer_step_size: float = 0.01
     strong_steps: int = 100  # our strong attack: PGD-strong_steps x strong_restarts

@@ -223,13 +223,25 @@ def _art(module: str):
         return importlib.import_module(f"art.{module}")
 
 
-def art_classifier(model: keras.Model, *, num_classes: int = 10, input_shape: tuple[int, ...] = (28, 28, 1)):
+def num_classes_of(model: keras.Model) -> int:
+    """The number of classes ``model`` scores (the last axis of its output)."""
+    classes = model.output_shape[-1]
+    if not isinstance(classes, int) or classes < 2:
+        raise ValueError(f"model must output one logit per class (at least 2), got output shape {model.output_shape}")
+    return classes
+
+
+def art_classifier(model: keras.Model, *, num_classes: int | None = None, input_shape: tuple[int, ...] = (28, 28, 1)):
     """``model`` (logits) wrapped as an ART ``TensorFlowV2Classifier`` with the cross-entropy on logits and pixel
-    range [0, 1]. Needs the ``peers`` extra."""
+    range [0, 1]; ``num_classes`` defaults to the model's output size. Needs the ``peers`` extra."""
     TensorFlowV2Classifier = _art("estimators.classification").TensorFlowV2Classifier
-    return TensorFlowV2Classifier(model=model, nb_classes=num_classes, input_shape=input_shape,
+    return TensorFlowV2Classifier(model=model, nb_classes=num_classes or num_classes_of(model), input_shape=input_shape,
                                   loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                                   clip_values=(0.0, 1.0))
+
+
+def _one_hot(model: keras.Model, y: np.ndarray) -> np.ndarray:
+    return np.eye(num_classes_of(model), dtype=np.float32)[y]
 
 
 def peer_attacks(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps: float, steps: int,
@@ -246,8 +258,27 @@ def peer_attacks(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps: float
         clip_max=1.0, y=tf.constant(y), rand_init=False, sanity_checks=False).numpy()
     art_pgd = _art("attacks.evasion").ProjectedGradientDescent(art_classifier(model), norm=np.inf, eps=eps, eps_step=step_size,
                                        max_iter=steps, num_random_init=0, batch_size=len(x), verbose=False)
-    out["art_pgd"] = art_pgd.generate(x, y=np.eye(10, dtype=np.float32)[y])
+    out["art_pgd"] = art_pgd.generate(x, y=_one_hot(model, y))
     return out
+
+
+def pgd_agreement(model: keras.Model, x: np.ndarray, y: np.ndarray, settings, *, eps: float) -> dict[str, Any]:
+    """Our PGD, CleverHans' and ART's with identical settings (``settings.peer_pgd_steps`` steps of
+    ``settings.peer_step_size``, no random start) on the same images: ``{"correct": {key: bool array},
+    "accuracy": {key: fraction}, "max_pixel_gap": {peer: largest pixel difference to ours}, "images_differing":
+    {peer: images with a pixel more than 1e-3 away from ours}, "clean": fraction}``
+    with keys ``ours_pgd``, ``cleverhans_pgd``, ``art_pgd``. Works for any logits classifier (the AQ learner after
+    adaptation has 5 classes). Needs the ``peers`` extra."""
+    s = settings
+    clean = evaluate.correct(model, x, y)
+    with _quiet_tf():  # ART's classifier retraces its forward pass per batch shape and warns about it
+        advs = peer_attacks(model, x, y, eps=eps, steps=s.peer_pgd_steps, step_size=s.peer_step_size)
+    correct = {key: clean & evaluate.correct(model, np.asarray(xa), y) for key, xa in advs.items()}
+    diff = {k: np.abs(np.asarray(advs[k]) - advs["ours_pgd"]).reshape(len(x), -1).max(axis=1)
+            for k in ("cleverhans_pgd", "art_pgd")}
+    return {"correct": correct, "accuracy": {k: float(np.mean(v)) for k, v in correct.items()},
+            "max_pixel_gap": {k: float(d.max()) for k, d in diff.items()},
+            "images_differing": {k: int(np.sum(d > 1e-3)) for k, d in diff.items()}, "clean": float(np.mean(clean))}
 
 
 def apgd_examples(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps: float, steps: int,
@@ -259,7 +290,7 @@ def apgd_examples(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps: floa
     for key, loss in (("ce", "cross_entropy"), ("dlr", "difference_logits_ratio")):
         apgd = AutoProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=steps,
                                             nb_random_init=restarts, batch_size=len(x), loss_type=loss, verbose=False)
-        out[key] = apgd.generate(x, y=np.eye(10, dtype=np.float32)[y])
+        out[key] = apgd.generate(x, y=_one_hot(model, y))
     return out
 
 
@@ -269,7 +300,8 @@ def peer_comparison(model: keras.Model, x: np.ndarray, y: np.ndarray, settings, 
     and ART's PGD with identical settings; our PGD-``strong_steps`` x ``strong_restarts`` (random starts, broken if
     any restart breaks it); ART's APGD (broken if the CE or the DLR run breaks it).
 
-    Returns ``{"accuracy": {key: fraction or None}, "correct": {key: bool array}, "max_pixel_gap": {...}}`` with the
+    Returns ``{"accuracy": {key: fraction or None}, "correct": {key: bool array}, "max_pixel_gap": {...},
+    "images_differing": {...}, "clean": fraction}`` (the middle two as :func:`pgd_agreement`) with the
     keys of :data:`PEER_KEYS` (None when the ``peers`` extra is missing or ``use_peers`` is False). An image counts
     as robust only if it is classified correctly both clean and attacked.
     """
@@ -278,13 +310,14 @@ def peer_comparison(model: keras.Model, x: np.ndarray, y: np.ndarray, settings, 
     clean = evaluate.correct(model, x, y)
     correct: dict[str, np.ndarray] = {}
     gaps: dict[str, float] = {}
+    differing: dict[str, int] = {}
     if use_peers:
-        with _quiet_tf():  # ART's classifier retraces its forward pass per batch shape and warns about it
-            advs = peer_attacks(model, x, y, eps=eps, steps=s.peer_pgd_steps, step_size=s.peer_step_size)
+        agreement = pgd_agreement(model, x, y, s, eps=eps)
+        correct.update(agreement["correct"])
+        gaps = agreement["max_pixel_gap"]
+        differing = agreement["images_differing"]
+        with _quiet_tf():
             apgd = apgd_examples(model, x, y, eps=eps, steps=s.apgd_steps, restarts=s.apgd_restarts)
-        for key, xa in advs.items():
-            correct[key] = clean & evaluate.correct(model, np.asarray(xa), y)
-        gaps = {k: float(np.abs(np.asarray(advs[k]) - advs["ours_pgd"]).max()) for k in ("cleverhans_pgd", "art_pgd")}
         correct["art_apgd_ce"] = clean & evaluate.correct(model, apgd["ce"], y)
         correct["art_apgd_dlr"] = clean & evaluate.correct(model, apgd["dlr"], y)
         correct["art_apgd"] = correct["art_apgd_ce"] & correct["art_apgd_dlr"]
@@ -295,7 +328,8 @@ def peer_comparison(model: keras.Model, x: np.ndarray, y: np.ndarray, settings, 
                          restarts=s.strong_restarts, seed=0)
     correct["ours_pgd100_restarts5"] = clean & evaluate.correct(model, evaluate.adversarial_examples(model, x, y, strong), y)
     accuracy = {k: (float(np.mean(correct[k])) if k in correct else None) for k in PEER_KEYS}
-    return {"accuracy": accuracy, "correct": correct, "max_pixel_gap": gaps, "clean": float(np.mean(clean))}
+    return {"accuracy": accuracy, "correct": correct, "max_pixel_gap": gaps, "images_differing": differing,
+            "clean": float(np.mean(clean))}
 
 
 PEER_TITLES = {
@@ -309,8 +343,11 @@ PEER_TITLES = {
 }
 
 
-def peers_table(comparison: dict[str, Any], settings) -> str:
-    """Markdown: robust accuracy with its 95% interval per attack implementation ("not installed" when missing)."""
+def peers_table(comparison: dict[str, Any], settings, *, keys: tuple[str, ...] | None = None) -> str:
+    """Markdown: robust accuracy with its 95% interval per attack implementation ("not installed" when missing).
+
+    ``comparison`` is a :func:`peer_comparison` or :func:`pgd_agreement` result; ``keys`` picks rows (default: all
+    of :func:`peer_comparison`'s)."""
     s = settings
     lines = ["| attack | settings | robust accuracy |", "|---|---|---|"]
     same = f"PGD-{s.peer_pgd_steps}, step {s.peer_step_size}, no random start"
@@ -318,7 +355,7 @@ def peers_table(comparison: dict[str, Any], settings) -> str:
            "ours_pgd100_restarts5": f"PGD-{s.strong_steps}, step 2.5 eps / {s.strong_steps}, {s.strong_restarts} restarts",
            "art_apgd": f"{s.apgd_steps} iterations, {s.apgd_restarts} random start(s) per loss",
            "art_apgd_ce": f"{s.apgd_steps} iterations", "art_apgd_dlr": f"{s.apgd_steps} iterations"}
-    for key in (*PEER_KEYS[:4], "art_apgd_ce", "art_apgd_dlr", "art_apgd"):
+    for key in keys or (*PEER_KEYS[:4], "art_apgd_ce", "art_apgd_dlr", "art_apgd"):
         c = comparison["correct"].get(key)
         if c is None and key in ("art_apgd_ce", "art_apgd_dlr"):
             continue
@@ -538,19 +575,31 @@ def cost_table(rows: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------------
 # Results file
 # --------------------------------------------------------------------------------------------------
-def results(patch: dict[str, Any], comparison: dict[str, Any], settings, *, eps: float) -> dict[str, Any]:
+def results(patch: dict[str, Any], comparison: dict[str, Any], settings, *, eps: float,
+            aq_agreement: dict[str, Any] | None = None, aq_eps: float | None = None) -> dict[str, Any]:
     """Notebook 07's results in the series' schema: ``patch`` (sizes, target, untargeted / targeted / random_patch
     success fractions per model) and ``peers`` (robust accuracies of the PGD-AT model, None when not run), with
-    the settings behind them."""
+    the settings behind them; ``peers_aq`` holds the same three-way PGD check on the adapted AQ learner
+    (:func:`pgd_agreement` at ``aq_eps``; None when not run)."""
     s = settings
     keep = ("sizes", "target", "untargeted", "targeted", "random_patch", "n_eval", "seconds")
+    peers_aq = None
+    if aq_agreement is not None:
+        if aq_eps is None:
+            raise ValueError("give aq_eps, the radius the AQ agreement was measured at")
+        peers_aq = {**aq_agreement["accuracy"], "n_images": int(len(aq_agreement["correct"]["ours_pgd"])),
+                    "eps": float(aq_eps), "clean": aq_agreement["clean"],
+                    "max_pixel_gap_to_ours": aq_agreement["max_pixel_gap"],
+                    "images_differing_from_ours": aq_agreement.get("images_differing", {})}
     return {"patch": {k: patch[k] for k in keep if k in patch},
+            "peers_aq": peers_aq,
             "peers": dict(comparison["accuracy"]),
             "peers_detail": {"n_images": int(len(next(iter(comparison["correct"].values())))), "eps": float(eps),
                              "clean": comparison["clean"],
                              "art_apgd_ce": _maybe_mean(comparison, "art_apgd_ce"),
                              "art_apgd_dlr": _maybe_mean(comparison, "art_apgd_dlr"),
                              "max_pixel_gap_to_ours": comparison["max_pixel_gap"],
+                             "images_differing_from_ours": comparison.get("images_differing", {}),
                              "pgd": f"PGD-{s.peer_pgd_steps}, step {s.peer_step_size}, no random start",
                              "strong": f"PGD-{s.strong_steps} x {s.strong_restarts} restarts",
                              "apgd": f"{s.apgd_steps} iterations, {s.apgd_restarts} random start(s) per loss"}}
