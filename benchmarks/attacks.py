@@ -12,10 +12,7 @@ numbers to read; absolute seconds depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import sys
 import threading
 import time
@@ -27,6 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 import tutorial_lib as tl
+
+import _results
 
 EPS, STEP, STEPS = 0.3, 0.01, 40
 
@@ -310,15 +309,8 @@ def main(argv: list[str] | None = None) -> int:
               "clean_accuracy": clean_accuracy, "floor_seconds": floor, "floor_cpu_seconds": floor_cpu,
               "floor_xla_seconds": min(seconds["floor: 1 x forward+backward (XLA)"]),
               "rows": rows, "restarts": restarts, "mixed_precision_strength": strength, "targets": targets, "notes": notes,
-              "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "python": platform.python_version(), "tensorflow": tf.__version__, "cpu_count": os.cpu_count(),
-              "when": time.strftime("%Y-%m-%d %H:%M")}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "attacks.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (args.out / "attacks.md").write_text(text)
-    print(text)
-    print(f"wrote {tl.runtime.display_path(args.out / 'attacks.json')} and attacks.md")
+              "process_peak_rss_mib": _results.peak_rss_mib(), "machine": _results.machine()}
+    _results.write(args.out, "attacks", result, markdown(result))
     return 0
 
 
@@ -367,7 +359,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Attacks on the quick-profile baseline CNN (clean accuracy {result['clean_accuracy']:.1%}), {n} MNIST test "
         f"images, eps {result['eps']}, PGD step {result['step_size']}, no random start; numpy in and out; best of "
-        f"the timing rounds; {result['cpu_count']} CPU cores, TF {result['tensorflow']}, {result['when']}.",
+        f"the timing rounds; {result['machine']['cpu_count']} CPU cores, TF {result['machine']['tensorflow']}, {result['machine']['when']}.",
         f"Floor: one forward+backward pass over the {n}-image batch = {floor * 1e3:.0f} ms in graph mode "
         f"(from 40 passes timed in the same rounds); one pass under XLA {result['floor_xla_seconds'] * 1e3:.0f} ms.",
         "",

@@ -19,13 +19,12 @@ backward passes through the adapted model to MAML's own. Peak RSS of the process
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import resource
 import time
-from pathlib import Path
 
 import numpy as np
+
+import _results
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -128,18 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     sampler, _ = tl.tasks.digit_splits(data, n_way=n_way, k_shot=k_shot, q_queries=queries)
     batches = [sampler.sample(meta_batch) for _ in range(4)]
     rows: dict[str, dict] = {}
-    machine = {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-               "cpus": __import__("os").cpu_count()}
+    machine = _results.machine()
     header = f"{n_way}-way {k_shot}-shot, {queries} queries, meta-batch {meta_batch}"
     if args.only == "aq":
         aq = aq_rows(batches, n_way=n_way, meta_batch=meta_batch, attack_steps=attack_steps, repeats=args.repeats)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "meta-aq.json").write_text(json.dumps({"adversarial_querying": aq, "machine": machine}, indent=2,
-                                                     sort_keys=True) + "\n")
-        lines = aq_markdown(aq, header)
-        (out / "meta-aq.md").write_text("\n".join(lines))
-        print("\n".join(lines))
+        _results.write(args.out, "meta-aq", {"adversarial_querying": aq, "machine": machine},
+                       "\n".join(aq_markdown(aq, header)))
         return 0
 
     def compiled(method: str, **opts) -> float:
@@ -188,9 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "note": "median of repeated steps; the machine may be shared, so compare ratios from one run",
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     lines = [
         f"# Meta-learning step ({n_way}-way {k_shot}-shot, {queries} queries, meta-batch {meta_batch}, "
         f"{inner_steps} inner steps)", "",
@@ -206,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         f"First call (tracing) of the compiled MAML step: {rows['maml']['first_step_seconds']:.1f} s.", "",
         *aq_markdown(aq, header),
     ]
-    (out / "meta.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    _results.write(args.out, "meta", result, "\n".join(lines))
     return 0
 
 

@@ -12,10 +12,7 @@ seconds depend on the machine and its load, read the ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 import tutorial_lib as tl
+
+import _results
 
 TARGET = 1.3
 GRIDS = {  # label -> Spatial settings
@@ -93,26 +92,19 @@ def main(argv: list[str] | None = None) -> int:
                      "all_seconds": seconds[label], "all_cpu_seconds": cpu_seconds[label]})
     result = {"benchmark": "spatial", "n": args.n, "clean_accuracy": clean_accuracy, "target": TARGET,
               "floor_seconds": floor, "floor_cpu_seconds": floor_cpu, "rows": rows,
-              "load_average": os.getloadavg(), "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "python": platform.python_version(), "tensorflow": tf.__version__, "cpu_count": os.cpu_count(),
-              "when": time.strftime("%Y-%m-%d %H:%M")}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "spatial.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (args.out / "spatial.md").write_text(text)
-    print(text)
-    print(f"wrote {tl.runtime.display_path(args.out / 'spatial.json')} and spatial.md")
+              "process_peak_rss_mib": _results.peak_rss_mib(), "machine": _results.machine()}
+    _results.write(args.out, "spatial", result, markdown(result))
     return 0
 
 
 def markdown(result: dict[str, Any]) -> str:
     n, floor = result["n"], result["floor_seconds"]
-    load = ", ".join(f"{v:.1f}" for v in result["load_average"])
+    load = ", ".join(f"{v:.1f}" for v in result["machine"]["load_average"])
     lines = [
         f"Spatial attack (worst of a grid of rotations and shifts, `tl.attacks.Spatial`) on the quick-profile "
         f"baseline CNN (clean accuracy {result['clean_accuracy']:.1%}), {n} MNIST test images in one batch, numpy "
-        f"in and out; best of the timing rounds; {result['cpu_count']} CPU cores (load average {load} at the "
-        f"end), TF {result['tensorflow']}, {result['when']}.",
+        f"in and out; best of the timing rounds; {result['machine']['cpu_count']} CPU cores (load average {load} at the "
+        f"end), TF {result['machine']['tensorflow']}, {result['machine']['when']}.",
         f"Floor: one forward pass over the {n}-image batch in graph mode = {floor * 1e3:.1f} ms wall, "
         f"{result['floor_cpu_seconds'] * 1e3:.1f} ms CPU (from 45 passes timed in the same rounds).",
         "",

@@ -11,11 +11,8 @@ Expected: fast AT <= 2.5x standard; PGD-k about (k + 1)x (k attack steps plus th
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,6 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 import tutorial_lib as tl
+
+import _results
 
 METHODS = {  # label: adversarial_fit options (eps 0.3, quick-profile batch size)
     "standard": {"method": "none"},
@@ -64,18 +63,13 @@ def main(argv: list[str] | None = None) -> int:
              "median_seconds_per_epoch": float(np.median(v)), "median_ratio": float(np.median(v)) / base_median,
              "expected": EXPECTED.get(label, "1x")} for label, v in seconds.items()]
     result = {"benchmark": "training", "train_size": args.train_size, "batch_size": s.batch_size, "eps": s.eps,
-              "epochs_timed": (args.epochs - 1) * args.repeats, "python": platform.python_version(),
-              "cpu_count": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "training.json").write_text(json.dumps(result, indent=2) + "\n")
+              "epochs_timed": (args.epochs - 1) * args.repeats, "machine": _results.machine(), "rows": rows}
     lines = [f"Seconds per epoch, seed CNN, {args.train_size} MNIST images, batch {s.batch_size}, eps {s.eps}, "
              f"{os.cpu_count()} CPU cores (fastest of {result['epochs_timed']} epochs per method; medians in brackets)", "",
              "| method | s / epoch | x standard | expected |", "|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['seconds_per_epoch']:.2f} ({r['median_seconds_per_epoch']:.2f}) | "
               f"{r['ratio']:.2f}x ({r['median_ratio']:.2f}x) | {r['expected']} |" for r in rows]
-    (args.out / "training.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {tl.runtime.display_path(args.out / 'training.json')} and training.md")
+    _results.write(args.out, "training", result, "\n".join(lines))
     return 0
 
 
