@@ -150,6 +150,71 @@ def test_config_round_trip():
     assert (again.method, again.eps_max, again.steps, again.beta) == ("trades", 0.2, 3, 2.0)
 
 
+def _n_fgsm_reference(model, x, y, unit, *, eps, step, noise):
+    """N-FGSM written out with numpy and one GradientTape, from a given unit noise in [-1, 1]."""
+    x_noisy = np.clip(x + noise * eps * np.asarray(unit), 0.0, 1.0).astype(np.float32)
+    xt = tf.constant(x_noisy)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(ce(y, model(xt)))
+    return np.clip(x_noisy + step * np.sign(tape.gradient(loss, xt).numpy()), 0.0, 1.0)
+
+
+def test_n_fgsm_equals_a_hand_written_reference():
+    clf, (x, y) = tiny_model(), tiny_data(32)
+    seed = tf.constant([3, 4])
+    got = training.n_fgsm(clf, x, y, eps=0.1, noise=2.0, seed=seed).numpy()
+    unit = tf.random.stateless_uniform(x.shape, seed, -1.0, 1.0).numpy()
+    np.testing.assert_allclose(got, _n_fgsm_reference(clf, x, y, unit, eps=0.1, step=0.1, noise=2.0), atol=1e-6)
+    other = training.n_fgsm(clf, x, y, eps=0.1, step_size=0.05, noise=0.5, seed=seed).numpy()
+    np.testing.assert_allclose(other, _n_fgsm_reference(clf, x, y, unit, eps=0.1, step=0.05, noise=0.5), atol=1e-6)
+
+
+def test_n_fgsm_trainer_batch_follows_the_ramped_eps():
+    clf, (x, y) = tiny_model(), tiny_data(32)
+    trainer = training.AdversarialTrainer(clf, method="n_fgsm", eps=0.1, step_size=0.15, noise=3.0)
+    trainer.eps.assign(0.05)  # as EpsilonRamp does: noise and step shrink in proportion
+    tf.random.set_seed(7)
+    got = trainer.adversarial_batch(tf.constant(x), tf.constant(y)).numpy()
+    tf.random.set_seed(7)
+    unit = tf.random.uniform(x.shape, -1.0, 1.0).numpy()  # the same draw from the global generator
+    np.testing.assert_allclose(got, _n_fgsm_reference(clf, x, y, unit, eps=0.05, step=0.075, noise=3.0), atol=1e-6)
+
+
+@pytest.mark.parametrize("noise", [2.0, 4.0])
+def test_n_fgsm_perturbation_leaves_the_ball_but_not_the_pixel_range(noise):
+    clf, (x, y) = tiny_model(), tiny_data(64)
+    x = 0.25 + 0.5 * x  # pixels in [0.25, 0.75], so the clip to [0, 1] rarely binds
+    trainer = training.AdversarialTrainer(clf, method="n_fgsm", eps=EPS, noise=noise)
+    assert trainer.step_size == pytest.approx(EPS) and trainer.noise == noise
+    x_adv = trainer.adversarial_batch(tf.constant(x), tf.constant(y)).numpy()
+    delta = np.abs(x_adv - x)
+    assert delta.max() <= (noise + 1) * EPS + 1e-6  # noise plus one step, nothing more
+    assert delta.max() > noise * EPS  # not projected back onto the eps ball
+    assert np.mean(delta > EPS + 1e-6) > 0.3  # and not only a few pixels outside it
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    edge = trainer.adversarial_batch(tf.constant(np.zeros_like(x)), tf.constant(y)).numpy()
+    assert edge.min() >= 0.0 and edge.max() <= (noise + 1) * EPS + 1e-6  # black images: clipped at 0
+
+
+def test_n_fgsm_fit_ramps_eps_and_trains():
+    x, y = tiny_data(16)
+    clf = tiny_model()
+    before = [w.copy() for w in clf.get_weights()]
+    _, info = training.adversarial_fit(clf, x, y, method="n_fgsm", eps=0.3, epochs=3, batch_size=8, ramp_epochs=3,
+                                       verbose=0)
+    np.testing.assert_allclose(info["eps_per_epoch"], [0.1, 0.2, 0.3], atol=1e-7)
+    assert np.all(np.isfinite(info["history"]["loss"]))
+    assert any(not np.allclose(a, b) for a, b in zip(clf.get_weights(), before))
+
+
+def test_n_fgsm_config_round_trip():
+    trainer = training.AdversarialTrainer(tiny_model(), method="n_fgsm", eps=0.2, step_size=0.1, noise=3.0)
+    again = training.AdversarialTrainer.from_config(trainer.get_config())
+    assert (again.method, again.eps_max, again.step_size, again.noise) == ("n_fgsm", 0.2, 0.1, 3.0)
+    assert "noise" not in training.AdversarialTrainer(tiny_model(), method="fgsm_rs", eps=0.2).get_config()
+
+
 # ----------------------------------------------------------------------------------------------
 # Callbacks
 # ----------------------------------------------------------------------------------------------
@@ -208,6 +273,19 @@ def test_monitor_flags_collapse_and_restores_best_weights():
     assert [h["flagged"] for h in monitor.history] == [False, False, True, True]
     assert monitor.onset_epoch == 2 and monitor.best_epoch == 1
     for got, want in zip(clf.get_weights(), snaps[1]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_monitor_stop_weights_equal_a_stopped_run():
+    # PGD accuracy collapses at epoch 1 (flag), then peaks higher at epoch 2: a stopped run never sees that peak
+    script = [(0.50, 0.30), (0.90, 0.10), (0.90, 0.50), (0.95, 0.05)]
+    _, warned, snaps = _scripted_fit(script, on_overfit="warn", restore_best=False)
+    assert warned.best_epoch == 2 and warned.stop_epoch == 0 and warned.onset_epoch == 1
+    for got, want in zip(warned.stop_weights, snaps[0]):
+        np.testing.assert_array_equal(got, want)
+    stopped_clf, stopped, _ = _scripted_fit(script, on_overfit="stop", restore_best=True)
+    assert len(stopped.history) == 2
+    for got, want in zip(warned.stop_weights, stopped_clf.get_weights()):  # one warning run gives the stopped model
         np.testing.assert_array_equal(got, want)
 
 
@@ -340,6 +418,12 @@ def test_mixed_precision_training_runs_and_keeps_float32_logits():
     ({"beta": -1.0}, ValueError, "beta"),
     ({"method": "none", "clean_weight": 0.5}, ValueError, "only apply to adversarial methods"),
     ({"eval_attack": "pgd"}, TypeError, "attack spec"),
+    ({"method": "n_fgsm", "noise": -1.0}, ValueError, "noise must be >= 0"),
+    ({"method": "n_fgsm", "noise": float("nan")}, ValueError, "noise must be >= 0"),
+    ({"method": "n_fgsm", "noise": "2"}, TypeError, "noise must be a number"),
+    ({"method": "pgd", "noise": 2.0}, ValueError, "noise only applies to method='n_fgsm'"),
+    ({"method": "n_fgsm", "steps": 3}, ValueError, "takes one step"),
+    ({"method": "n_fgsm", "attack": attacks.FGSM(eps=0.3)}, TypeError, "crafts its own batch"),
 ])
 def test_trainer_rejects_bad_options(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -69,8 +69,7 @@ class AdvTrainingSettings:
     eval_strong_steps: int = 100  # the strong evaluation: PGD-eval_strong_steps x eval_restarts
     monitor_size: int = 500  # images the catastrophic-overfitting monitor attacks after each epoch
     monitor_pgd_steps: int = 10
-    remedy_alpha: float = 1.0  # fast AT remedy "smaller step": alpha = remedy_alpha * eps
-    remedy_ramp_epochs: int = 5  # fast AT remedy "eps ramp"
+    remedy_ramp_epochs: int = 5  # fast AT remedies "eps ramp" and N-FGSM with a ramp
     align_weight: float = 1.0  # fast AT remedy GradAlign: lambda
     nfgsm_noise: float = 2.0  # N-FGSM (de Jorge et al. 2022): noise U[-k eps, k eps] with k = nfgsm_noise
     nfgsm_alpha: float = 1.0  # N-FGSM step = nfgsm_alpha * eps (no projection onto the eps ball)

@@ -21,11 +21,12 @@ import tensorflow as tf
 from . import attacks, evaluate, models
 from .checks import check_count, check_eps, check_images_and_labels, check_number, check_positive_int
 
-METHODS = ("none", "fgsm", "fgsm_rs", "pgd", "trades")
+METHODS = ("none", "fgsm", "fgsm_rs", "n_fgsm", "pgd", "trades")
 METHOD_TITLES = {
     "none": "standard",
     "fgsm": "FGSM-AT",
     "fgsm_rs": "fast AT (FGSM-RS)",
+    "n_fgsm": "N-FGSM",
     "pgd": "PGD-AT",
     "trades": "TRADES",
 }
@@ -49,13 +50,16 @@ def training_attack(method: str, eps: float, steps: int | None = None,
     ``fgsm``: ``FGSM(eps)``; ``fgsm_rs``: one step of ``step_size`` (default 1.25 eps) from a uniform random
     start, ``PGD(steps=1)``; ``pgd`` and ``trades``: ``PGD(steps, step_size)`` from a random start (default
     7 steps of 2.5 eps / steps; TRADES maximises the KL divergence instead of the cross-entropy with it).
+    ``n_fgsm``: no spec expresses N-FGSM (noise beyond the ball, no projection back onto it); the one-step spec
+    ``PGD(steps=1, step_size, random_start=False)`` (default step eps) carries its radius and step, and the
+    trainer crafts the batch with :func:`n_fgsm`.
     Introduced in notebooks/03_adversarial_training.ipynb.
     """
     method = _check_method(method)
     if method == "none":
         return None
     eps = check_eps(eps, positive=True)
-    if steps is not None and method in ("fgsm", "fgsm_rs") and steps != 1:
+    if steps is not None and method in ("fgsm", "fgsm_rs", "n_fgsm") and steps != 1:
         raise ValueError(f"method {method!r} takes one step; got steps={steps}. Use method='pgd' for several steps.")
     if method == "fgsm":
         if step_size is not None and step_size != eps:
@@ -64,8 +68,38 @@ def training_attack(method: str, eps: float, steps: int | None = None,
         return attacks.FGSM(eps=eps)
     if method == "fgsm_rs":
         return attacks.PGD(eps=eps, steps=1, step_size=1.25 * eps if step_size is None else step_size)
+    if method == "n_fgsm":
+        return attacks.PGD(eps=eps, steps=1, step_size=eps if step_size is None else step_size, random_start=False)
     steps = 7 if steps is None else check_positive_int("steps", steps)
     return attacks.PGD(eps=eps, steps=steps, step_size=2.5 * eps / steps if step_size is None else step_size)
+
+
+def n_fgsm(model: Any, x: Any, y: Any, *, eps: Any, step_size: Any = None, noise: float = 2.0,
+           seed: Any = None) -> tf.Tensor:
+    """N-FGSM's training images (de Jorge et al., NeurIPS 2022): strong noise, then one FGSM step, not projected.
+
+    ``x_noisy = clip(x + eta, 0, 1)`` with ``eta ~ U[-noise * eps, noise * eps]`` per pixel, then
+    ``x_adv = clip(x_noisy + step_size * sign(grad_x CE(model(x_noisy), y)), 0, 1)`` (``step_size`` default
+    ``eps``). Nothing projects ``x_adv - x`` back onto the eps ball, so it can reach ``(noise + 1) * eps`` per
+    pixel; as in the authors' code the noisy image is clipped to the pixel range before the gradient. The step is
+    an FGSM step of size ``step_size`` from ``x_noisy``: FGSM's projection onto that radius around ``x_noisy``
+    changes nothing, only the pixel clip acts. ``model``: callable ``f(x, training=False) -> logits``; ``x``:
+    float (B, H, W, C) in [0, 1]; ``y``: int (B,); ``eps``/``step_size``: floats or scalar tensors; ``seed``:
+    optional shape-(2,) int tensor for stateless noise (else TF's global generator, as
+    ``tf.random.uniform(tf.shape(x), -1.0, 1.0)``). Graph-compatible, no validation (the trainer validates).
+    Returns x_adv (dtype of x), gradient stopped. Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    x = tf.convert_to_tensor(x)
+    eps = tf.cast(eps, x.dtype)
+    step_size = eps if step_size is None else tf.cast(step_size, x.dtype)
+    shape = tf.shape(x)
+    unit = (tf.random.uniform(shape, -1.0, 1.0, dtype=x.dtype) if seed is None
+            else tf.random.stateless_uniform(shape, seed, -1.0, 1.0, dtype=x.dtype))
+    x_noisy = tf.clip_by_value(x + tf.cast(noise, x.dtype) * eps * unit, 0.0, 1.0)
+    return _FGSM_STEP.generate(model, x_noisy, y, eps=step_size, step_size=step_size)
+
+
+_FGSM_STEP = attacks.FGSM(eps=0.1)  # its radius is always overridden by n_fgsm's step_size
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,6 +115,8 @@ class AdversarialTrainer(keras.Model):
     - ``"fgsm"``: FGSM adversarial training (Goodfellow et al. 2015): one signed-gradient step of size eps.
     - ``"fgsm_rs"``: fast adversarial training (Wong et al. 2020): uniform random start in the eps-ball,
       one step of ``step_size`` (default 1.25 eps), projected back.
+    - ``"n_fgsm"``: N-FGSM (de Jorge et al., NeurIPS 2022): uniform noise of ``noise`` x eps (default 2),
+      one step of ``step_size`` (default eps), not projected back onto the eps ball (:func:`n_fgsm`).
     - ``"pgd"``: PGD adversarial training (Madry et al. 2018): ``steps`` projected steps from a random start.
     - ``"trades"``: TRADES (Zhang et al. 2019): clean cross-entropy + ``beta`` x KL(p(x) || p(x')), with
       x' maximising that KL by ``steps`` projected steps.
@@ -91,6 +127,7 @@ class AdversarialTrainer(keras.Model):
     current radius (the ``eps`` variable), the step shrinks in proportion. ``clean_weight`` in [0, 1] mixes the clean
     loss into fgsm/fgsm_rs/pgd: ``(1 - w) CE(x') + w CE(x)``. ``align_weight`` > 0 adds the GradAlign term
     (Andriushchenko & Flammarion 2020) ``lambda (1 - cos(grad_x CE(x), grad_x CE(x + eta)))``, eta uniform in the ball.
+    ``noise`` (N-FGSM only; default 2.0) is the noise magnitude in units of the current eps, so a ramp scales it too.
 
     Inputs: images float32 (B, H, W, C) in [0, 1], integer labels (B,). ``call`` returns the classifier's
     logits. Metrics: ``loss`` and ``accuracy`` on the batch trained on (adversarial for the attack methods);
@@ -111,12 +148,20 @@ class AdversarialTrainer(keras.Model):
         beta: float = 6.0,
         clean_weight: float = 0.0,
         align_weight: float = 0.0,
+        noise: float | None = None,
         eval_attack: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         models.check_logits_model(classifier)
         self.method = _check_method(method)
+        if method != "n_fgsm" and noise is not None:
+            raise ValueError(f"noise only applies to method='n_fgsm' (N-FGSM's noise magnitude), not {method!r}")
+        self.noise = 2.0 if noise is None else check_number(
+            "noise", noise, low=0.0, hint="It is N-FGSM's noise magnitude in units of eps; de Jorge et al. use 2.")
+        if method == "n_fgsm" and attack is not None:
+            raise TypeError("method='n_fgsm' crafts its own batch (noise, then an unprojected step): pass eps, "
+                            "step_size and noise instead of an attack spec")
         if attack is None:
             attack = training_attack(method, 0.3 if eps is None else eps, steps, step_size)
         elif eps is not None or steps is not None or step_size is not None:
@@ -156,6 +201,8 @@ class AdversarialTrainer(keras.Model):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         attack = {} if self.attack is None else dict(eps=self.eps_max, steps=self.steps, step_size=self.step_size)
+        if self.method == "n_fgsm":
+            attack["noise"] = self.noise
         config.update(classifier=keras.saving.serialize_keras_object(self.classifier), method=self.method,
                       beta=self.beta, clean_weight=self.clean_weight, align_weight=self.align_weight, **attack)
         return config
@@ -183,11 +230,16 @@ class AdversarialTrainer(keras.Model):
         return tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
 
     def adversarial_batch(self, x, y):
-        """The batch this method trains on: ``x`` itself for ``none``, else the attacked images (stop-gradient)."""
+        """The batch this method trains on: ``x`` itself for ``none``, else the attacked images (stop-gradient).
+
+        The step (and N-FGSM's noise) scale with the current radius ``self.eps`` (see :class:`EpsilonRamp`).
+        """
         if self.method == "none":
             return x
         eps = tf.cast(self.eps, tf.float32)
         step = self.step_size * eps / self.eps_max
+        if self.method == "n_fgsm":
+            return n_fgsm(self.classifier, x, y, eps=eps, step_size=step, noise=self.noise)
         if self.method != "trades":
             return self.attack.generate(self.classifier, x, y, eps=eps, step_size=step)
         p_clean = tf.stop_gradient(tf.nn.softmax(self._logits(x)))
@@ -304,6 +356,9 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
     ``drop`` (the attack the model trains against still looks beaten). On a flag it warns
     (``on_overfit="warn"``) or also stops training (``"stop"``). With ``restore_best`` the classifier gets the
     weights of its best-PGD epoch back when training ends. ``onset_epoch`` is the first flagged epoch (0-based).
+    ``stop_weights`` / ``stop_epoch`` are what ``on_overfit="stop"`` with ``restore_best`` would have left, whatever
+    ``on_overfit`` is: the weights of the best-PGD epoch up to the first flag (of the whole run if none was
+    flagged), so one warning run also gives the early-stopped model without a second run.
     Introduced in notebooks/03_adversarial_training.ipynb.
     """
 
@@ -325,6 +380,8 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         self.history: list[dict[str, Any]] = []
         self.onset_epoch: int | None = None
         self.best_epoch: int | None = None
+        self.stop_epoch: int | None = None
+        self.stop_weights: list[np.ndarray] | None = None
         self._best_weights: list[np.ndarray] | None = None
 
     def _classifier(self) -> keras.Model:
@@ -352,6 +409,8 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         if self.best_epoch is None or pgd_acc > self.history[self.best_epoch]["pgd"]:
             self.best_epoch = len(self.history) - 1
             self._best_weights = [np.array(w) for w in self._classifier().get_weights()]
+        if self.onset_epoch is None:  # until the first flag, "stop and restore" would restore the best so far
+            self.stop_epoch, self.stop_weights = self.best_epoch, self._best_weights
         if flagged:
             if self.onset_epoch is None:
                 self.onset_epoch = epoch
@@ -412,7 +471,7 @@ def adversarial_fit(
     scope the classifier was built in (None: the current one). ``info`` holds the Keras history, the
     eps used per epoch and ``seconds_per_epoch`` (median wall-clock). ``trainer_options`` are the
     :class:`AdversarialTrainer`'s (``method``, ``eps``, ``steps``, ``step_size`` or ``attack``, ``beta``,
-    ``clean_weight``, ``align_weight``). Introduced in notebooks/03_adversarial_training.ipynb.
+    ``clean_weight``, ``align_weight``, ``noise``). Introduced in notebooks/03_adversarial_training.ipynb.
     """
     epochs = check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", batch_size)

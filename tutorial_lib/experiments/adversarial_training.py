@@ -32,6 +32,8 @@ def recipe(method: str, settings: Any) -> dict[str, Any]:
         kw.update(epochs=s.fast_epochs, decay_epochs=0)
     elif method == "fgsm_rs":
         kw.update(epochs=s.fast_epochs, decay_epochs=0, step_size=s.fast_alpha * s.eps)
+    elif method == "n_fgsm":
+        kw.update(epochs=s.fast_epochs, decay_epochs=0, step_size=s.nfgsm_alpha * s.eps, noise=s.nfgsm_noise)
     elif method in ("pgd", "trades"):
         kw.update(steps=s.train_pgd_steps, step_size=s.train_step_scale * s.eps / s.train_pgd_steps,
                   ramp_epochs=s.ramp_epochs)
@@ -59,20 +61,24 @@ def overfitting_monitor(data: Any, settings: Any, *, seed: int = 0,
 
 
 def fast_at_remedies(settings: Any) -> dict[str, dict[str, Any]]:
-    """Fast-AT variants against catastrophic overfitting: ``{name: adversarial_fit options}``.
+    """Remedies for fast AT's catastrophic overfitting, each with fast AT's epochs: ``{name: adversarial_fit options}``.
 
-    ``"stop_restore"`` is plain fast AT meant to run with an ``overfitting_monitor(on_overfit="stop")``
-    (early stopping at the flag, best weights restored); ``"small_alpha"`` uses step ``remedy_alpha * eps``;
-    ``"eps_ramp"`` warms eps up over ``remedy_ramp_epochs``; ``"gradalign"`` adds the GradAlign term.
-    Introduced in notebooks/03_adversarial_training.ipynb.
+    ``"stop_restore"`` is plain fast AT meant to run with an ``overfitting_monitor(on_overfit="stop")`` (early
+    stopping at the flag, best weights restored; :func:`train_cached`'s ``stop_restore_name`` gets that model from
+    fast AT's own monitored run); ``"eps_ramp"`` warms eps up over ``remedy_ramp_epochs``;
+    ``"gradalign"`` adds the GradAlign term; ``"n_fgsm"`` trains on N-FGSM's batch instead (``recipe("n_fgsm")``:
+    noise ``nfgsm_noise`` x eps, step ``nfgsm_alpha`` x eps, no projection) and ``"n_fgsm_ramp"`` does so with
+    the eps warm-up of ``"eps_ramp"``. Introduced in notebooks/03_adversarial_training.ipynb.
     """
     base = recipe("fgsm_rs", settings)
-    s = settings
+    n_fgsm = recipe("n_fgsm", settings)
+    ramp = settings.remedy_ramp_epochs
     return {
         "stop_restore": dict(base),
-        "small_alpha": {**base, "step_size": s.remedy_alpha * s.eps},
-        "eps_ramp": {**base, "ramp_epochs": s.remedy_ramp_epochs},
-        "gradalign": {**base, "align_weight": s.align_weight},
+        "eps_ramp": {**base, "ramp_epochs": ramp},
+        "gradalign": {**base, "align_weight": settings.align_weight},
+        "n_fgsm": n_fgsm,
+        "n_fgsm_ramp": {**n_fgsm, "ramp_epochs": ramp},
     }
 
 
@@ -85,6 +91,7 @@ def train_cached(
     callbacks: list | None = None,
     save: bool = True,
     verbose: bool = True,
+    stop_restore_name: str | None = None,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Train a fresh seed CNN with :func:`~tutorial_lib.training.adversarial_fit` (``fit_kwargs``) on ``data``,
     cached by config hash.
@@ -93,12 +100,22 @@ def train_cached(
     key includes their class names); a monitor's record lands in ``info["monitor"]``. With ``save`` the
     classifier is also written to ``build/models/<name>.keras`` (a plain Keras model: loads in safe mode
     with nothing beyond Keras). Returns ``(classifier, info)`` as :func:`tutorial_lib.models.load_or_train`.
+
+    ``stop_restore_name``: with a :class:`~tutorial_lib.training.CatastrophicOverfittingMonitor` among the
+    callbacks, also cache (and save) under that name the classifier early stopping would have left (the monitor's
+    ``stop_weights``: best-PGD epoch up to the first flag), returned as ``info["stop_restore"] = (classifier,
+    info)`` whose ``epoch_seconds`` are the epochs up to the flag. It equals a second run with
+    ``on_overfit="stop", restore_best=True`` (same seed and recipe) without training again.
     Introduced in notebooks/03_adversarial_training.ipynb.
     """
     if not isinstance(fit_kwargs, dict) or "method" not in fit_kwargs:
         raise TypeError("fit_kwargs must be a dict of adversarial_fit options with at least 'method', "
                         "e.g. recipe('pgd', profile.adv_training)")
     callbacks = list(callbacks or [])
+    monitors = [c for c in callbacks if isinstance(c, training.CatastrophicOverfittingMonitor)]
+    if stop_restore_name is not None and len(monitors) != 1:
+        raise ValueError("stop_restore_name needs exactly one CatastrophicOverfittingMonitor among the callbacks, "
+                         f"got {len(monitors)}")
     cb_names = [type(c).__name__ for c in callbacks]
     config = {"model": "seed_cnn", "data": f"{data.source}:{len(data.x_train)}", "seed": seed, **fit_kwargs,
               "callbacks": cb_names}
@@ -114,11 +131,41 @@ def train_cached(
         return clf, info
 
     model, info = models.load_or_train(name, config, train, verbose=verbose)
+    if stop_restore_name is not None:
+        info["stop_restore"] = _stop_restore(stop_restore_name, config, monitors[0], info,
+                                             lambda: models.load_or_train(name, config, train, retrain=True,
+                                                                          verbose=verbose),
+                                             save=save, verbose=verbose)
     if save:
-        path = runtime.build_subdir("models") / f"{name}.keras"
-        models.save_model(model, path)
-        info["path"] = runtime.display_path(path)
+        _save(name, model, info)
     return model, info
+
+
+def _save(name: str, model: keras.Model, info: dict[str, Any]) -> None:
+    path = runtime.build_subdir("models") / f"{name}.keras"
+    models.save_model(model, path)
+    info["path"] = runtime.display_path(path)
+
+
+def _stop_restore(name: str, config: dict[str, Any], monitor: training.CatastrophicOverfittingMonitor,
+                  info: dict[str, Any], retrain: Any, *, save: bool, verbose: bool) -> tuple[keras.Model, dict[str, Any]]:
+    """The early-stopped classifier of a monitored run, cached under ``name`` (see :func:`train_cached`)."""
+
+    def restore() -> tuple[keras.Model, dict[str, Any]]:
+        if monitor.stop_weights is None:  # the run came from the cache: run it again to get the weights
+            retrain()
+        clf = models.seed_cnn()
+        clf.set_weights(monitor.stop_weights)
+        onset = monitor.onset_epoch
+        stopped = len(monitor.history) if onset is None else onset + 1
+        return clf, {"epoch_seconds": info["epoch_seconds"][:stopped], "stop_epoch": monitor.stop_epoch,
+                     "onset_epoch": onset}
+
+    model, stop_info = models.load_or_train(name, {**config, "weights": "stop at the first flag, restore best"},
+                                            restore, verbose=verbose)
+    if save:
+        _save(name, model, stop_info)
+    return model, stop_info
 
 
 def robustness_table(results: dict[str, dict[str, float]], *, labels: dict[str, str] | None = None) -> str:
