@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import keras
@@ -50,3 +51,24 @@ def test_accuracy_and_gradient_tables():
     g = {"maml": np.array([1.0, 0.0]), "fomaml": np.array([1.0, 1.0])}
     table = exp.gradient_table(g)
     assert "| fomaml | 1.4142 | 0.707 | 1.000 |" in table
+
+
+def test_learned_rate_methods_train_cache_their_rates_and_evaluate(mnist_subset):
+    s = dataclasses.replace(runtime.get_profile("quick").meta, meta_steps=3, filters=4, blocks=2, eval_tasks=4,
+                            lslr_train_steps=2)
+    opts = exp.method_options("lslr", s)
+    assert opts["inner_steps"] == 2 and opts["inner_lr"] == s.lslr_inner_lr and opts["zero_head"] == s.zero_head
+    assert exp.method_options("metasgd", s)["inner_steps"] == s.metasgd_train_steps
+    assert exp.meta_config("lslr", 1, s, mnist_subset) != exp.meta_config("metasgd", 1, s, mnist_subset)
+    model, info = exp.meta_train("lslr", 1, mnist_subset, s, verbose=0, keep_copy=False)
+    assert not info["cached"] and [r.shape for r in info["rates"]] == [(2,)] * len(model.trainable_variables)
+    assert not (runtime.build_subdir("models") / "04_lslr_1shot.keras").exists()  # keep_copy=False
+    again, info2 = exp.meta_train("lslr", 1, mnist_subset, s, verbose=0)
+    assert info2["cached"] and all(np.array_equal(a, b) for a, b in zip(info["rates"], info2["rates"]))
+    tasks = exp.samplers(mnist_subset, s, 1)[1].sample(4, seed=0)
+    ev = exp.evaluate_init("lslr", again, info2, tasks, s)
+    assert ev.steps == 2 and np.isnan(ev.lr)
+    table = exp.accuracy_table({"lslr": {"1shot": ev}})
+    assert "(2 steps, learned rates)" in table
+    # a plain method evaluates at its inner rate
+    assert exp.evaluate_init("maml", again, {}, tasks, s).lr == s.inner_lr

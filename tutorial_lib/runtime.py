@@ -101,8 +101,8 @@ class MetaSettings:
     # initialisation (zero head as MAML): Meta-SGD (one rate per weight) and MAML++'s per-layer per-step rates
     metasgd_inner_lr: float = 0.4
     metasgd_train_steps: int = 1
-    lslr_inner_lr: float = 0.2
-    lslr_train_steps: int = 3
+    lslr_inner_lr: float = 0.3
+    lslr_train_steps: int = 2  # 3 or 5 steps gave no more accuracy, at more cost (benchmarks/meta_levers.py)
     # Reptile: inner SGD on each task's support + query images; SGD(eps) outer step
     reptile_inner_lr: float = 0.1
     reptile_train_steps: int = 5

@@ -1,13 +1,14 @@
 """Notebook 04's experiments: task samplers and learner options from the profile, cached meta-training, the
 pre-train + fine-tune and from-scratch baselines, and the tables.
 
-Reads ``profile.meta``; the algorithms are in :mod:`tutorial_lib.meta` (MAML, FOMAML, Reptile) and
+Reads ``profile.meta``; the algorithms are in :mod:`tutorial_lib.meta` (MAML, FOMAML, Reptile, Meta-SGD, LSLR) and
 :mod:`tutorial_lib.tasks` (few-shot tasks); this module only wires them to the profile and the cache.
 Introduced in notebooks/04_meta_learning.ipynb.
 """
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import keras
@@ -35,7 +36,11 @@ def method_options(method: str, settings) -> dict[str, Any]:
         return dict(inner_lr=s.reptile_inner_lr, inner_steps=s.reptile_train_steps,
                     test_steps=s.test_steps or s.reptile_train_steps,
                     meta_optimizer=keras.optimizers.SGD(s.reptile_eps))
-    raise ValueError(f"method must be one of {meta.LEARNERS}, got {method!r}")
+    if method in meta.LEARNED_RATE_LEARNERS:
+        lr, steps = (s.metasgd_inner_lr, s.metasgd_train_steps) if method == "metasgd" else (s.lslr_inner_lr, s.lslr_train_steps)
+        return dict(inner_lr=lr, inner_steps=steps, test_steps=s.test_steps or steps, zero_head=s.zero_head,
+                    meta_optimizer=keras.optimizers.Adam(s.meta_lr))
+    raise ValueError(f"method must be one of {meta.LEARNERS + meta.LEARNED_RATE_LEARNERS}, got {method!r}")
 
 
 def meta_config(method: str, k_shot: int, settings, data, *, seed: int = 0) -> dict[str, Any]:
@@ -49,26 +54,54 @@ def meta_config(method: str, k_shot: int, settings, data, *, seed: int = 0) -> d
             "blocks": settings.blocks, "data": f"{data.source}:{len(data.x_train)}+{len(data.x_test)}", "seed": seed}
 
 
-def meta_train(method: str, k_shot: int, data, settings, *, seed: int = 0, verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
+def meta_train(method: str, k_shot: int, data, settings, *, seed: int = 0, verbose: int = 2,
+               keep_copy: bool = True) -> tuple[keras.Model, dict[str, Any]]:
     """Meta-train ``method`` for ``k_shot``-shot tasks with the profile's ``settings``, cached by config.
 
     Returns ``(model, info)``: the meta-learned initialisation (a :func:`tutorial_lib.models.few_shot_cnn`)
     and ``info`` with the training ``history`` and ``train_seconds`` (``info["cached"]`` when loaded).
-    A copy is saved as ``build/models/04_<method>_<k>shot.keras`` (safe-mode loadable).
+    A copy is saved as ``build/models/04_<method>_<k>shot.keras`` (safe-mode loadable) unless ``keep_copy`` is
+    False. Learners with learned inner rates (``"metasgd"``, ``"lslr"``) also return ``info["rates"]`` (a list of
+    arrays, :meth:`tutorial_lib.meta.LearnedRateMAML.rate_schedule` order), cached beside the model as ``.npz``
+    (and copied to ``build/models/04_<method>_<k>shot.rates.npz``; ``LearnedRateMAML.load_rates`` reads it).
     """
+    name = f"04_{method}_{k_shot}shot"
+    config = meta_config(method, k_shot, settings, data, seed=seed)
+    learned = method in meta.LEARNED_RATE_LEARNERS
+    rates_path = models.cache_paths(name, config)[0].with_suffix(".rates.npz")
+
     def train():
         runtime.set_seed(seed)
         train_sampler, _ = samplers(data, settings, k_shot, seed=seed)
         model = models.few_shot_cnn(settings.n_way, filters=settings.filters, blocks=settings.blocks)
         learner = meta.make_learner(method, model, **method_options(method, settings))
         history = learner.meta_fit(train_sampler, settings.meta_steps, settings.meta_batch, verbose=verbose)
+        if learned:
+            learner.save_rates(rates_path)
         return model, {"history": {"loss": history.loss, "accuracy": history.accuracy}}
 
-    name = f"04_{method}_{k_shot}shot"
-    model, info = models.load_or_train(name, meta_config(method, k_shot, settings, data, seed=seed), train,
-                                       verbose=verbose > 0)
-    models.save_model(model, runtime.build_subdir("models") / f"{name}.keras")
+    model, info = models.load_or_train(name, config, train, verbose=verbose > 0,
+                                       retrain=learned and not rates_path.is_file())
+    if learned:
+        with np.load(rates_path, allow_pickle=False) as stored:
+            info["rates"] = [stored[f"rate_{i}"] for i in range(len(stored.files))]
+    if keep_copy:
+        models.save_model(model, runtime.build_subdir("models") / f"{name}.keras")
+        if learned:
+            shutil.copyfile(rates_path, runtime.build_subdir("models") / f"{name}.rates.npz")
     return model, info
+
+
+def evaluate_init(method: str, model: keras.Model, info: dict[str, Any], test_tasks, settings, *,
+                  steps: int | None = None) -> meta.Evaluation:
+    """Evaluation by adaptation of a :func:`meta_train` result on ``test_tasks``, as it was meta-trained: plain SGD
+    at the method's inner rate, or the learned rates (``info["rates"]``) for Meta-SGD / LSLR; ``steps`` defaults
+    to the method's test steps. Introduced in notebooks/04_meta_learning.ipynb."""
+    opts = method_options(method, settings)
+    steps = opts["test_steps"] if steps is None else steps
+    if method in meta.LEARNED_RATE_LEARNERS:
+        return meta.evaluate_adaptation(model, test_tasks, steps=steps, lr=None, rates=info["rates"])
+    return meta.evaluate_adaptation(model, test_tasks, steps=steps, lr=opts["inner_lr"])
 
 
 def pretrained_classifier(data, settings, *, seed: int = 0, verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
@@ -120,8 +153,8 @@ def accuracy_table(results: dict[str, dict[str, meta.Evaluation]]) -> str:
     lines = ["| method | " + " | ".join(f"5-way {s[:-4]}-shot" for s in shots) + " |",
              "|---|" + "---|" * len(shots)]
     for method, row in results.items():
-        cells = [f"{100 * row[s].mean:.1f} ± {100 * row[s].ci95:.1f}% ({row[s].steps} steps, lr {row[s].lr:g})"
-                 if s in row else "" for s in shots]
+        cells = [f"{100 * row[s].mean:.1f} ± {100 * row[s].ci95:.1f}% ({row[s].steps} steps, "
+                 + ("learned rates)" if np.isnan(row[s].lr) else f"lr {row[s].lr:g})") if s in row else "" for s in shots]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
