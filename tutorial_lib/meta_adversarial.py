@@ -11,6 +11,7 @@ Introduced in notebooks/05_meta_adversarial.ipynb.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -682,7 +683,6 @@ def _robust_fn(model: keras.Model, attack: _attacks.Attack, steps: int, lr: floa
     lrs = _lr_list(model, lr, head_only)
     model_ref = weakref.ref(model)
 
-    @tf.function(reduce_retracing=True)
     def run(params, sx, sy, qx, qy, eps, support_seed, query_seed):
         m = model_ref()
 
@@ -704,8 +704,10 @@ def _robust_fn(model: keras.Model, attack: _attacks.Attack, steps: int, lr: floa
         return tf.map_fn(one, (sx, sy, qx, qy, index), fn_output_signature=(tf.bool, tf.bool),
                          parallel_iterations=8)
 
-    per_model[key] = run
-    return run
+    # A partial (not the closure itself) gives each compiled function its own key in TF's retracing detector, so
+    # one graph per model and settings (the point of this cache) does not read as retracing.
+    per_model[key] = tf.function(functools.partial(run), reduce_retracing=True)
+    return per_model[key]
 
 
 def _check_tasks(tasks: Any) -> Tasks:

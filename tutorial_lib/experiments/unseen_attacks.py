@@ -10,6 +10,7 @@ clean + attacked support sets and queries attacked against the ADAPTED weights, 
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -162,7 +163,6 @@ def _eval_fn(model: keras.Model, query_attacks: tuple, support_attack: Any, chec
                  tf.TensorSpec((None, None, *image), tf.float32), tf.TensorSpec((None, None), tf.int32),
                  tf.TensorSpec((2,), tf.int64))
 
-    @tf.function(input_signature=signature)
     def run(params, lrs, later_lrs, sx, sy, qx, qy, seed):
         m = model_ref()
         lrs, later_lrs = list(lrs), list(later_lrs)
@@ -200,8 +200,9 @@ def _eval_fn(model: keras.Model, query_attacks: tuple, support_attack: Any, chec
         index = tf.range(tf.shape(sx)[0])
         return tf.map_fn(one, (sx, sy, qx, qy, index), fn_output_signature=(tf.bool, tf.bool), parallel_iterations=4)
 
-    cache[key] = run
-    return run
+    # A partial gives each compiled function its own key in TF's retracing detector (see meta_adversarial._robust_fn).
+    cache[key] = tf.function(functools.partial(run), input_signature=signature)
+    return cache[key]
 
 
 @dataclass(frozen=True)
