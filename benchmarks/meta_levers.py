@@ -28,7 +28,7 @@ LEVERS = {
     "metasgd_500": ("metasgd", {}, "Meta-SGD: one learned rate per weight"),
     "lslr3_500": ("lslr", {"lslr_train_steps": 3, "lslr_inner_lr": 0.2}, "MAML++ LSLR, 3 inner steps"),
     "lslr5_500": ("lslr", {"lslr_train_steps": 5, "lslr_inner_lr": 0.1}, "MAML++ LSLR, 5 inner steps"),
-    "maml3_500": ("maml", {"train_steps": 3, "inner_lr": 0.2}, "MAML, 3 inner steps at a fixed lr 0.2 (LSLR's start)"),
+    "maml3_500": ("maml", {"train_steps": 3, "inner_lr": 0.2}, "MAML, 3 inner steps at a fixed lr 0.2 (3-step LSLR's start)"),
     "lslr2_500": ("lslr", {"lslr_train_steps": 2, "lslr_inner_lr": 0.3}, "MAML++ LSLR, 2 inner steps (the notebook's)"),
     "lslr2_1000": ("lslr", {"lslr_train_steps": 2, "lslr_inner_lr": 0.3, "meta_steps": 1000},
                    "MAML++ LSLR, 2 inner steps, 1,000 meta-steps"),
