@@ -234,7 +234,7 @@ class Evaluation:
         return Evaluation(float(mean), float(ci), acc, int(steps), self.lr, self.curve_steps[: j + 1], self.per_task[:, : j + 1])
 
     def __str__(self) -> str:
-        return f"{100 * self.mean:.1f} +- {100 * self.ci95:.1f}% ({len(self.accuracies)} tasks, {self.steps} steps)"
+        return f"{100 * self.mean:.1f} +- {100 * self.ci95:.1f}% ({len(self.accuracies)} tasks, {self.steps} step{'' if self.steps == 1 else 's'})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary; ``inner_lr`` is None when adaptation used learned rates."""
