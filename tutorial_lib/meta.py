@@ -550,6 +550,13 @@ class Reptile(MetaLearner):
                                   query_x=qx, query_y=qy)
 
 
+def read_rates(path) -> list[np.ndarray]:
+    """The rate arrays :meth:`LearnedRateMAML.save_rates` wrote to ``path`` (``.npz``, read without pickle), in weight
+    order."""
+    with np.load(path, allow_pickle=False) as stored:
+        return [stored[f"rate_{i}"] for i in range(len(stored.files))]
+
+
 class LearnedRateMAML(MAML):
     """MAML whose inner learning rates are meta-variables, learned with the initialisation (shared machinery of
     :class:`MetaSGD` and :class:`LSLR`; use those).
@@ -617,9 +624,7 @@ class LearnedRateMAML(MAML):
 
     def load_rates(self, path) -> None:
         """Restore rates written by :meth:`save_rates` (no pickle); their shapes must match this learner's."""
-        with np.load(path, allow_pickle=False) as stored:
-            arrays = [stored[f"rate_{i}"] for i in range(len(stored.files))]
-        self.set_rates(arrays)
+        self.set_rates(read_rates(path))
 
     def set_rates(self, arrays: Sequence[np.ndarray]) -> None:
         """Assign the rates from arrays (same count and shapes as :attr:`rates`)."""

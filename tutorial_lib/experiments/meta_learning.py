@@ -63,7 +63,7 @@ def meta_train(method: str, k_shot: int, data, settings, *, seed: int = 0, verbo
     A copy is saved as ``build/models/04_<method>_<k>shot.keras`` (safe-mode loadable) unless ``keep_copy`` is
     False. Learners with learned inner rates (``"metasgd"``, ``"lslr"``) also return ``info["rates"]`` (a list of
     arrays, :meth:`tutorial_lib.meta.LearnedRateMAML.rate_schedule` order), cached beside the model as ``.npz``
-    (and copied to ``build/models/04_<method>_<k>shot.rates.npz``; ``LearnedRateMAML.load_rates`` reads it).
+    (and copied to ``build/models/04_<method>_<k>shot.rates.npz``; ``tutorial_lib.meta.read_rates`` reads it).
     """
     name = f"04_{method}_{k_shot}shot"
     config = meta_config(method, k_shot, settings, data, seed=seed)
@@ -83,8 +83,7 @@ def meta_train(method: str, k_shot: int, data, settings, *, seed: int = 0, verbo
     model, info = models.load_or_train(name, config, train, verbose=verbose > 0,
                                        retrain=learned and not rates_path.is_file())
     if learned:
-        with np.load(rates_path, allow_pickle=False) as stored:
-            info["rates"] = [stored[f"rate_{i}"] for i in range(len(stored.files))]
+        info["rates"] = meta.read_rates(rates_path)
     if keep_copy:
         models.save_model(model, runtime.build_subdir("models") / f"{name}.keras")
         if learned:
