@@ -35,7 +35,7 @@ def write(out: str | Path, name: str, result: dict[str, Any], markdown: str) -> 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(result, indent=2) + "\n")  # keys in the order the script built them
     text = markdown if markdown.endswith("\n") else markdown + "\n"
     (out / f"{name}.md").write_text(text)
     print(text, end="")

@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import time
-from pathlib import Path
+
+import _results
 
 #: name -> (method, overrides of profile.meta, description)
 LEVERS = {
@@ -148,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     names = ["maml_500"] + [n for n in names if n != "maml_500"]
     shots = [int(k) for k in args.shots.split(",")]
 
-    import keras
     import numpy as np
-    import tensorflow as tf
 
     import tutorial_lib as tl
 
@@ -159,13 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     data = tl.data.load_mnist(profile.data_source)
     test_tasks = {k: tl.experiments.meta_learning.samplers(data, base, k_shot=k)[1].sample(base.eval_tasks, seed=0)
                   for k in shots}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = {"config": {"profile": profile.name, "n_way": base.n_way, "tasks": base.eval_tasks, "shots": shots,
                          "q_queries": base.q_queries, "meta_batch": base.meta_batch, "meta_lr": base.meta_lr,
                          "test_tasks_seed": 0, "timing_rounds": args.timing_rounds},
-              "machine": {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-                          "cpus": __import__("os").cpu_count(), "note": "shared machine: seconds measured under load"},
+              "machine": {**_results.machine(), "note": "shared machine: seconds measured under load"},
               "rows": {}}
     baseline = None
     for name in names:
@@ -173,14 +168,16 @@ def main(argv: list[str] | None = None) -> int:
         if name == "maml_500":
             baseline = {"shots": {k: {"accuracies_array": np.array(row["shots"][k]["accuracies"])} for k in shots}}
         result["rows"][name] = row
-        (out / "meta_levers.json").write_text(json.dumps(result, indent=1) + "\n")
-        (out / "meta_levers.md").write_text(markdown(json.loads(json.dumps(result))))
+        save(args.out, result)  # after every row, so a long run leaves its finished rows behind
     if args.timing_rounds > 0:
         result["step_seconds"] = step_timings(names, data, base, shots, args.timing_rounds)
-        (out / "meta_levers.json").write_text(json.dumps(result, indent=1) + "\n")
-        (out / "meta_levers.md").write_text(markdown(json.loads(json.dumps(result))))
-    print(markdown(json.loads(json.dumps(result))))
+        save(args.out, result)
     return 0
+
+
+def save(out: str, result: dict) -> None:
+    """meta_levers.json and .md in ``out`` (the Markdown is made from the JSON form, where shot keys are strings)."""
+    _results.write(out, "meta_levers", result, markdown(json.loads(json.dumps(result))))
 
 
 if __name__ == "__main__":
