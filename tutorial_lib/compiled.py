@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Callable, Hashable
 
-__all__ = ["compiled", "clear_cache", "cache_size", "trace_count", "count_trace"]
+__all__ = ["compiled", "clear_cache", "cache_size", "trace_count", "count_trace", "use_xla"]
 
 _CACHE: "weakref.WeakKeyDictionary[Any, dict[Hashable, Any]]" = weakref.WeakKeyDictionary()
 _TRACES: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
@@ -56,3 +56,19 @@ def count_trace(owner: Any) -> None:
 def trace_count(owner: Any) -> int:
     """How many times functions of ``owner`` were traced (repeated calls with cached shapes add none)."""
     return _TRACES.get(owner, 0)
+
+
+def use_xla(jit_compile: bool | None = None) -> bool:
+    """Whether a compiled function should use XLA: ``jit_compile`` when given, else the package default.
+
+    The default is XLA on a GPU unless TensorFlow's op determinism is on (``tl.runtime.setup`` turns it on):
+    XLA has no deterministic gradient for max-pooling, so determinism wins and graphs run without XLA.
+    On a CPU plain graph mode is the default (XLA was slower there; benchmarks/README.md).
+    """
+    if jit_compile is not None:
+        return bool(jit_compile)
+    import tensorflow as tf
+
+    if not tf.config.list_logical_devices("GPU"):
+        return False
+    return not tf.config.experimental.is_op_determinism_enabled()
