@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Callable, Hashable
 
-__all__ = ["compiled", "clear_cache", "cache_size", "trace_count", "count_trace", "use_xla"]
+__all__ = ["compiled", "clear_cache", "cache_size", "trace_count", "count_trace", "use_xla", "op_determinism"]
 
 _CACHE: "weakref.WeakKeyDictionary[Any, dict[Hashable, Any]]" = weakref.WeakKeyDictionary()
 _TRACES: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
@@ -63,7 +63,9 @@ def use_xla(jit_compile: bool | None = None) -> bool:
 
     The default is XLA on a GPU unless TensorFlow's op determinism is on (``tl.runtime.setup`` turns it on):
     XLA has no deterministic gradient for max-pooling, so determinism wins and graphs run without XLA.
-    On a CPU plain graph mode is the default (XLA was slower there; benchmarks/README.md).
+    On a CPU plain graph mode is the default (XLA was slower there; benchmarks/README.md). Functions holding
+    ops without an XLA kernel (the spatial attack's image transform) pass ``jit_compile=False``.
+    tests/test_gpu_defaults.py runs every entry point with the choices a GPU gets.
     """
     if jit_compile is not None:
         return bool(jit_compile)
@@ -71,4 +73,14 @@ def use_xla(jit_compile: bool | None = None) -> bool:
 
     if not tf.config.list_logical_devices("GPU"):
         return False
-    return not tf.config.experimental.is_op_determinism_enabled()
+    return not op_determinism()
+
+
+def op_determinism() -> bool:
+    """Whether TensorFlow's op determinism is on (``tf.config.experimental.enable_op_determinism``).
+
+    TensorFlow exports the switch but not the question, so this asks its internal config module.
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    return bool(tf_config.is_op_determinism_enabled())

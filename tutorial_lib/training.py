@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import attacks, evaluate, models
+from . import attacks, compiled, evaluate, models
 from .checks import check_count, check_eps, check_images_and_labels, check_number, check_positive_int
 
 METHODS = ("none", "fgsm", "fgsm_rs", "n_fgsm", "pgd", "trades")
@@ -191,8 +191,17 @@ class AdversarialTrainer(keras.Model):
         self._robust_acc = keras.metrics.Mean(name="robust_accuracy")
 
     # Keras plumbing --------------------------------------------------------------------------------
-    def call(self, x, training: bool = False):
+    def call(self, x: Any, training: bool = False) -> tf.Tensor:
+        """The classifier's logits."""
         return self.classifier(x, training=training)
+
+    def compile(self, *args: Any, jit_compile: bool | str = "auto", **kwargs: Any) -> None:
+        """``keras.Model.compile``, where ``jit_compile="auto"`` (the default) first asks the package's one XLA
+        decision, :func:`tutorial_lib.compiled.use_xla`: no XLA where it says no (a CPU, or op determinism on:
+        XLA has no deterministic max-pooling gradient), else Keras' own "auto"."""
+        if jit_compile == "auto" and not compiled.use_xla():
+            jit_compile = False
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
 
     @property
     def metrics(self):
