@@ -369,6 +369,39 @@ def test_attack_is_traced_once_per_model_shape_and_settings():
     assert attacks.trace_count(model) == 3  # steps are part of the graph
 
 
+def test_clear_cache_drops_the_models_compiled_attacks():
+    from tutorial_lib import compiled
+
+    model = tiny_cnn(3)
+    x, y = random_batch(16, n=4)
+    attacks.fgsm(model, x, y, 0.1)
+    attacks.pgd(model, x, y, 0.1, step_size=0.05, steps=2, seed=0)
+    assert compiled.cache_size(model) == 2  # one per settings, in the package's one cache
+    attacks.clear_cache(model)
+    assert compiled.cache_size(model) == 0
+    before = attacks.trace_count(model)
+    attacks.fgsm(model, x, y, 0.1)
+    assert attacks.trace_count(model) == before + 1  # rebuilt and traced again
+
+
+def test_keep_worst_rule_by_hand():
+    """The one rule for restarts and grid points: success beats failure, then the higher loss wins."""
+    from tutorial_lib.attacks._runner import keep_worst
+
+    best = tf.zeros((4, 2, 2, 1))
+    cand = tf.ones((4, 2, 2, 1))
+    best_ok = tf.constant([False, True, False, True])
+    ok = tf.constant([True, False, False, True])
+    best_loss = tf.constant([5.0, 0.1, 1.0, 1.0])
+    loss = tf.constant([0.1, 5.0, 2.0, 0.5])
+    kept, kept_ok, kept_loss = keep_worst(best, best_ok, best_loss, cand, ok, loss)
+    # 0: the candidate succeeds, the best does not (even at a lower loss); 1: the best succeeds, the candidate
+    # does not (even at a higher loss); 2: both fail, the candidate's loss is higher; 3: both succeed, the best's
+    np.testing.assert_array_equal(kept.numpy()[:, 0, 0, 0], [1, 0, 1, 0])
+    np.testing.assert_array_equal(kept_ok.numpy(), [True, True, False, True])
+    np.testing.assert_array_equal(kept_loss.numpy(), np.float32([0.1, 0.1, 2.0, 1.0]))
+
+
 def test_cache_does_not_keep_models_alive():
     model = tiny_cnn(2)
     x, y = random_batch(13, n=4)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import attacks, compiled, evaluate, models
-from .checks import check_count, check_eps, check_images_and_labels, check_number, check_positive_int
+from .checks import check_bool, check_count, check_eps, check_images_and_labels, check_number, check_positive_int
 
 METHODS = ("none", "fgsm", "fgsm_rs", "n_fgsm", "pgd", "trades")
 METHOD_TITLES = {
@@ -204,10 +204,12 @@ class AdversarialTrainer(keras.Model):
         super().compile(*args, jit_compile=jit_compile, **kwargs)
 
     @property
-    def metrics(self):
+    def metrics(self) -> list[keras.metrics.Metric]:
+        """Loss and accuracy, and robust accuracy when there is an ``eval_attack`` (Keras resets them per epoch)."""
         return [self._loss_tracker, self._acc] + ([self._robust_acc] if self.eval_attack is not None else [])
 
     def get_config(self) -> dict[str, Any]:
+        """The classifier (serialised), the method and its settings: enough for :meth:`from_config`."""
         config = super().get_config()
         attack = {} if self.attack is None else dict(eps=self.eps_max, steps=self.steps, step_size=self.step_size)
         if self.method == "n_fgsm":
@@ -218,11 +220,13 @@ class AdversarialTrainer(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "AdversarialTrainer":
+        """A trainer from :meth:`get_config`'s dictionary."""
         config = dict(config)
         config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
         return cls(**config)
 
-    def fit(self, x=None, y=None, *, batch_size: int | None = None, **kwargs: Any):
+    def fit(self, x: Any = None, y: Any = None, *, batch_size: int | None = None,
+            **kwargs: Any) -> keras.callbacks.History:
         """``keras.Model.fit``, after checking the batch splits evenly over the strategy's replicas."""
         replicas = self.distribute_strategy.num_replicas_in_sync
         size = 32 if batch_size is None else batch_size
@@ -238,7 +242,7 @@ class AdversarialTrainer(keras.Model):
     def _ce(self, y, logits):
         return tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
 
-    def adversarial_batch(self, x, y):
+    def adversarial_batch(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """The batch this method trains on: ``x`` itself for ``none``, else the attacked images (stop-gradient).
 
         The step (and N-FGSM's noise) scale with the current radius ``self.eps`` (see :class:`EpsilonRamp`).
@@ -270,7 +274,7 @@ class AdversarialTrainer(keras.Model):
         cos = tf.reduce_sum(g1 * g2, -1) / (tf.norm(g1, axis=-1) * tf.norm(g2, axis=-1) + 1e-12)
         return tf.reduce_mean(1.0 - cos)
 
-    def training_loss(self, x, y, x_adv):
+    def training_loss(self, x: tf.Tensor, y: tf.Tensor, x_adv: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Mean loss of the batch and the logits of the inputs it scores (for the accuracy metric)."""
         if self.method == "trades":
             clean = self._logits(x, training=True)
@@ -286,7 +290,8 @@ class AdversarialTrainer(keras.Model):
             loss = loss + self.align_weight * self._grad_align(x, y)
         return loss, adv
 
-    def train_step(self, data):
+    def train_step(self, data: tuple) -> dict[str, tf.Tensor]:
+        """One optimiser step on the method's batch (Keras calls it inside its compiled train function)."""
         x, y = data[0], data[1]
         x = tf.cast(x, tf.float32)
         x_adv = self.adversarial_batch(x, y)
@@ -301,7 +306,8 @@ class AdversarialTrainer(keras.Model):
         self._acc.update_state(y, logits)
         return {m.name: m.result() for m in self.metrics if m.name != "robust_accuracy"}
 
-    def test_step(self, data):
+    def test_step(self, data: tuple) -> dict[str, tf.Tensor]:
+        """Clean loss and accuracy, and robust accuracy against ``eval_attack`` when given."""
         x, y = data[0], data[1]
         x = tf.cast(x, tf.float32)
         logits = self._logits(x)
@@ -345,6 +351,7 @@ class EpsilonRamp(keras.callbacks.Callback):
         return self.eps_max * min(1.0, (epoch + 1) / self.ramp_epochs)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Set the trainer's radius for ``epoch``."""
         if not hasattr(self.model, "eps"):
             raise TypeError("EpsilonRamp needs a model with an eps variable, e.g. tl.training.AdversarialTrainer")
         eps = self.value(epoch)
@@ -352,6 +359,7 @@ class EpsilonRamp(keras.callbacks.Callback):
         self.values.append(eps)
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        """Leave the trainer at the full radius."""
         self.model.eps.assign(self.eps_max)
 
 
@@ -385,7 +393,8 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         self.x, self.y = x, y
         self.fgsm, self.pgd = fgsm, pgd
         self.drop = check_number("drop", drop, low=0.0, high=1.0, low_inclusive=False)
-        self.on_overfit, self.restore_best, self.verbose = on_overfit, restore_best, verbose
+        self.on_overfit, self.verbose = on_overfit, verbose
+        self.restore_best = check_bool("restore_best", restore_best)
         self.history: list[dict[str, Any]] = []
         self.onset_epoch: int | None = None
         self.best_epoch: int | None = None
@@ -410,6 +419,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         return pgd_acc < best["pgd"] - self.drop and fgsm_acc >= best["fgsm"] - self.drop
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Measure, record, keep the best weights, and warn (or stop) on a flag."""
         fgsm_acc, pgd_acc = self.measure()
         flagged = self.is_overfit(fgsm_acc, pgd_acc)
         self.history.append({"epoch": epoch, "fgsm": fgsm_acc, "pgd": pgd_acc, "flagged": flagged})
@@ -433,6 +443,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
                 self.model.stop_training = True
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        """Give the classifier its best-PGD weights back (with ``restore_best``)."""
         if self.restore_best and self._best_weights is not None:
             self._classifier().set_weights(self._best_weights)
             if self.verbose and self.best_epoch != len(self.history) - 1:
@@ -448,9 +459,11 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds: list[float] = []
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Start the clock."""
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Record the epoch's seconds."""
         self.seconds.append(time.perf_counter() - self._start)
 
 

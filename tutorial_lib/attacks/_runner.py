@@ -111,6 +111,11 @@ class Attack:
             raise TypeError(f"{type(self).__name__} has no radius eps")
         return dataclasses.replace(self, eps=eps)
 
+    def generate(self, model: Any, x: Any, y: Any, *, seed: Any = None, **overrides: Any) -> tf.Tensor:
+        """Adversarial examples as a tensor, from TensorFlow ops only (usable inside another ``tf.function``,
+        against any ``f(x, training=False) -> logits``); each spec documents its overrides (e.g. ``eps``)."""
+        raise NotImplementedError
+
     # What the compiled function computes (see the class docstring) ------------------------------------
     def _settings(self) -> dict[str, Any]:
         raise NotImplementedError
