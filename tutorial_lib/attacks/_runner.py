@@ -1,8 +1,6 @@
-"""What every attack spec shares: the :class:`Attack` base, the checks of its settings and inputs, and the runner.
-
-The runner validates numpy inputs, finds the spec's compiled function in :mod:`tutorial_lib.compiled` (one per
-model, settings and image shape) and runs it batch by batch; :func:`keep_worst` is the one rule for choosing,
-per example, among restarts or grid points: an example is broken if any of them breaks it.
+"""What every attack spec shares: the :class:`Attack` base, the checks, and the runner (validated numpy inputs,
+the compiled function from :mod:`tutorial_lib.compiled`, batches), with :func:`keep_worst`, the one rule among
+restarts or grid points: an example is broken if any of them breaks it.
 """
 
 from __future__ import annotations
