@@ -270,3 +270,23 @@ def test_mean_ci95():
         evaluate.mean_ci95(np.array([1.0]))
     record = evaluate.mean_ci95_record([0.0, 1.0, 0.0, 1.0])
     assert record == {"mean": pytest.approx(0.5), "ci95": pytest.approx(ci)} and set(record) == {"mean", "ci95"}
+
+
+def test_masking_checks_build_the_rows_from_numbers_with_one_set_of_limits():
+    numbers = {"zero_gradient_fraction": 0.0, "fgsm": 0.5, "pgd": 0.4, "pgd_restarts": 0.39,
+               "pgd_large_eps": 0.0, "noise": 0.9}
+    rows = evaluate.masking_checks(numbers, probabilities=False, restarts=5)
+    assert [c.name for c in rows] == ["logits_not_probabilities", "nonzero_gradients", "pgd_beats_fgsm",
+                                      "large_eps_breaks_model", "attack_beats_noise", "restarts_change_little"]
+    assert all(c.passed for c in rows)
+    limit = evaluate.MASKING_LIMITS["restart_gain_limit"]
+    gained = dict(numbers, pgd_restarts=numbers["pgd"] - limit - 0.005)  # restarts gain more than the limit
+    assert not evaluate.masking_checks(gained, probabilities=False, restarts=5)[-1].passed
+    assert evaluate.masking_checks(gained, probabilities=False, restarts=5, restart_gain_limit=limit + 0.01)[-1].passed
+    flagged = evaluate.masking_checks(dict(numbers, zero_gradient_fraction=0.5, pgd=0.95), probabilities=True,
+                                      restarts=5, unit="queries")
+    assert [c.name for c in flagged if not c.passed] == ["logits_not_probabilities", "nonzero_gradients",
+                                                          "pgd_beats_fgsm", "attack_beats_noise", "restarts_change_little"]
+    assert "of queries" in flagged[1].value
+    with pytest.raises(ValueError, match="noise"):
+        evaluate.masking_checks({k: v for k, v in numbers.items() if k != "noise"}, probabilities=False, restarts=5)

@@ -421,15 +421,64 @@ def _pct(a: float) -> str:
     return f"{100 * a:.1f}%"
 
 
+#: The one set of limits of the gradient-masking checks (:func:`masking_checks`), for plain and adapted models.
+MASKING_LIMITS: dict[str, float] = {"large_eps": 0.5, "chance_margin": 0.1, "restart_gain_limit": 0.02,
+                                    "fgsm_margin": 0.01, "zero_grad_limit": 0.01}
+
+
+def masking_checks(numbers: dict[str, float], *, probabilities: bool, restarts: int,
+                   large_eps: float = MASKING_LIMITS["large_eps"],
+                   chance_margin: float = MASKING_LIMITS["chance_margin"],
+                   restart_gain_limit: float = MASKING_LIMITS["restart_gain_limit"],
+                   fgsm_margin: float = MASKING_LIMITS["fgsm_margin"],
+                   zero_grad_limit: float = MASKING_LIMITS["zero_grad_limit"],
+                   unit: str = "examples") -> list[Check]:
+    """The gradient-masking checks as :class:`Check` rows, from numbers measured elsewhere.
+
+    ``numbers`` holds fractions in [0, 1]: ``zero_gradient_fraction`` (of ``unit`` with an all-zero input
+    gradient), and the robust accuracies ``fgsm``, ``pgd`` (one run), ``pgd_restarts`` (``restarts`` random
+    starts, broken if any breaks it), ``pgd_large_eps`` (PGD at ``large_eps``) and ``noise`` (random signs of
+    size eps). ``probabilities``: whether the outputs looked like rows of probabilities
+    (:func:`looks_like_probabilities`). ``unit`` names what was counted ("examples", or "queries" for adapted
+    learners). The rows, in order: ``logits_not_probabilities``, ``nonzero_gradients``, ``pgd_beats_fgsm``,
+    ``large_eps_breaks_model``, ``attack_beats_noise``, ``restarts_change_little`` (meanings in
+    :func:`sanity_checks`). Used by :func:`sanity_checks` and by the checks on adapted learners, so both use
+    the limits of :data:`MASKING_LIMITS` unless told otherwise. Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    missing = {"zero_gradient_fraction", "fgsm", "pgd", "pgd_restarts", "pgd_large_eps", "noise"} - set(numbers)
+    if missing:
+        raise ValueError(f"numbers lacks {sorted(missing)}; measure them first (see evaluate.sanity_checks)")
+    num, zero = numbers, numbers["zero_gradient_fraction"]
+    return [
+        Check("logits_not_probabilities", "rows sum to 1" if probabilities else "unnormalised logits",
+              not probabilities, "the model returns a softmax: losses saturate and gradients vanish"),
+        Check("nonzero_gradients", f"{_pct(zero)} of {unit} have an all-zero gradient",
+              zero <= zero_grad_limit, "gradient attacks have nothing to follow (masking)"),
+        Check("pgd_beats_fgsm", f"PGD {_pct(num['pgd'])} vs FGSM {_pct(num['fgsm'])}",
+              num["pgd"] <= num["fgsm"] + fgsm_margin + 1e-9, "the iterative attack is stuck (masked or broken gradients)"),
+        Check("large_eps_breaks_model", f"PGD at eps {large_eps:g}: {_pct(num['pgd_large_eps'])}",
+              num["pgd_large_eps"] <= chance_margin + 1e-9, "the attack cannot succeed even when it could erase the digit"),
+        Check("attack_beats_noise", f"PGD {_pct(num['pgd'])} vs random noise {_pct(num['noise'])}",
+              num["pgd"] < num["noise"], "the gradient is no better a direction than a random one"),
+        Check("restarts_change_little", f"1 restart {_pct(num['pgd'])} vs {restarts} restarts {_pct(num['pgd_restarts'])}",
+              num["pgd"] - num["pgd_restarts"] <= restart_gain_limit + 1e-9, "single-run numbers depend on luck: report restarts"),
+    ]
+
+
 def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, *, steps: int = 40,
-                  step_size: float | None = None, restarts: int = 5, large_eps: float = 0.5,
-                  chance_margin: float = 0.1, restart_gain_limit: float = 0.02, fgsm_margin: float = 0.01,
-                  zero_grad_limit: float = 0.01, seed: int = 0, batch_size: int = 500) -> SanityReport:
+                  step_size: float | None = None, restarts: int = 5,
+                  large_eps: float = MASKING_LIMITS["large_eps"],
+                  chance_margin: float = MASKING_LIMITS["chance_margin"],
+                  restart_gain_limit: float = MASKING_LIMITS["restart_gain_limit"],
+                  fgsm_margin: float = MASKING_LIMITS["fgsm_margin"],
+                  zero_grad_limit: float = MASKING_LIMITS["zero_grad_limit"],
+                  seed: int = 0, batch_size: int = 500) -> SanityReport:
     """Check an L-inf robustness evaluation at ``eps`` for signs of gradient masking.
 
     ``x``: float32 images in [0, 1] (n, 28, 28, 1); ``y``: int labels. Runs FGSM, PGD-``steps`` (step size
     ``step_size``, default ``2.5 * eps / steps``) with 1 and with ``restarts`` random restarts, PGD at
-    ``large_eps``, and random sign noise, then checks (names as in the report):
+    ``large_eps``, and random sign noise, then checks (names as in the report; rows from :func:`masking_checks`,
+    default limits from :data:`MASKING_LIMITS`):
 
     * ``logits_not_probabilities``: outputs are not rows in [0, 1] summing to 1 (AutoAttack's softmax check);
     * ``nonzero_gradients``: at most ``zero_grad_limit`` of the examples have an all-zero input gradient;
@@ -451,15 +500,9 @@ def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, 
     report = SanityReport(eps=float(eps))
     num = report.numbers
 
-    outputs = predict_logits(model, x, batch_size=batch_size)
-    probs = looks_like_probabilities(outputs)
-    report.checks.append(Check("logits_not_probabilities", "rows sum to 1" if probs else "unnormalised logits",
-                               not probs, "the model returns a softmax: losses saturate and gradients vanish"))
+    probs = looks_like_probabilities(predict_logits(model, x, batch_size=batch_size))
     grads = input_gradients(model, x, y, batch_size=batch_size)
-    zero = float(np.mean(np.all(grads.reshape(len(x), -1) == 0, axis=1)))
-    num["zero_gradient_fraction"] = zero
-    report.checks.append(Check("nonzero_gradients", f"{_pct(zero)} of examples have an all-zero gradient",
-                               zero <= zero_grad_limit, "gradient attacks have nothing to follow (masking)"))
+    num["zero_gradient_fraction"] = float(np.mean(np.all(grads.reshape(len(x), -1) == 0, axis=1)))
 
     def pgd(e: float, r: int) -> attacks.Attack:
         size = step_size * e / eps
@@ -474,16 +517,9 @@ def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, 
     num["pgd_restarts"] = rob(pgd(eps, restarts)) if restarts > 1 else num["pgd"]
     num["pgd_large_eps"] = rob(pgd(large_eps, 1))
     num["noise"] = rob(lambda m, xb, yb: random_noise(xb, eps, seed=seed))
-    report.checks += [
-        Check("pgd_beats_fgsm", f"PGD {_pct(num['pgd'])} vs FGSM {_pct(num['fgsm'])}",
-              num["pgd"] <= num["fgsm"] + fgsm_margin + 1e-9, "the iterative attack is stuck (masked or broken gradients)"),
-        Check("large_eps_breaks_model", f"PGD at eps {large_eps:g}: {_pct(num['pgd_large_eps'])}",
-              num["pgd_large_eps"] <= chance_margin + 1e-9, "the attack cannot succeed even when it could erase the digit"),
-        Check("attack_beats_noise", f"PGD {_pct(num['pgd'])} vs random noise {_pct(num['noise'])}",
-              num["pgd"] < num["noise"], "the gradient is no better a direction than a random one"),
-        Check("restarts_change_little", f"1 restart {_pct(num['pgd'])} vs {restarts} restarts {_pct(num['pgd_restarts'])}",
-              num["pgd"] - num["pgd_restarts"] <= restart_gain_limit + 1e-9, "single-run numbers depend on luck: report restarts"),
-    ]
+    report.checks += masking_checks(num, probabilities=probs, restarts=restarts, large_eps=large_eps,
+                                    chance_margin=chance_margin, restart_gain_limit=restart_gain_limit,
+                                    fgsm_margin=fgsm_margin, zero_grad_limit=zero_grad_limit)
     return report
 
 
