@@ -290,3 +290,64 @@ def test_masking_checks_build_the_rows_from_numbers_with_one_set_of_limits():
     assert "of queries" in flagged[1].value
     with pytest.raises(ValueError, match="noise"):
         evaluate.masking_checks({k: v for k, v in numbers.items() if k != "noise"}, probabilities=False, restarts=5)
+
+
+# --------------------------------------------------------------------------------------------------
+# worst_case: the worst over a list of attacks
+# --------------------------------------------------------------------------------------------------
+def test_worst_case_is_the_and_of_the_per_attack_masks(small):
+    from tutorial_lib import attacks
+
+    model, x, y = small
+    x, y = x[:120], y[:120]
+    specs = [_stand_in_fgsm(0.1), attacks.BIM(eps=0.1, steps=5, step_size=0.03),
+             attacks.PGD(eps=0.1, steps=5, step_size=0.03, seed=0), attacks.PGD(eps=0.1, steps=5, step_size=0.03, seed=1)]
+    result = evaluate.worst_case(model, x, y, specs, batch_size=50)
+    assert result.attacks == ["stand-in FGSM", "BIM-5", "PGD-5", "PGD-5 #2"]
+    clean = evaluate.correct(model, x, y)
+    np.testing.assert_array_equal(result.clean, clean)
+    np.testing.assert_array_equal(result.correct, np.logical_and.reduce([clean, *result.per_attack.values()]))
+    for name, spec in zip(result.attacks[:2], specs):  # each per-attack number is that attack's own (no random start)
+        assert result.accuracy(name)[0] == pytest.approx(evaluate.robust_accuracy(model, x, y, spec))
+    for name in result.attacks:
+        assert result.combined[0] <= result.accuracy(name)[0]
+    assert result.combined[0] < min(result.accuracy(n)[0] for n in result.attacks) + 1e-9
+    assert result.combined == evaluate.accuracy_ci95(result.correct)
+    record = result.to_dict()
+    assert record["n"] == 120 and record["attacks"] == result.attacks
+    assert record["combined"]["mean"] == pytest.approx(result.correct.mean())
+    assert set(record["per_attack"]["PGD-5"]) == {"mean", "ci95", "seconds"}
+    text = str(result)
+    assert "worst case" in text and "PGD-5 #2" in text and "±" in text
+    assert result._repr_markdown_().startswith("| attack (120 examples)")
+    art = clean & (np.arange(len(y)) % 2 == 0)
+    field = evaluate.worst_case_record(result, art)
+    assert set(field) == {"attacks", "combined", "per_attack", "art_apgd"}
+    assert field["art_apgd"] == {"mean": pytest.approx(art.mean()), "ci95": pytest.approx(evaluate.accuracy_ci95(art)[1])}
+    assert evaluate.worst_case_record(result)["art_apgd"] is None
+    json_ok = __import__("json").dumps(field)
+    assert "PGD-5" in json_ok
+
+
+def test_worst_case_rejects_bad_input(small):
+    from tutorial_lib import attacks
+
+    model, x, y = small
+    pgd = attacks.PGD(eps=0.1, steps=2, step_size=0.05)
+    with pytest.raises(TypeError, match="list of attack specs"):
+        evaluate.worst_case(model, x, y, pgd)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate.worst_case(model, x, y, [])
+    with pytest.raises(TypeError, match="every attack"):
+        evaluate.worst_case(model, x, y, [pgd, 0.3])
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate.worst_case(model, x, y, [pgd], batch_size=0)
+    with pytest.raises(ValueError):
+        evaluate.worst_case(model, x, y[:10], [pgd])
+    result = evaluate.worst_case(model, x[:20], y[:20], [pgd])
+    with pytest.raises(ValueError, match="one bool per example"):
+        evaluate.worst_case_record(result, np.ones(5, bool))
+    with pytest.raises(TypeError, match="WorstCase"):
+        evaluate.worst_case_record({"combined": 0.5})
+    with pytest.raises(KeyError, match="attacks are"):
+        result.accuracy("APGD")

@@ -1,0 +1,202 @@
+"""Tests for tutorial_lib.attacks.apgd: Auto-PGD against a hand-written reference, bounds, strength, peers."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tutorial_lib import attacks_apgd as apgd_module
+from tutorial_lib.attacks_apgd import APGD
+
+SEED = tf.constant([3, 4], tf.int64)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A random tanh MLP with 5 classes on 4x4 images, and 6 random images: small enough for a per-example loop."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(8, activation="tanh"),
+                              keras.layers.Dense(5)])
+    x = np.random.default_rng(0).uniform(0.0, 1.0, (6, 4, 4, 1)).astype(np.float32)
+    return model, x, np.array([0, 1, 2, 3, 4, 0])
+
+
+@pytest.fixture(scope="module")
+def small(mnist_subset):
+    """A small MLP trained for a few seconds on 2,000 images, and 200 test images."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(mnist_subset.x_train[:2000], mnist_subset.y_train[:2000], epochs=4, batch_size=64, verbose=0)
+    return model, mnist_subset.x_test[:200], mnist_subset.y_test[:200]
+
+
+# --------------------------------------------------------------------------------------------------
+# A hand-written reference: the paper's Algorithm 1, one example at a time, plain Python control flow
+# --------------------------------------------------------------------------------------------------
+def paper_checkpoints(steps: int) -> list[int]:
+    """ceil(p_j * steps) with exact fractions: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p = [Fraction(0), Fraction(22, 100)]
+    while True:
+        nxt = p[-1] + max(p[-1] - p[-2] - Fraction(3, 100), Fraction(6, 100))
+        if nxt > 1:
+            break
+        p.append(nxt)
+    return sorted({math.ceil(q * steps) for q in p if q > 0})
+
+
+def reference_loss(name: str, logits: tf.Tensor, label: int, target: int | None = None) -> tf.Tensor:
+    """The loss of one example (logits of shape (classes,)) written from the paper's formulas."""
+    z = logits
+    if name == "ce":
+        return -tf.nn.log_softmax(z)[label]
+    ordered = tf.sort(z, direction="DESCENDING")
+    if name == "dlr":
+        others = tf.concat([z[:label], z[label + 1:]], 0)
+        return -(z[label] - tf.reduce_max(others)) / (ordered[0] - ordered[2] + 1e-12)
+    return -(z[label] - z[target]) / (ordered[0] - 0.5 * (ordered[2] + ordered[3]) + 1e-12)
+
+
+def reference_apgd(model, x, y, *, eps, steps, norm, loss, rho=0.75, alpha=0.75, target=None):
+    """Per example: (x_adv, final step size). No random start: x^(0) = x."""
+    marks = paper_checkpoints(steps)
+    outs, etas = [], []
+    for b in range(len(x)):
+        x_nat = tf.constant(x[b:b + 1])
+        label = int(y[b])
+        tgt = None if target is None else int(target[b])
+
+        def project(v):
+            if norm == "inf":
+                v = tf.clip_by_value(v, x_nat - eps, x_nat + eps)
+            else:
+                delta = v - x_nat
+                length = float(tf.norm(delta))
+                if length > eps:
+                    v = x_nat + delta * (eps / length)
+            return tf.clip_by_value(v, 0.0, 1.0)
+
+        def direction(g):
+            return tf.sign(g) if norm == "inf" else g / (tf.norm(g) + 1e-12)  # a zero gradient stays zero
+
+        def value_and_grad(v):
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                logits = model(v, training=False)[0]
+                f = reference_loss(loss, logits, label, tgt)
+            return float(f), tape.gradient(f, v), int(tf.argmax(logits)) != label
+
+        eta = 2.0 * eps
+        x_k = x_prev = x_nat
+        f_k, g_k, fooled = value_and_grad(x_k)
+        found = x_k if fooled else None
+        f_max, x_max, g_max = f_k, x_k, g_k
+        eta_last, f_max_last, last, ups = eta, f_k, 0, 0
+        for k in range(steps):
+            a = 1.0 if k == 0 else alpha
+            z = project(x_k + eta * direction(g_k))
+            x_new = project(x_k + a * (z - x_k) + (1 - a) * (x_k - x_prev))
+            f_new, g_new, fooled = value_and_grad(x_new)
+            if fooled:
+                found = x_new
+            ups += f_new > f_k
+            if f_new > f_max:
+                f_max, x_max, g_max = f_new, x_new, g_new
+            x_prev, x_k, g_k, f_k = x_k, x_new, g_new, f_new
+            if k + 1 in marks:
+                halve = ups < rho * (k + 1 - last) or (eta == eta_last and f_max <= f_max_last)
+                eta_last, f_max_last, last, ups = eta, f_max, k + 1, 0
+                if halve:
+                    eta /= 2
+                    x_k, g_k, f_k = x_max, g_max, f_max
+        outs.append((x_max if found is None else found).numpy()[0])
+        etas.append(eta)
+    return np.stack(outs), np.array(etas)
+
+
+def test_checkpoints_follow_the_paper():
+    assert apgd_module.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # auto-attack's for 100 steps
+    for steps in range(1, 160):
+        assert apgd_module.checkpoints(steps) == paper_checkpoints(steps), steps
+
+
+def test_losses_match_their_formulas(tiny):
+    model, x, y = tiny
+    logits = model(x, training=False)
+    target = np.array([1, 2, 3, 4, 0, 2])
+    for b in range(len(x)):
+        for name, fn in (("ce", lambda: apgd_module.ce_loss(logits, y)), ("dlr", lambda: apgd_module.dlr_loss(logits, y)),
+                         ("dlr-targeted", lambda: apgd_module.targeted_dlr_loss(logits, y, target))):
+            want = float(reference_loss(name, logits[b], int(y[b]), int(target[b])))
+            assert float(fn()[b]) == pytest.approx(want, rel=1e-5, abs=1e-6)
+    # DLR does not change when the logits are shifted and scaled (so large logits cannot hide a weak model)
+    np.testing.assert_allclose(apgd_module.dlr_loss(7.0 * logits + 3.0, y), apgd_module.dlr_loss(logits, y), rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss,norm,eps", [("ce", "inf", 0.1), ("dlr", "inf", 0.1), ("ce", 2, 0.4), ("dlr", 2, 0.4)])
+def test_steps_match_the_hand_written_reference(tiny, loss, norm, eps):
+    model, x, y = tiny
+    steps = 30  # checkpoints 7, 13, 18, 21, 24, 27, 28, 30: both halving rules get exercised
+    want_x, want_eta = reference_apgd(model, x, y, eps=eps, steps=steps, norm=norm, loss=loss)
+    fn = {"ce": apgd_module.ce_loss, "dlr": apgd_module.dlr_loss}[loss]
+
+    def loss_fn(v):
+        logits = model(v, training=False)
+        return fn(logits, tf.constant(y, tf.int32)), tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+
+    got_x, _, _, got_eta = apgd_module.apgd_ascent(loss_fn, tf.constant(x), tf.constant(x), eps=eps, step_size=2 * eps,
+                                                   steps=steps, norm=norm)
+    np.testing.assert_allclose(got_eta.numpy(), want_eta, rtol=1e-6)
+    assert np.any(want_eta < 2 * eps)  # the case does halve
+    # sign steps (L-inf) absorb the last-bit differences between one example's gradient and a batch's; L2 steps
+    # carry them along the 30 steps (measured: up to 1.3e-4)
+    atol = 1e-5 if norm == "inf" else 1e-3
+    np.testing.assert_allclose(got_x.numpy(), want_x, atol=atol)
+    spec = APGD(eps=eps, steps=steps, loss=loss, norm=norm, random_start=False)
+    np.testing.assert_allclose(spec.generate(model, x, y).numpy(), want_x, atol=atol)
+
+
+def test_targeted_dlr_matches_the_reference_for_each_target(tiny):
+    model, x, y = tiny
+    ranked = np.argsort(-model(x, training=False).numpy(), axis=1)
+    want = [reference_apgd(model, x, y, eps=0.05, steps=12, norm="inf", loss="dlr-targeted", target=ranked[:, t])[0]
+            for t in (1, 2)]
+    got = APGD(eps=0.05, steps=12, loss="dlr-targeted", target_classes=2, random_start=False).generate(model, x, y).numpy()
+    fooled = [np.argmax(model(w).numpy(), axis=1) != y for w in want]
+    for b in range(len(x)):  # the first target's run, unless it failed and the second one fooled the model
+        expect = want[1][b] if (fooled[1][b] and not fooled[0][b]) else want[0][b]
+        if not fooled[0][b] and not fooled[1][b]:
+            continue  # neither fooled it: the one of higher loss is kept (not checked here)
+        np.testing.assert_allclose(got[b], expect, atol=1e-5)
+
+
+def _two_class_linear():
+    """Logits W x + b with two classes: the cross-entropy's input gradient has the same sign everywhere in the ball."""
+    model = keras.Sequential([keras.Input((3, 3, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    w = np.random.default_rng(1).normal(size=(9, 2)).astype(np.float32)
+    model.layers[-1].set_weights([w, np.array([20.0, 0.0], np.float32)])  # class 0 wins everywhere in the ball
+    return model, np.full((2, 3, 3, 1), 0.5, np.float32), np.zeros(2, np.int64), w
+
+
+@pytest.mark.parametrize("rho,halvings", [(0.75, 8), (0.0, 4)])
+def test_step_halves_at_the_checkpoints_on_a_crafted_case(rho, halvings):
+    # The first step reaches the corner x + eps sign(w_1 - w_0) and every later step stays there, so the loss
+    # never rises again. rho = 0.75: rule 1 halves at all 8 checkpoints of 100 steps. rho = 0: rule 1 never
+    # fires and rule 2 ("not halved last time, no better loss since") halves at every second checkpoint.
+    model, x, y, w = _two_class_linear()
+
+    def loss_fn(v):
+        logits = model(v, training=False)
+        return apgd_module.ce_loss(logits, y), tf.not_equal(tf.argmax(logits, axis=-1), y)
+
+    x_adv, fooled, _, eta = apgd_module.apgd_ascent(loss_fn, x, x, eps=0.1, step_size=0.2, steps=100, rho=rho)
+    np.testing.assert_allclose(eta.numpy(), 0.2 / 2 ** halvings)
+    assert not fooled.numpy().any()
+    corner = 0.5 + 0.1 * np.sign(w[:, 1] - w[:, 0]).reshape(3, 3, 1)
+    np.testing.assert_allclose(x_adv.numpy(), np.broadcast_to(corner, x.shape), atol=1e-6)
