@@ -200,3 +200,124 @@ def test_step_halves_at_the_checkpoints_on_a_crafted_case(rho, halvings):
     assert not fooled.numpy().any()
     corner = 0.5 + 0.1 * np.sign(w[:, 1] - w[:, 0]).reshape(3, 3, 1)
     np.testing.assert_allclose(x_adv.numpy(), np.broadcast_to(corner, x.shape), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# The spec: bounds, strength, restarts, adapted weights, settings
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
+@pytest.mark.parametrize("norm,eps", [("inf", 0.1), (2, 1.5)])
+def test_stays_in_the_ball_and_the_pixel_range(small, loss, norm, eps):
+    model, x, y = small
+    spec = APGD(eps=eps, steps=10, loss=loss, norm=norm, target_classes=2, restarts=2, seed=0)
+    x_adv = spec(model, x[:40], y[:40])
+    assert x_adv.shape == x[:40].shape and x_adv.dtype == np.float32
+    delta = (x_adv - x[:40]).reshape(40, -1)
+    if norm == "inf":
+        assert np.abs(delta).max() <= eps + 1e-6
+    else:
+        assert np.linalg.norm(delta, axis=1).max() <= eps * (1 + 1e-5)
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    fooled = np.argmax(model(x_adv).numpy(), axis=1) != y[:40]
+    assert fooled.mean() > 0.3  # it does attack
+
+
+def test_apgd_ce_is_at_least_as_strong_as_pgd_with_the_same_steps(small):
+    from tutorial_lib import evaluate
+
+    model, x, y = small
+    eps, steps = 0.05, 20
+    pgd = evaluate.robust_accuracy(model, x, y, attacks.PGD(eps=eps, steps=steps, step_size=2.5 * eps / steps, seed=0))
+    ours = evaluate.robust_accuracy(model, x, y, APGD(eps=eps, steps=steps, seed=0))
+    clean = evaluate.accuracy(model, x, y)
+    assert 0.1 < pgd < clean - 0.2  # a case where the attack matters and does not break everything
+    assert ours <= pgd + 0.01  # two images of 200 for float luck
+
+
+def test_same_seed_same_result_and_restarts_only_add_breaks(small):
+    from tutorial_lib import evaluate
+
+    model, x, y = small
+    spec = APGD(eps=0.05, steps=10, loss="dlr", seed=3)
+    np.testing.assert_array_equal(spec(model, x, y), spec(model, x, y))
+    one = evaluate.correct(model, spec(model, x, y), y)
+    three = evaluate.correct(model, APGD(eps=0.05, steps=10, loss="dlr", seed=3, restarts=3)(model, x, y), y)
+    assert not np.any(three & ~one)  # run 0 is the single run: an example it breaks stays broken
+    assert three.sum() < one.sum()
+
+
+def test_runs_against_adapted_weights(small):
+    from tutorial_lib import meta, meta_adversarial
+
+    model, x, y = small
+    spec = APGD(eps=0.05, steps=8, loss="dlr", random_start=False)
+    want = spec.generate(model, x[:20], y[:20]).numpy()
+    as_function = spec.generate(lambda v, training=False: model(v, training=training), x[:20], y[:20]).numpy()
+    np.testing.assert_allclose(as_function, want, atol=1e-6)
+    adapted = meta_adversarial.attack_adapted(spec, model, meta.params_of(model), x[:20], y[:20]).numpy()
+    np.testing.assert_allclose(adapted, want, atol=1e-5)
+
+
+def test_repr_name_and_settings():
+    spec = APGD(eps=0.3)
+    assert repr(spec) == "APGD(eps=0.3, steps=100, loss='ce')"
+    assert spec.name == "APGD-CE-100"
+    assert APGD(eps=0.3, steps=50, loss="dlr", norm=2, restarts=2).name == "APGD-DLR-50 L2 x2"
+    assert APGD(eps=0.3, loss="dlr-targeted").name == "APGD-T-100"
+    assert APGD(eps=0.3, targeted=True).name == "APGD-CE-100 targeted"
+    assert spec.with_eps(0.1).eps == 0.1 and spec.family == "linf"
+    assert apgd_module.apgd is not None
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(loss="cw"), ValueError, "loss must be one of"),
+    (dict(loss="dlr", targeted=True), ValueError, "targeted=True"),
+    (dict(steps=0), ValueError, "steps"),
+    (dict(steps=2.5), TypeError, "steps"),
+    (dict(norm=3), ValueError, "norm"),
+    (dict(restarts=2, random_start=False), ValueError, "random_start"),
+    (dict(target_classes=0), ValueError, "target_classes"),
+    (dict(rho=1.5), ValueError, "rho"),
+    (dict(momentum=-0.1), ValueError, "momentum"),
+    (dict(eps=-0.1), ValueError, "eps"),
+    (dict(batch_size=0), ValueError, "batch_size"),
+])
+def test_bad_settings_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        APGD(**{"eps": 0.1, **kwargs})
+
+
+def test_bad_inputs_are_refused(small):
+    model, x, y = small
+    with pytest.raises(ValueError, match="labels must be in"):
+        APGD(eps=0.1, steps=2)(model, x[:4], np.array([0, 1, 2, 10]))
+    with pytest.raises(ValueError, match="outside the valid range"):
+        APGD(eps=0.1, steps=2)(model, x[:4] * 255, y[:4])
+    two = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="3 or more classes"):
+        APGD(eps=0.1, steps=2, loss="dlr")(two, x[:4], y[:4] % 2)
+    with pytest.raises(ValueError, match="target_classes=9 needs 10"):
+        APGD(eps=0.1, steps=2, loss="dlr-targeted")(two, x[:4], y[:4] % 2)
+    assert APGD(eps=0.1, steps=2)(two, x[:4], y[:4] % 2).shape == x[:4].shape  # the cross-entropy works
+
+
+# --------------------------------------------------------------------------------------------------
+# Peers: ART's AutoProjectedGradientDescent on the same images
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.peers
+def test_agrees_with_art_apgd_on_a_small_trained_model(small):
+    pytest.importorskip("art")
+    from tutorial_lib import evaluate
+    from tutorial_lib.experiments import applications as app
+
+    model, x, y = small
+    eps, steps = 0.05, 20
+    clean = evaluate.correct(model, x, y)
+    with app._quiet_tf():
+        theirs = app.apgd_examples(model, x, y, eps=eps, steps=steps, restarts=1)
+    for key, loss in (("ce", "ce"), ("dlr", "dlr")):
+        ours = (clean & evaluate.correct(model, APGD(eps=eps, steps=steps, loss=loss, seed=0)(model, x, y), y)).mean()
+        art = (clean & evaluate.correct(model, theirs[key], y)).mean()
+        # ours keeps any point that fooled the model along the way (as the authors' code); ART keeps the last one
+        assert ours <= art + 0.03, (loss, ours, art)
+        assert abs(ours - art) <= 0.06, (loss, ours, art)

@@ -178,53 +178,65 @@ def _apgd(
     clip_min: float, clip_max: float, seed: Any,
 ) -> tf.Tensor:
     """APGD on a model as TensorFlow ops: ``restarts`` runs (times ``target_classes`` targets for the targeted
-    DLR), each later run only on the examples no earlier run fooled; per example the first fooling point, else
-    the point of highest loss. Run r starts from the random seed ``stateless_fold_in(seed, r)``."""
+    DLR), kept per example by the package's one rule (a run that fools the model beats one that does not, else
+    the higher loss wins: :func:`~tutorial_lib.attacks._runner.keep_worst`); the runs stop once every example is
+    fooled. Run r starts from the random seed ``stateless_fold_in(seed, r)``; with the targeted DLR, run r aims at
+    the class of the (r // restarts + 2)-th largest clean logit."""
     in_dtype = x.dtype
     x = tf.cast(x, tf.float32)
     y = tf.cast(y, tf.int32)
     runs = restarts * (target_classes if loss == "dlr-targeted" else 1)
+    need = {"ce": 2, "dlr": 3, "dlr-targeted": max(4, target_classes + 1)}[loss]
     ranked = None
-    if loss == "dlr-targeted":  # target t of run r: the (r // restarts + 2)-th largest clean logit
-        ranked = tf.math.top_k(tf.cast(model(x, training=False), tf.float32), k=target_classes + 1).indices
+    if loss == "dlr-targeted":
+        clean_logits = tf.cast(model(x, training=False), tf.float32)
+        _check_classes(clean_logits, need, loss, target_classes)
+        ranked = tf.math.top_k(clean_logits, k=target_classes + 1).indices
 
-    def run(r: Any, xs: tf.Tensor, ys: tf.Tensor, ranks: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        target = None if ranks is None else ranks[:, r // restarts + 1]
-
-        def loss_fn(x_adv: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def loss_fn(target: Any) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+        def value(x_adv: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             logits = tf.cast(model(x_adv, training=False), tf.float32)
-            hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), ys)
+            _check_classes(logits, need, loss, target_classes)
+            hit = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
             if targeted:
-                return -ce_loss(logits, ys), hit
-            value = {"ce": lambda: ce_loss(logits, ys), "dlr": lambda: dlr_loss(logits, ys),
-                     "dlr-targeted": lambda: targeted_dlr_loss(logits, ys, target)}[loss]()
-            return value, tf.logical_not(hit)
+                return -ce_loss(logits, y), hit
+            if loss == "ce":
+                return ce_loss(logits, y), tf.logical_not(hit)
+            if loss == "dlr":
+                return dlr_loss(logits, y), tf.logical_not(hit)
+            return targeted_dlr_loss(logits, y, target), tf.logical_not(hit)
+        return value
 
-        start = xs
+    def run(r: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        start = x
         if random_start:
             seed_r = None if seed is None else tf.random.experimental.stateless_fold_in(seed, r)
-            start = _project(xs + _random_delta(xs, tf.cast(eps, xs.dtype), norm, seed_r), xs, eps, norm,
-                             clip_min, clip_max)
-        x_adv, success, best_loss, _ = apgd_ascent(loss_fn, xs, start, eps=eps, step_size=step_size, steps=steps,
-                                                   norm=norm, rho=rho, momentum=momentum, clip_min=clip_min,
-                                                   clip_max=clip_max)
+            start = _project(x + _random_delta(x, tf.cast(eps, x.dtype), norm, seed_r), x, eps, norm, clip_min, clip_max)
+        target = None if ranked is None else tf.gather(ranked, r // restarts + 1, axis=1)
+        x_adv, success, best_loss, _ = apgd_ascent(loss_fn(target), x, start, eps=eps, step_size=step_size,
+                                                   steps=steps, norm=norm, rho=rho, momentum=momentum,
+                                                   clip_min=clip_min, clip_max=clip_max)
         return x_adv, success, best_loss
 
-    best, best_ok, best_loss = run(0, x, y, ranked)
+    best = run(0)
     if runs > 1:
-        def body(r: tf.Tensor, best: tf.Tensor, best_ok: tf.Tensor, best_loss: tf.Tensor) -> tuple:
-            left = tf.where(tf.logical_not(best_ok))  # (m, 1): the examples no run has fooled yet
-            cand, ok, cand_loss = run(r, tf.gather_nd(x, left), tf.gather_nd(y, left),
-                                      None if ranked is None else tf.gather_nd(ranked, left))
-            better = ok | (cand_loss > tf.gather_nd(best_loss, left))
-            keep = tf.where(better)
-            rows = tf.gather_nd(left, keep)
-            return (r + 1, tf.tensor_scatter_nd_update(best, rows, tf.gather_nd(cand, keep)),
-                    tf.tensor_scatter_nd_update(best_ok, rows, tf.gather_nd(ok, keep)),
-                    tf.tensor_scatter_nd_update(best_loss, rows, tf.gather_nd(cand_loss, keep)))
+        def body(r: tf.Tensor, *kept: tf.Tensor) -> tuple:
+            return (r + 1, *keep_worst(*kept, *run(r)))
 
-        _, best, _, _ = tf.while_loop(lambda r, *_: r < runs, body, [tf.constant(1), best, best_ok, best_loss])
-    return tf.stop_gradient(tf.cast(best, in_dtype))
+        _, best_x, _, _ = tf.while_loop(lambda r, _, ok, __: (r < runs) & tf.logical_not(tf.reduce_all(ok)), body,
+                                        [tf.constant(1), *best])
+        best = (best_x,)
+    return tf.stop_gradient(tf.cast(best[0], in_dtype))
+
+
+def _check_classes(logits: tf.Tensor, need: int, loss: str, target_classes: int) -> None:
+    """ValueError (while tracing) when the model has too few classes for the loss."""
+    classes = logits.shape[-1]
+    if classes is not None and classes < need:
+        what = (f"the targeted DLR with target_classes={target_classes} needs {need}" if loss == "dlr-targeted"
+                else f"loss={loss!r} needs {need}")
+        raise ValueError(f"{what} or more classes, but the model returns {classes} logits; "
+                         "use loss='ce' (or fewer target_classes)")
 
 
 # --------------------------------------------------------------------------------------------------
