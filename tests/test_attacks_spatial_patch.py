@@ -165,22 +165,22 @@ def test_outputs_are_grid_transforms_of_their_input(model):
     assert matches.any(0).all()  # every output is exactly one of the grid's rotations/shifts of its input
 
 
-def test_single_point_grid_and_eps_zero_return_the_input(model):
+def test_single_point_grid_and_scale_zero_return_the_input(model):
     x = images(8)
     y = np.random.default_rng(8).integers(0, N_CLASSES, len(x))
     identity = attacks.Spatial(max_angle=0, max_shift=0, angle_steps=1, shift_steps=1)
     np.testing.assert_array_equal(identity(model, x, y), x)
-    np.testing.assert_array_equal(attacks.Spatial().with_eps(0.0)(model, x, y), x)
+    np.testing.assert_array_equal(attacks.Spatial().with_scale(0.0)(model, x, y), x)
 
 
-def test_eps_scales_the_grid(model):
+def test_scale_scales_the_grid(model):
     x = images(9)
     y = np.random.default_rng(9).integers(0, N_CLASSES, len(x))
-    half = attacks.Spatial(max_angle=30, max_shift=2, angle_steps=3, shift_steps=3).with_eps(0.5)
+    half = attacks.Spatial(max_angle=30, max_shift=2, angle_steps=3, shift_steps=3).with_scale(0.5)
     same = attacks.Spatial(max_angle=15, max_shift=1, angle_steps=3, shift_steps=3)
     np.testing.assert_array_equal(half(model, x, y), same(model, x, y))
     np.testing.assert_array_equal(
-        half.generate(model, tf.constant(x), tf.constant(y), eps=tf.constant(1.0)).numpy(),
+        half.generate(model, tf.constant(x), tf.constant(y), scale=tf.constant(1.0)).numpy(),
         attacks.Spatial(max_angle=30, max_shift=2, angle_steps=3, shift_steps=3)(model, x, y))
 
 
@@ -206,15 +206,21 @@ def test_generate_in_a_tf_function_with_a_plain_callable(model):
     def logits_fn(images, training=False):  # a functional forward pass, not a keras.Model
         return model.stateless_call([w for w in weights], [], images, training=training)[0]
 
-    # step_size is accepted (and ignored) so the spec can stand wherever a gradient attack does
-    graph = tf.function(lambda a, b: spec.generate(logits_fn, a, b, eps=tf.constant(1.0), step_size=tf.constant(0.1)))
+    # eps=None and step_size=None ("no override") are accepted so generic code can call any spec
+    graph = tf.function(lambda a, b: spec.generate(logits_fn, a, b, scale=tf.constant(1.0), eps=None, step_size=None))
     np.testing.assert_array_equal(graph(tf.constant(x), tf.constant(y)).numpy(), spec(model, x, y))
+    for option in ("eps", "step_size"):  # a spatial attack has no radius and takes no steps
+        with pytest.raises(TypeError, match="no radius eps or step_size"):
+            spec.generate(logits_fn, tf.constant(x), tf.constant(y), **{option: 0.5})
+    with pytest.raises(TypeError, match="with_scale"):
+        spec.with_eps(0.5)
 
 
 def test_spatial_repr_name_and_family():
     spec = attacks.Spatial(max_angle=30, max_shift=3, angle_steps=7, shift_steps=5)
     assert repr(spec) == "Spatial(max_angle=30, max_shift=3, grid=(7, 5, 5))"
-    assert repr(spec.with_eps(0.5)) == "Spatial(max_angle=30, max_shift=3, grid=(7, 5, 5), eps=0.5)"
+    assert repr(spec.with_scale(0.5)) == "Spatial(max_angle=30, max_shift=3, grid=(7, 5, 5), scale=0.5)"
+    assert not hasattr(spec, "eps")  # eps is a radius, and a spatial attack has none
     assert spec.grid_points == 175 and spec.family == "spatial"
     assert "30" in spec.name and "3px" in spec.name
     assert attacks.PGD(eps=1.0, norm=2).family == "l2"
@@ -230,7 +236,7 @@ BAD = [
     ("negative angle", lambda m: attacks.Spatial(max_angle=-5), ValueError, "max_angle must be >= 0"),
     ("float steps", lambda m: attacks.Spatial(angle_steps=7.0), TypeError, "angle_steps must be an int"),
     ("interpolation", lambda m: attacks.Spatial(interpolation="cubic"), ValueError, "interpolation must be"),
-    ("negative eps", lambda m: attacks.Spatial(eps=-1), ValueError, "eps must be >= 0"),
+    ("negative scale", lambda m: attacks.Spatial(scale=-1), ValueError, "scale must be >= 0"),
     ("batch_size 0", lambda m: attacks.Spatial(batch_size=0), ValueError, "batch_size must be >= 1"),
     ("x above range", lambda m: attacks.Spatial()(m, X * 255, Y), ValueError, "divide by 255"),
     ("one-hot labels", lambda m: attacks.Spatial()(m, X, np.eye(N_CLASSES)[Y]), ValueError, "argmax"),
@@ -306,8 +312,11 @@ def test_pool_generate_runs_the_drawn_spec_in_graph_mode(model):
         got = run(xt, yt, tf.constant(i), tf.constant(1.0)).numpy()
         np.testing.assert_allclose(got, spec.generate(model, xt, yt).numpy(), atol=1e-6)
         half = run(xt, yt, tf.constant(i), tf.constant(0.5)).numpy()
-        smaller = dataclasses.replace(spec, eps=spec.eps * 0.5, **({"step_size": spec.step_size * 0.5}
-                                                                  if hasattr(spec, "step_size") else {}))
+        if isinstance(spec, attacks.Spatial):  # the grid's scale, its budget
+            smaller = spec.with_scale(spec.scale * 0.5)
+        else:  # the radius and the step
+            smaller = dataclasses.replace(spec, eps=spec.eps * 0.5, **({"step_size": spec.step_size * 0.5}
+                                                                      if hasattr(spec, "step_size") else {}))
         np.testing.assert_allclose(half, smaller.generate(model, xt, yt).numpy(), atol=1e-6)
     np.testing.assert_array_equal(run(xt, yt, tf.constant(0), tf.constant(0.0)).numpy(), x)  # scale 0: no attack
     np.testing.assert_allclose(pool.generate(model, xt, yt, 2).numpy(), POOL_SPECS[2].generate(model, xt, yt).numpy(),
@@ -474,7 +483,7 @@ def test_spatial_and_pool_run_against_adapted_weights(model):
     y = np.random.default_rng(24).integers(0, N_CLASSES, len(x))
     spec = attacks.Spatial(max_angle=20, max_shift=1, angle_steps=5, shift_steps=3)
     params = meta.params_of(model)
-    got = meta_adversarial.attack_adapted(spec, model, params, x, y, eps=tf.constant(1.0), step_size=0.1)
+    got = meta_adversarial.attack_adapted(spec, model, params, x, y)
     np.testing.assert_array_equal(got.numpy(), spec(model, x, y))
     other = tiny_cnn(seed=5)  # other weights, same architecture: the attack must follow the weights it is given
     shifted = meta_adversarial.attack_adapted(spec, model, meta.params_of(other), x, y)
