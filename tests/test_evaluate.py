@@ -351,3 +351,16 @@ def test_worst_case_rejects_bad_input(small):
         evaluate.worst_case_record({"combined": 0.5})
     with pytest.raises(KeyError, match="attacks are"):
         result.accuracy("APGD")
+
+
+def test_strong_attacks_is_the_series_standard_list():
+    specs = evaluate.strong_attacks(0.3)
+    assert [s.name for s in specs] == ["PGD-100 x5", "APGD-CE-100", "APGD-DLR-100"]
+    assert specs[0].step_size == pytest.approx(2.5 * 0.3 / 100) and specs[0].random_start and specs[0].seed == 0
+    assert all(s.eps == 0.3 for s in specs)
+    assert [s.name for s in evaluate.strong_attacks(1.5, norm=2, steps=50, restarts=2)] == [
+        "PGD-50 L2 x2", "APGD-CE-50 L2", "APGD-DLR-50 L2"]
+    with pytest.raises(ValueError, match="eps"):
+        evaluate.strong_attacks(0.0)
+    with pytest.raises(ValueError, match="norm"):
+        evaluate.strong_attacks(0.3, norm=1)

@@ -1,9 +1,8 @@
 """Auto-PGD (Croce & Hein, ICML 2020): PGD whose step size halves at checkpoints when progress stalls.
 
-The algorithm first (:func:`checkpoints`, the losses, :func:`apgd_ascent`), then the spec ``APGD(eps=0.3)``,
-a value like the specs of :mod:`tutorial_lib.attacks` (numpy in and out, or ``.generate`` on tensors and on
-adapted weights). It is the attack of AutoAttack's first stages: parameter-free, so a robustness number does not
-depend on a step size someone tuned. Introduced in notebooks/07_applications.ipynb.
+The algorithm first (:func:`checkpoints`, the losses, :func:`apgd_ascent`), then the spec ``APGD(eps=0.3)``, a
+value like the specs of :mod:`~tutorial_lib.attacks.gradient` (same runner, so numpy in and out, or ``.generate``
+on tensors and adapted weights). Parameter-free: a robustness number does not depend on a step size someone tuned.
 """
 
 from __future__ import annotations
@@ -14,11 +13,11 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import tensorflow as tf
 
-from .attacks import (LOOP_CHUNK, Attack, _ascent_direction, _check_norm, _check_restarts, _project,
-                      _random_delta)
-from .checks import check_bool, check_number, check_positive_int
+from ..checks import check_bool, check_number, check_positive_int
+from ._runner import check_norm, check_restarts, keep_worst
+from .gradient import _ascent_direction, _GradientAttack, _project, _random_delta, repeat
 
-__all__ = ["APGD", "apgd", "apgd_ascent", "checkpoints", "ce_loss", "dlr_loss", "targeted_dlr_loss", "LOSSES"]
+__all__ = ["APGD", "apgd_ascent", "checkpoints", "ce_loss", "dlr_loss", "targeted_dlr_loss", "LOSSES"]
 
 #: The losses APGD can ascend: cross-entropy, the difference of logits ratio, and its targeted form.
 LOSSES = ("ce", "dlr", "dlr-targeted")
@@ -92,10 +91,10 @@ def apgd_ascent(
 
     Returns ``(x_adv, success, best_loss, eta)``: per example the last point that fooled the model if any did
     (the start included), else the point of highest loss; whether one did; the highest loss; the final step size.
-    ``steps + 1`` gradient evaluations. Graph-compatible TensorFlow; the loop is a ``tf.while_loop`` with
-    :data:`~tutorial_lib.attacks.LOOP_CHUNK` steps per iteration.
+    ``steps + 1`` gradient evaluations. Graph-compatible TensorFlow; the steps run in the package's chunked
+    ``tf.while_loop`` (:func:`~tutorial_lib.attacks.gradient.repeat`). Introduced in notebooks/07_applications.ipynb.
     """
-    norm = _check_norm(norm)
+    norm = check_norm(norm)
     steps = check_positive_int("steps", steps)
     x = tf.stop_gradient(tf.convert_to_tensor(x))
     eps = tf.cast(eps, x.dtype)
@@ -147,29 +146,11 @@ def apgd_ascent(
     state = {"i": tf.constant(0), "x": x0, "x_prev": x0, "grad": grad0, "loss": loss0, "eta": eta0,
              "ups": tf.zeros_like(loss0), "eta_check": eta0, "best_check": loss0, "best_x": x0, "best_grad": grad0,
              "best_loss": loss0, "found": x0, "success": success0}
-    state = _repeat(step, state, steps)
+    keys = list(state)
+    state = dict(zip(keys, repeat(lambda *values: tuple(step(dict(zip(keys, values))).values()), steps,
+                                  tuple(state.values()))))
     x_adv = where(state["success"], state["found"], state["best_x"])
     return tf.stop_gradient(x_adv), state["success"], state["best_loss"], state["eta"]
-
-
-def _repeat(step: Callable[[dict], dict], state: dict, steps: int) -> dict:
-    """``steps`` applications of ``step``: a ``tf.while_loop`` of :data:`LOOP_CHUNK` steps written out per
-    iteration (as in :func:`tutorial_lib.attacks.gradient_ascent`), the remainder written out after it."""
-    chunk = min(steps, LOOP_CHUNK)
-    loops, rest = divmod(steps, chunk)
-
-    def steps_of(n: int) -> Callable[[dict], dict]:
-        def body(s: dict) -> dict:
-            for _ in range(n):
-                s = step(s)
-            return s
-        return body
-
-    if loops > 1:
-        state = tf.while_loop(lambda s: s["i"] < loops * chunk, lambda s: (steps_of(chunk)(s),), (state,))[0]
-    else:
-        rest += loops * chunk
-    return steps_of(rest)(state)
 
 
 def _apgd(
@@ -243,7 +224,7 @@ def _check_classes(logits: tf.Tensor, need: int, loss: str, target_classes: int)
 # The spec
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, repr=False)
-class APGD(Attack):
+class APGD(_GradientAttack):
     """Auto-PGD (Croce & Hein, ICML 2020): parameter-free PGD with momentum and a step that halves when stuck.
 
     ``APGD(eps=0.3)(model, x, y)`` runs 100 steps of :func:`apgd_ascent` on the cross-entropy (``loss="ce"``),
@@ -251,7 +232,8 @@ class APGD(Attack):
     (:func:`dlr_loss`, 3+ classes), which ignores the scale of the logits; ``loss="dlr-targeted"`` runs the
     targeted DLR (:func:`targeted_dlr_loss`, 4+ classes) once per target class, the ``target_classes`` classes
     with the largest clean logits after the top one (AutoAttack's APGD-T: 9), ``restarts`` times each. Every run
-    after the first attacks only the examples no earlier run fooled: an example is broken if any run breaks it.
+    is kept per example by the package's rule (one that fools the model beats one that does not, else the higher
+    loss): an example is broken if any run breaks it; the runs stop once every example is fooled.
     ``y``: the true int labels (B,), or with ``targeted=True`` (``loss="ce"`` only) the target classes, the loss
     then being minus the cross-entropy towards them. ``norm``: "inf" or 2. ``rho`` and ``momentum``: the
     paper's 0.75 and 0.75. Returns float32 numpy of x's shape, inside the ball and the pixel range: per example
@@ -263,6 +245,7 @@ class APGD(Attack):
     """
 
     label: ClassVar[str] = "APGD"
+    _ops = staticmethod(_apgd)
     _always_shown: ClassVar[tuple[str, ...]] = ("eps", "steps", "loss")
     eps: float
     steps: int = 100
@@ -288,9 +271,9 @@ class APGD(Attack):
         if self.targeted and self.loss != "ce":
             raise ValueError(f"targeted=True (y holds target classes) works with loss='ce', not {self.loss!r}; "
                              "for Croce & Hein's targeted DLR pass the true labels with loss='dlr-targeted'")
-        object.__setattr__(self, "norm", _check_norm(self.norm))
+        object.__setattr__(self, "norm", check_norm(self.norm))
         object.__setattr__(self, "random_start", check_bool("random_start", self.random_start))
-        object.__setattr__(self, "restarts", _check_restarts(self.restarts, self.random_start))
+        object.__setattr__(self, "restarts", check_restarts(self.restarts, self.random_start))
         object.__setattr__(self, "target_classes", check_positive_int("target_classes", self.target_classes))
         object.__setattr__(self, "rho", check_number("rho", self.rho, low=0.0, high=1.0,
                                                      hint="It is the fraction of steps that must raise the loss; 0.75 in the paper."))
@@ -326,12 +309,3 @@ class APGD(Attack):
         return _apgd(model, tf.convert_to_tensor(x), tf.convert_to_tensor(y), eps=eps, step_size=step_size,
                      seed=seed, **self._settings())
 
-
-def apgd(model: Any, x: Any, y: Any, eps: float, *, steps: int = 100, loss: str = "ce", norm: str | int = "inf",
-         restarts: int = 1, target_classes: int = 9, random_start: bool = True, targeted: bool = False,
-         clip_min: float = 0.0, clip_max: float = 1.0, batch_size: int | None = None, seed: int | None = None,
-         jit_compile: bool | None = None) -> np.ndarray:
-    """``APGD(eps, ...)(model, x, y)``: see :class:`APGD`. Introduced in notebooks/07_applications.ipynb."""
-    return APGD(eps=eps, steps=steps, loss=loss, norm=norm, restarts=restarts, target_classes=target_classes,
-                random_start=random_start, targeted=targeted, clip_min=clip_min, clip_max=clip_max,
-                batch_size=batch_size, seed=seed, jit_compile=jit_compile)(model, x, y)
