@@ -270,3 +270,97 @@ def test_mean_ci95():
         evaluate.mean_ci95(np.array([1.0]))
     record = evaluate.mean_ci95_record([0.0, 1.0, 0.0, 1.0])
     assert record == {"mean": pytest.approx(0.5), "ci95": pytest.approx(ci)} and set(record) == {"mean", "ci95"}
+
+
+def test_masking_checks_build_the_rows_from_numbers_with_one_set_of_limits():
+    numbers = {"zero_gradient_fraction": 0.0, "fgsm": 0.5, "pgd": 0.4, "pgd_restarts": 0.39,
+               "pgd_large_eps": 0.0, "noise": 0.9}
+    rows = evaluate.masking_checks(numbers, probabilities=False, restarts=5)
+    assert [c.name for c in rows] == ["logits_not_probabilities", "nonzero_gradients", "pgd_beats_fgsm",
+                                      "large_eps_breaks_model", "attack_beats_noise", "restarts_change_little"]
+    assert all(c.passed for c in rows)
+    limit = evaluate.MASKING_LIMITS["restart_gain_limit"]
+    gained = dict(numbers, pgd_restarts=numbers["pgd"] - limit - 0.005)  # restarts gain more than the limit
+    assert not evaluate.masking_checks(gained, probabilities=False, restarts=5)[-1].passed
+    assert evaluate.masking_checks(gained, probabilities=False, restarts=5, restart_gain_limit=limit + 0.01)[-1].passed
+    flagged = evaluate.masking_checks(dict(numbers, zero_gradient_fraction=0.5, pgd=0.95), probabilities=True,
+                                      restarts=5, unit="queries")
+    assert [c.name for c in flagged if not c.passed] == ["logits_not_probabilities", "nonzero_gradients",
+                                                          "pgd_beats_fgsm", "attack_beats_noise", "restarts_change_little"]
+    assert "of queries" in flagged[1].value
+    with pytest.raises(ValueError, match="noise"):
+        evaluate.masking_checks({k: v for k, v in numbers.items() if k != "noise"}, probabilities=False, restarts=5)
+
+
+# --------------------------------------------------------------------------------------------------
+# worst_case: the worst over a list of attacks
+# --------------------------------------------------------------------------------------------------
+def test_worst_case_is_the_and_of_the_per_attack_masks(small):
+    from tutorial_lib import attacks
+
+    model, x, y = small
+    x, y = x[:120], y[:120]
+    specs = [_stand_in_fgsm(0.1), attacks.BIM(eps=0.1, steps=5, step_size=0.03),
+             attacks.PGD(eps=0.1, steps=5, step_size=0.03, seed=0), attacks.PGD(eps=0.1, steps=5, step_size=0.03, seed=1)]
+    result = evaluate.worst_case(model, x, y, specs, batch_size=50)
+    assert result.attacks == ["stand-in FGSM", "BIM-5", "PGD-5", "PGD-5 #2"]
+    clean = evaluate.correct(model, x, y)
+    np.testing.assert_array_equal(result.clean, clean)
+    np.testing.assert_array_equal(result.correct, np.logical_and.reduce([clean, *result.per_attack.values()]))
+    for name, spec in zip(result.attacks[:2], specs):  # each per-attack number is that attack's own (no random start)
+        assert result.accuracy(name)[0] == pytest.approx(evaluate.robust_accuracy(model, x, y, spec))
+    for name in result.attacks:
+        assert result.combined[0] <= result.accuracy(name)[0]
+    assert result.combined[0] < min(result.accuracy(n)[0] for n in result.attacks) + 1e-9
+    assert result.combined == evaluate.accuracy_ci95(result.correct)
+    record = result.to_dict()
+    assert record["n"] == 120 and record["attacks"] == result.attacks
+    assert record["combined"]["mean"] == pytest.approx(result.correct.mean())
+    assert set(record["per_attack"]["PGD-5"]) == {"mean", "ci95", "seconds"}
+    text = str(result)
+    assert "worst case" in text and "PGD-5 #2" in text and "±" in text
+    assert result._repr_markdown_().startswith("| attack (120 examples)")
+    art = clean & (np.arange(len(y)) % 2 == 0)
+    field = evaluate.worst_case_record(result, art)
+    assert set(field) == {"attacks", "combined", "per_attack", "art_apgd"}
+    assert field["art_apgd"] == {"mean": pytest.approx(art.mean()), "ci95": pytest.approx(evaluate.accuracy_ci95(art)[1])}
+    assert evaluate.worst_case_record(result)["art_apgd"] is None
+    json_ok = __import__("json").dumps(field)
+    assert "PGD-5" in json_ok
+
+
+def test_worst_case_rejects_bad_input(small):
+    from tutorial_lib import attacks
+
+    model, x, y = small
+    pgd = attacks.PGD(eps=0.1, steps=2, step_size=0.05)
+    with pytest.raises(TypeError, match="list of attack specs"):
+        evaluate.worst_case(model, x, y, pgd)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate.worst_case(model, x, y, [])
+    with pytest.raises(TypeError, match="every attack"):
+        evaluate.worst_case(model, x, y, [pgd, 0.3])
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate.worst_case(model, x, y, [pgd], batch_size=0)
+    with pytest.raises(ValueError):
+        evaluate.worst_case(model, x, y[:10], [pgd])
+    result = evaluate.worst_case(model, x[:20], y[:20], [pgd])
+    with pytest.raises(ValueError, match="one bool per example"):
+        evaluate.worst_case_record(result, np.ones(5, bool))
+    with pytest.raises(TypeError, match="WorstCase"):
+        evaluate.worst_case_record({"combined": 0.5})
+    with pytest.raises(KeyError, match="attacks are"):
+        result.accuracy("APGD")
+
+
+def test_strong_attacks_is_the_series_standard_list():
+    specs = evaluate.strong_attacks(0.3)
+    assert [s.name for s in specs] == ["PGD-100 x5", "APGD-CE-100", "APGD-DLR-100"]
+    assert specs[0].step_size == pytest.approx(2.5 * 0.3 / 100) and specs[0].random_start and specs[0].seed == 0
+    assert all(s.eps == 0.3 for s in specs)
+    assert [s.name for s in evaluate.strong_attacks(1.5, norm=2, steps=50, restarts=2)] == [
+        "PGD-50 L2 x2", "APGD-CE-50 L2", "APGD-DLR-50 L2"]
+    with pytest.raises(ValueError, match="eps"):
+        evaluate.strong_attacks(0.0)
+    with pytest.raises(ValueError, match="norm"):
+        evaluate.strong_attacks(0.3, norm=1)

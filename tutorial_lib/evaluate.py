@@ -251,6 +251,160 @@ def slug(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# The worst case over a list of attacks
+# --------------------------------------------------------------------------------------------------
+def _record(correct: np.ndarray) -> dict[str, float]:
+    mean, half = accuracy_ci95(correct)
+    return {"mean": float(mean), "ci95": float(half)}
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    """Robust accuracy against each of a list of attacks and against all of them (:func:`worst_case`).
+
+    ``clean``: per-example correctness on the clean images, bool (n,). ``per_attack``: attack name -> bool (n,),
+    correct clean and under that attack. ``correct``: bool (n,), correct clean and under every attack (an example
+    is broken if any attack, or any restart of one, breaks it). ``seconds``: attack name -> wall time.
+    Accuracies are fractions in [0, 1]; each comes with the half-width of its 95 % Wilson interval
+    (:func:`accuracy_ci95`). Introduced in notebooks/07_applications.ipynb.
+    """
+
+    clean: np.ndarray
+    per_attack: dict[str, np.ndarray]
+    correct: np.ndarray
+    seconds: dict[str, float]
+
+    @property
+    def attacks(self) -> list[str]:
+        """The attack names, in the order they ran."""
+        return list(self.per_attack)
+
+    @property
+    def combined(self) -> tuple[float, float]:
+        """Worst-case robust accuracy and the half-width of its 95 % interval."""
+        return accuracy_ci95(self.correct)
+
+    def accuracy(self, name: str) -> tuple[float, float]:
+        """Robust accuracy under the attack called ``name`` and its 95 % half-width (KeyError listing the names)."""
+        if name not in self.per_attack:
+            raise KeyError(f"no attack named {name!r}; attacks are {self.attacks}")
+        return accuracy_ci95(self.per_attack[name])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready numbers: ``{"n", "clean", "attacks", "per_attack": {name: {"mean", "ci95", "seconds"}},
+        "combined": {"mean", "ci95"}}`` (accuracies as fractions)."""
+        per = {k: {**_record(v), "seconds": float(self.seconds.get(k, 0.0))} for k, v in self.per_attack.items()}
+        return {"n": int(len(self.correct)), "clean": _record(self.clean), "attacks": self.attacks,
+                "per_attack": per, "combined": _record(self.correct)}
+
+    def _rows(self) -> list[tuple[str, float, float, str]]:
+        rows = [("clean", *accuracy_ci95(self.clean), "")]
+        rows += [(k, *accuracy_ci95(v), f"{self.seconds.get(k, 0.0):.1f}") for k, v in self.per_attack.items()]
+        return rows + [("worst case (all attacks)", *self.combined, f"{sum(self.seconds.values()):.1f}")]
+
+    def table(self) -> str:
+        """A Markdown table: clean, each attack, and the worst case, with 95 % intervals and seconds."""
+        lines = [f"| attack ({len(self.correct)} examples) | accuracy | 95 % interval | seconds |", "|---|---|---|---|"]
+        lines += [f"| {n} | {100 * m:.1f} % | ± {100 * h:.1f} | {t} |" for n, m, h, t in self._rows()]
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return self.table()
+
+    def __str__(self) -> str:
+        rows = self._rows()
+        width = max(len(r[0]) for r in rows)
+        head = f"{'attack':<{width}}  accuracy  95 % interval  seconds"
+        body = [f"{n:<{width}}  {100 * m:7.1f}%  {'± ' + format(100 * h, '.1f'):>13}  {t:>7}" for n, m, h, t in rows]
+        return "\n".join([f"robust accuracy on {len(self.correct)} examples", head, *body])
+
+
+def worst_case(model: keras.Model, x: np.ndarray, y: np.ndarray, attacks: Sequence[attacks.Attack], *,
+               batch_size: int | None = None) -> WorstCase:
+    """Robust accuracy of ``model`` against each attack of ``attacks`` and against all of them together.
+
+    ``x``: float32 images in [0, 1], NHWC; ``y``: int labels (n,). ``attacks``: a non-empty list of attack specs
+    (e.g. :func:`strong_attacks`) or callables ``f(model, x, y) -> x_adv`` (named by their ``name`` attribute).
+    Each attack runs on the examples classified correctly clean (the others count as wrong anyway), all of them, so
+    every per-attack number is that attack's own; an example counts as robust only if it is correct clean and
+    under every attack (and every restart of each): the worst case per example, which is at most each
+    per-attack number. ``batch_size``: images per call of an attack (None: all at once, the spec's own
+    ``batch_size`` bounding memory). Returns a :class:`WorstCase` (``print`` it for a table; ``to_dict()`` for
+    JSON). Introduced in notebooks/07_applications.ipynb.
+    """
+    if callable(attacks) or isinstance(attacks, (str, bytes)) or not isinstance(attacks, Sequence):
+        raise TypeError("attacks must be a list of attack specs, e.g. tl.evaluate.strong_attacks(0.3) or "
+                        f"[tl.attacks.PGD(eps=0.3)], got {type(attacks).__name__}")
+    if len(attacks) == 0:
+        raise ValueError("attacks is empty; pass at least one attack, e.g. tl.evaluate.strong_attacks(0.3)")
+    for a in attacks:
+        if not callable(a):
+            raise TypeError(f"every attack must be an attack spec (callable as attack(model, x, y)), got "
+                            f"{type(a).__name__}")
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for a in attacks:  # two attacks of the same name (e.g. other seeds) become "name", "name #2"
+        base = str(getattr(a, "name", None) or getattr(a, "__name__", None) or type(a).__name__)
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base} #{seen[base]}")
+    x, y = check_images_and_labels(x, y)
+    if batch_size is not None:
+        batch_size = check_positive_int("batch_size", batch_size, hint=" (or None for one call)")
+    clean = correct(model, x, y)
+    idx = np.flatnonzero(clean)
+    per_attack: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    for name, attack in zip(names, attacks):
+        start = time.perf_counter()
+        ok = np.zeros(len(x), dtype=bool)
+        if idx.size:
+            x_adv = adversarial_examples(model, x[idx], y[idx], attack, batch_size=batch_size or idx.size)
+            ok[idx] = correct(model, x_adv, y[idx])
+        per_attack[name] = ok
+        seconds[name] = time.perf_counter() - start
+    combined = np.logical_and.reduce([clean, *per_attack.values()])
+    return WorstCase(clean=clean, per_attack=per_attack, correct=combined, seconds=seconds)
+
+
+def strong_attacks(eps: float, *, norm: str | int = "inf", steps: int = 100, restarts: int = 5,
+                   seed: int = 0) -> list[attacks.Attack]:
+    """The series' standard strong evaluation at radius ``eps``: a list for :func:`worst_case`.
+
+    PGD-``steps`` x ``restarts`` (step 2.5 eps / steps, random starts, broken if any restart breaks it), then APGD
+    with the cross-entropy and APGD with the DLR loss (Croce & Hein 2020), ``steps`` iterations each from a random
+    start (100: the paper's and AutoAttack's default; notebook 07's ART comparison ran 50). ``norm``: "inf" or 2.
+    ``seed`` fixes the random starts. Introduced in notebooks/07_applications.ipynb.
+    """
+    eps = check_eps(eps, positive=True)
+    steps = check_positive_int("steps", steps)
+    return [attacks.PGD(eps=eps, steps=steps, step_size=2.5 * eps / steps, norm=norm, random_start=True,
+                        restarts=check_positive_int("restarts", restarts), seed=seed),
+            attacks.APGD(eps=eps, steps=steps, loss="ce", norm=norm, seed=seed),
+            attacks.APGD(eps=eps, steps=steps, loss="dlr", norm=norm, seed=seed)]
+
+
+def worst_case_record(result: WorstCase, art_apgd: Any = None) -> dict[str, Any]:
+    """The ``"worst_case"`` field of build/results/07_applications.json: ``{"attacks": [names], "combined":
+    {"mean", "ci95"}, "per_attack": {name: {"mean", "ci95"}}, "art_apgd": {"mean", "ci95"} or None}``.
+
+    ``art_apgd``: per-example correctness under ART's APGD on the same images (bools (n,), e.g.
+    ``peer_comparison(...)["correct"]["art_apgd"]``), or None when the ``peers`` extra is missing.
+    Introduced in notebooks/07_applications.ipynb.
+    """
+    if not isinstance(result, WorstCase):
+        raise TypeError(f"result must be the WorstCase of tl.evaluate.worst_case, got {type(result).__name__}")
+    art = None
+    if art_apgd is not None:
+        mask = np.asarray(art_apgd)
+        if mask.shape != result.correct.shape:
+            raise ValueError(f"art_apgd must hold one bool per example ({result.correct.shape}), got shape {mask.shape}: "
+                             "pass ART's per-example correctness on the same images")
+        art = _record(mask)
+    return {"attacks": result.attacks, "combined": _record(result.correct),
+            "per_attack": {k: _record(v) for k, v in result.per_attack.items()}, "art_apgd": art}
+
+
+# --------------------------------------------------------------------------------------------------
 # Accuracy-vs-eps sweeps
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -421,15 +575,64 @@ def _pct(a: float) -> str:
     return f"{100 * a:.1f}%"
 
 
+#: The one set of limits of the gradient-masking checks (:func:`masking_checks`), for plain and adapted models.
+MASKING_LIMITS: dict[str, float] = {"large_eps": 0.5, "chance_margin": 0.1, "restart_gain_limit": 0.02,
+                                    "fgsm_margin": 0.01, "zero_grad_limit": 0.01}
+
+
+def masking_checks(numbers: dict[str, float], *, probabilities: bool, restarts: int,
+                   large_eps: float = MASKING_LIMITS["large_eps"],
+                   chance_margin: float = MASKING_LIMITS["chance_margin"],
+                   restart_gain_limit: float = MASKING_LIMITS["restart_gain_limit"],
+                   fgsm_margin: float = MASKING_LIMITS["fgsm_margin"],
+                   zero_grad_limit: float = MASKING_LIMITS["zero_grad_limit"],
+                   unit: str = "examples") -> list[Check]:
+    """The gradient-masking checks as :class:`Check` rows, from numbers measured elsewhere.
+
+    ``numbers`` holds fractions in [0, 1]: ``zero_gradient_fraction`` (of ``unit`` with an all-zero input
+    gradient), and the robust accuracies ``fgsm``, ``pgd`` (one run), ``pgd_restarts`` (``restarts`` random
+    starts, broken if any breaks it), ``pgd_large_eps`` (PGD at ``large_eps``) and ``noise`` (random signs of
+    size eps). ``probabilities``: whether the outputs looked like rows of probabilities
+    (:func:`looks_like_probabilities`). ``unit`` names what was counted ("examples", or "queries" for adapted
+    learners). The rows, in order: ``logits_not_probabilities``, ``nonzero_gradients``, ``pgd_beats_fgsm``,
+    ``large_eps_breaks_model``, ``attack_beats_noise``, ``restarts_change_little`` (meanings in
+    :func:`sanity_checks`). Used by :func:`sanity_checks` and by the checks on adapted learners, so both use
+    the limits of :data:`MASKING_LIMITS` unless told otherwise. Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    missing = {"zero_gradient_fraction", "fgsm", "pgd", "pgd_restarts", "pgd_large_eps", "noise"} - set(numbers)
+    if missing:
+        raise ValueError(f"numbers lacks {sorted(missing)}; measure them first (see evaluate.sanity_checks)")
+    num, zero = numbers, numbers["zero_gradient_fraction"]
+    return [
+        Check("logits_not_probabilities", "rows sum to 1" if probabilities else "unnormalised logits",
+              not probabilities, "the model returns a softmax: losses saturate and gradients vanish"),
+        Check("nonzero_gradients", f"{_pct(zero)} of {unit} have an all-zero gradient",
+              zero <= zero_grad_limit, "gradient attacks have nothing to follow (masking)"),
+        Check("pgd_beats_fgsm", f"PGD {_pct(num['pgd'])} vs FGSM {_pct(num['fgsm'])}",
+              num["pgd"] <= num["fgsm"] + fgsm_margin + 1e-9, "the iterative attack is stuck (masked or broken gradients)"),
+        Check("large_eps_breaks_model", f"PGD at eps {large_eps:g}: {_pct(num['pgd_large_eps'])}",
+              num["pgd_large_eps"] <= chance_margin + 1e-9, "the attack cannot succeed even when it could erase the digit"),
+        Check("attack_beats_noise", f"PGD {_pct(num['pgd'])} vs random noise {_pct(num['noise'])}",
+              num["pgd"] < num["noise"], "the gradient is no better a direction than a random one"),
+        Check("restarts_change_little", f"1 restart {_pct(num['pgd'])} vs {restarts} restarts {_pct(num['pgd_restarts'])}",
+              num["pgd"] - num["pgd_restarts"] <= restart_gain_limit + 1e-9, "single-run numbers depend on luck: report restarts"),
+    ]
+
+
 def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, *, steps: int = 40,
-                  step_size: float | None = None, restarts: int = 5, large_eps: float = 0.5,
-                  chance_margin: float = 0.1, restart_gain_limit: float = 0.02, fgsm_margin: float = 0.01,
-                  zero_grad_limit: float = 0.01, seed: int = 0, batch_size: int = 500) -> SanityReport:
+                  step_size: float | None = None, restarts: int = 5,
+                  large_eps: float = MASKING_LIMITS["large_eps"],
+                  chance_margin: float = MASKING_LIMITS["chance_margin"],
+                  restart_gain_limit: float = MASKING_LIMITS["restart_gain_limit"],
+                  fgsm_margin: float = MASKING_LIMITS["fgsm_margin"],
+                  zero_grad_limit: float = MASKING_LIMITS["zero_grad_limit"],
+                  seed: int = 0, batch_size: int = 500) -> SanityReport:
     """Check an L-inf robustness evaluation at ``eps`` for signs of gradient masking.
 
     ``x``: float32 images in [0, 1] (n, 28, 28, 1); ``y``: int labels. Runs FGSM, PGD-``steps`` (step size
     ``step_size``, default ``2.5 * eps / steps``) with 1 and with ``restarts`` random restarts, PGD at
-    ``large_eps``, and random sign noise, then checks (names as in the report):
+    ``large_eps``, and random sign noise, then checks (names as in the report; rows from :func:`masking_checks`,
+    default limits from :data:`MASKING_LIMITS`):
 
     * ``logits_not_probabilities``: outputs are not rows in [0, 1] summing to 1 (AutoAttack's softmax check);
     * ``nonzero_gradients``: at most ``zero_grad_limit`` of the examples have an all-zero input gradient;
@@ -451,15 +654,9 @@ def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, 
     report = SanityReport(eps=float(eps))
     num = report.numbers
 
-    outputs = predict_logits(model, x, batch_size=batch_size)
-    probs = looks_like_probabilities(outputs)
-    report.checks.append(Check("logits_not_probabilities", "rows sum to 1" if probs else "unnormalised logits",
-                               not probs, "the model returns a softmax: losses saturate and gradients vanish"))
+    probs = looks_like_probabilities(predict_logits(model, x, batch_size=batch_size))
     grads = input_gradients(model, x, y, batch_size=batch_size)
-    zero = float(np.mean(np.all(grads.reshape(len(x), -1) == 0, axis=1)))
-    num["zero_gradient_fraction"] = zero
-    report.checks.append(Check("nonzero_gradients", f"{_pct(zero)} of examples have an all-zero gradient",
-                               zero <= zero_grad_limit, "gradient attacks have nothing to follow (masking)"))
+    num["zero_gradient_fraction"] = float(np.mean(np.all(grads.reshape(len(x), -1) == 0, axis=1)))
 
     def pgd(e: float, r: int) -> attacks.Attack:
         size = step_size * e / eps
@@ -474,16 +671,9 @@ def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, 
     num["pgd_restarts"] = rob(pgd(eps, restarts)) if restarts > 1 else num["pgd"]
     num["pgd_large_eps"] = rob(pgd(large_eps, 1))
     num["noise"] = rob(lambda m, xb, yb: random_noise(xb, eps, seed=seed))
-    report.checks += [
-        Check("pgd_beats_fgsm", f"PGD {_pct(num['pgd'])} vs FGSM {_pct(num['fgsm'])}",
-              num["pgd"] <= num["fgsm"] + fgsm_margin + 1e-9, "the iterative attack is stuck (masked or broken gradients)"),
-        Check("large_eps_breaks_model", f"PGD at eps {large_eps:g}: {_pct(num['pgd_large_eps'])}",
-              num["pgd_large_eps"] <= chance_margin + 1e-9, "the attack cannot succeed even when it could erase the digit"),
-        Check("attack_beats_noise", f"PGD {_pct(num['pgd'])} vs random noise {_pct(num['noise'])}",
-              num["pgd"] < num["noise"], "the gradient is no better a direction than a random one"),
-        Check("restarts_change_little", f"1 restart {_pct(num['pgd'])} vs {restarts} restarts {_pct(num['pgd_restarts'])}",
-              num["pgd"] - num["pgd_restarts"] <= restart_gain_limit + 1e-9, "single-run numbers depend on luck: report restarts"),
-    ]
+    report.checks += masking_checks(num, probabilities=probs, restarts=restarts, large_eps=large_eps,
+                                    chance_margin=chance_margin, restart_gain_limit=restart_gain_limit,
+                                    fgsm_margin=fgsm_margin, zero_grad_limit=zero_grad_limit)
     return report
 
 
