@@ -306,3 +306,9 @@ def paired_verdict(evaluations: dict[str, Any], a: str, b: str, field: str = "ro
 def uniform_loss(n_way: int) -> float:
     """Cross-entropy of the uniform prediction over ``n_way`` classes: ln(n_way) (what a collapsed model scores)."""
     return math.log(n_way)
+
+
+if __name__ == "__main__":  # python -m tutorial_lib.experiments.robust_few_shot --profile standard --strategy ...
+    from tutorial_lib.experiments import cli
+
+    raise SystemExit(cli.main("robust_few_shot"))
