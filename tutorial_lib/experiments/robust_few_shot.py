@@ -113,7 +113,8 @@ def _jsonable_options(opts: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in opts.items():
         if isinstance(value, keras.optimizers.Optimizer):
-            value = {"class": type(value).__name__, "learning_rate": float(value.learning_rate)}
+            value = {"class": type(value).__name__,  # convert_to_numpy: also a tf.distribute variable
+                     "learning_rate": float(keras.ops.convert_to_numpy(value.learning_rate))}
         elif isinstance(value, attacks.Attack):
             value = repr(value)
         out[key] = value
