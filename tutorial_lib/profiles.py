@@ -96,7 +96,7 @@ class MetaSettings:
     metasgd_train_steps: int = 1
     lslr_inner_lr: float = 0.3
     lslr_train_steps: int = 2  # 3 or 5 steps gave no more accuracy, at more cost (benchmarks/meta_levers.py)
-    # Reptile: inner SGD on each task's support + query images; SGD(eps) outer step
+    # Reptile: inner SGD on each task's support + query images; outer step SGD(reptile_eps)
     reptile_inner_lr: float = 0.1
     reptile_train_steps: int = 5
     reptile_eps: float = 0.5

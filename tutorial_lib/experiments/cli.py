@@ -71,8 +71,12 @@ def agree_on_cache(strategy: Any, cached: dict[str, bool]) -> None:
     if strategy.num_replicas_in_sync == 1 or not cached:
         return
     local = tf.constant([int(v) for v in cached.values()], tf.int32)
-    total = tf.function(lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(local)),
-                                                axis=None))().numpy()
+
+    @tf.function(autograph=False)
+    def count():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(local,)), axis=None)
+
+    total = count().numpy()
     differ = [name for name, n in zip(cached, total) if 0 < n < strategy.num_replicas_in_sync]
     if differ:
         raise RuntimeError(f"the workers' caches differ on {', '.join(differ)} (some have them trained, some not); "
@@ -87,15 +91,21 @@ def _robust_few_shot(profile, strategy, *, chief: bool, seed: int, verbose: int)
 
     s = profile.meta_adv
     data = _data.load_mnist(profile.data_source)
-    names = {m: f"05_{m}" for m in rfs.META_TRAINED}
+    # the adversarial learners split each meta-batch across the strategy's replicas; plain MAML (meta.MAML,
+    # notebook 04's learner) has no tf.distribute support, so the chief trains it alone, after the others
+    shared = tuple(m for m in rfs.META_TRAINED if m != "maml")
+    names = {m: f"05_{m}" for m in shared}
     agree_on_cache(strategy, {names[m]: models.cache_paths(names[m], rfs.meta_config(m, s, data, seed=seed))[0].is_file()
-                              for m in rfs.META_TRAINED})
+                              for m in shared})
     inits, infos = {}, {}
-    for m in rfs.META_TRAINED:
-        with strategy.scope():  # the learner splits each meta-batch across the strategy's replicas
+    for m in shared:
+        with strategy.scope():
             inits[m], infos[m] = rfs.meta_train(m, data, s, seed=seed, verbose=2 if verbose else 0)
     if not chief:
         return
+    for m in rfs.META_TRAINED:
+        if m not in shared:
+            inits[m], infos[m] = rfs.meta_train(m, data, s, seed=seed, verbose=2 if verbose else 0)
     # the AT-transfer classifier (plain Keras fit, no meta-batch to split) and the evaluation: the chief alone
     at_model, at_info = rfs.at_classifier(data, s, seed=seed, verbose=2 if verbose else 0)
     _, test_tasks = rfs.samplers(data, s, seed=seed)
