@@ -58,3 +58,20 @@ def test_tiny_run_writes_what_the_notebook_reads(monkeypatch, mnist_subset, tmp_
     assert rfs.at_classifier(data, tiny, verbose=0)[1]["cached"]
     saved = models.load_model(tmp_path / "models" / "05_aq.keras")
     assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), inits["aq"][0].get_weights()))
+
+
+def test_workers_other_than_the_chief_cache_apart(monkeypatch, tmp_path):
+    import tensorflow as tf
+
+    monkeypatch.setenv(runtime.BUILD_ENV, str(tmp_path))
+    seen = []
+    monkeypatch.setattr(runtime, "strategy", lambda kind: tf.distribute.get_strategy())  # no cluster needed here
+    monkeypatch.setitem(cli._RUNNERS, "robust_few_shot",
+                        lambda profile, strategy, *, chief, seed, verbose: seen.append((chief, runtime.build_dir())))
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    for index in (0, 1):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        cli.main("robust_few_shot", ["--strategy", "multi-worker", "--verbose", "0"])
+    assert seen == [(True, tmp_path), (False, tmp_path / "workers" / "1")]
+    # one strategy's worth of agreement: a single replica has nothing to compare
+    cli.agree_on_cache(tf.distribute.get_strategy(), {"05_aq": True})

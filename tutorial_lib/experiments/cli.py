@@ -30,9 +30,8 @@ def parser(chapter: str) -> argparse.ArgumentParser:
         prog=f"python -m tutorial_lib.experiments.{chapter}", description=CHAPTERS[chapter][0].upper() + CHAPTERS[chapter][1:] + ".",
         epilog="Trained models are cached by configuration in build/ (or $TUTORIAL_BUILD_DIR), so the notebook finds "
                "them. multi-worker: start one process per machine, each with the same cluster in $TF_CONFIG and its "
-               "own task index; worker 0 writes the results, the others cache their copies in build/workers/<index> "
-               "unless $TUTORIAL_BUILD_DIR is set; every worker must start with the same cached models "
-               "(see docs/scaling_up.md).")
+               "own task index; worker 0 writes the results, the others cache their copies in build/workers/<index>; "
+               "every worker must start with the same cached models (see docs/scaling_up.md).")
     p.add_argument("--profile", choices=list(PROFILES), default=None,
                    help=f"sizes to run at (default: ${runtime.PROFILE_ENV} or quick)")
     p.add_argument("--strategy", choices=list(runtime.STRATEGIES), default="auto",
@@ -48,8 +47,8 @@ def main(chapter: str, argv: list[str] | None = None) -> int:
     args = parser(chapter).parse_args(argv)
     strategy = runtime.strategy(args.strategy)  # first: multi-worker must configure TensorFlow before other work
     chief = runtime.is_chief() if args.strategy == "multi-worker" else True
-    if not chief and not os.environ.get(runtime.BUILD_ENV, "").strip():
-        # workers other than the chief cache their (identical) copies apart, so that two workers on one machine
+    if not chief:
+        # workers other than the chief cache their (identical) copies apart, so that two workers sharing a disk
         # never write the same file
         index = runtime.tf_config()["task"]["index"]
         os.environ[runtime.BUILD_ENV] = str(runtime.build_dir() / "workers" / str(index))
