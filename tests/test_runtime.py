@@ -1,4 +1,4 @@
-"""tutorial_lib.runtime: profiles, seeds and determinism, build paths, results files."""
+"""tutorial_lib.runtime: seeds and determinism, strategies, build paths, results files (profiles: test_profiles.py)."""
 
 from __future__ import annotations
 
@@ -13,31 +13,12 @@ import pytest
 from tutorial_lib import runtime
 
 
-def test_profiles_have_all_sections():
-    for name, prof in runtime.PROFILES.items():
-        assert prof.name == name
-        for section in ("baseline", "attacks", "adv_training", "meta", "meta_adv"):
-            assert getattr(prof, section) is not None
-        json.dumps(prof.to_dict())  # plain data
-
-
-def test_profiles_scale_up():
-    q, s, f = (runtime.PROFILES[n] for n in ("quick", "standard", "full"))
-    assert q.meta.meta_steps <= s.meta.meta_steps <= f.meta.meta_steps
-    assert q.attacks.eval_size <= s.attacks.eval_size <= f.attacks.eval_size
-
-
-def test_profile_from_env(monkeypatch):
+def test_setup_reads_the_profile_from_env(monkeypatch):
     monkeypatch.setenv(runtime.PROFILE_ENV, "standard")
-    assert runtime.get_profile().name == "standard"
-    monkeypatch.delenv(runtime.PROFILE_ENV)
-    assert runtime.get_profile().name == "quick"
-
-
-def test_unknown_profile_lists_valid_names(monkeypatch):
+    assert runtime.setup(seed=0, verbose=False).name == "standard"
     monkeypatch.setenv(runtime.PROFILE_ENV, "fast")
     with pytest.raises(ValueError, match="quick, standard, full"):
-        runtime.get_profile()
+        runtime.setup(seed=0, verbose=False)
 
 
 def test_build_dir_override_and_results_roundtrip(monkeypatch, tmp_path):
@@ -105,6 +86,18 @@ def test_strategy_on_cpu_is_default_strategy():
         assert strat is tf.distribute.get_strategy()
     with pytest.raises(ValueError, match="at least one device"):
         runtime.strategy(devices=[])
+    with pytest.raises(ValueError, match="unknown strategy 'multiworker'; valid names are auto, mirrored, multi-worker"):
+        runtime.strategy("multiworker")
+    assert runtime.strategy("mirrored").num_replicas_in_sync >= 1
+
+
+def test_is_chief(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert runtime.is_chief()
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    for index, chief in ((0, True), (1, False)):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        assert runtime.is_chief() is chief
 
 
 def test_display_path_hides_absolute_paths():

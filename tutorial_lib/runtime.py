@@ -1,308 +1,24 @@
-"""Run-time setup shared by every notebook: seeds and determinism, run profiles, devices, build paths.
+"""The run-time environment of every notebook: seeds and determinism, devices and tf.distribute strategies,
+mixed precision, the build folder and results files.
 
-Every size, epoch count and step count a notebook uses comes from a :class:`Profile` here, so one
-environment variable (``TUTORIAL_PROFILE=quick|standard|full``) scales the whole series.
-Introduced in notebooks/00_setup_and_data.ipynb.
+:func:`setup` returns the active profile (the sizes live in :mod:`tutorial_lib.profiles`; ``get_profile`` and
+``Profile`` are re-exported here). Introduced in notebooks/00_setup_and_data.ipynb.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PROFILE_ENV = "TUTORIAL_PROFILE"
+from .profiles import PROFILE_ENV, PROFILES, Profile, get_profile  # noqa: F401  (re-exported: tl.runtime.get_profile)
+
 BUILD_ENV = "TUTORIAL_BUILD_DIR"
-
-
-# --------------------------------------------------------------------------------------------------
-# Profiles. One frozen dataclass per chapter; each notebook reads only its own section.
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BaselineSettings:
-    """Notebook 00: the seed's CNN trained on clean images."""
-
-    epochs: int
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-
-
-@dataclass(frozen=True)
-class AttackSettings:
-    """Notebooks 01-02: how many test images are attacked and how hard."""
-
-    eval_size: int  # test images used for robustness numbers
-    pgd_steps: int = 40
-    pgd_step_size: float = 0.01
-    restarts: int = 5
-    sweep_points: int = 7  # eps values in an accuracy-vs-eps sweep
-    iterative_size: int = 1000  # test images for notebook 02's attack table and sanity checks
-    sweep_size: int = 500  # test images for notebook 02's iterative-attack eps sweeps
-
-
-@dataclass(frozen=True)
-class AdvTrainingSettings:
-    """Notebook 03: adversarial training (recipes in tutorial_lib.training.recipe)."""
-
-    epochs: int
-    eps: float = 0.3
-    batch_size: int = 64
-    train_pgd_steps: int = 7
-    eval_size: int = 1000
-    eval_pgd_steps: int = 40
-    eval_restarts: int = 5
-    standard_epochs: int = 10  # method "none"
-    learning_rate: float = 1e-3  # Adam
-    decay_epochs: int = 0  # last epochs at learning_rate / 10 (step schedule)
-    ramp_epochs: int = 0  # eps warm-up epochs (linear)
-    train_step_scale: float = 2.5  # PGD/TRADES training step = scale * eps / train_pgd_steps
-    fast_alpha: float = 1.25  # fast AT step = fast_alpha * eps (Wong et al.)
-    trades_beta: float = 6.0
-    fast_epochs: int = 10  # FGSM-AT and fast AT (epochs above is for PGD-AT and TRADES)
-    eval_strong_steps: int = 100  # the strong evaluation: PGD-eval_strong_steps x eval_restarts
-    monitor_size: int = 500  # images the catastrophic-overfitting monitor attacks after each epoch
-    monitor_pgd_steps: int = 10
-    remedy_ramp_epochs: int = 5  # fast AT remedies "eps ramp" and N-FGSM with a ramp
-    align_weight: float = 1.0  # fast AT remedy GradAlign: lambda
-    nfgsm_noise: float = 2.0  # N-FGSM (de Jorge et al. 2022): noise U[-k eps, k eps] with k = nfgsm_noise
-    nfgsm_alpha: float = 1.0  # N-FGSM step = nfgsm_alpha * eps (no projection onto the eps ball)
-
-
-@dataclass(frozen=True)
-class MetaSettings:
-    """Notebook 04: few-shot meta-learning (MAML, first-order MAML, Reptile and two baselines)."""
-
-    meta_steps: int
-    eval_tasks: int
-    n_way: int = 5
-    q_queries: int = 15
-    meta_batch: int = 4
-    shots: tuple[int, ...] = (1, 5)
-    rotations: tuple[int, ...] = (0, 90, 180, 270)  # meta-train classes: digits 0-4 under these rotations
-    flips: bool = False  # also mirrored copies as classes (x2)
-    filters: int = 32  # few_shot_cnn width and depth
-    blocks: int = 3
-    # MAML and first-order MAML (same settings): inner SGD while meta-training and at test time, each task
-    # starting from a zero last layer (zeroing trick; without it FOMAML collapsed to chance in our probes);
-    # Adam on the meta-gradient
-    inner_lr: float = 0.4
-    train_steps: int = 1
-    test_steps: int | None = None  # None: test with as many steps as in meta-training (matched)
-    meta_lr: float = 3e-3
-    zero_head: bool = True
-    # learned inner learning rates, starting at *_inner_lr and meta-learned with Adam(meta_lr) beside the
-    # initialisation (zero head as MAML): Meta-SGD (one rate per weight) and MAML++'s per-layer per-step rates
-    metasgd_inner_lr: float = 0.4
-    metasgd_train_steps: int = 1
-    lslr_inner_lr: float = 0.3
-    lslr_train_steps: int = 2  # 3 or 5 steps gave no more accuracy, at more cost (benchmarks/meta_levers.py)
-    # Reptile: inner SGD on each task's support + query images; SGD(eps) outer step
-    reptile_inner_lr: float = 0.1
-    reptile_train_steps: int = 5
-    reptile_eps: float = 0.5
-    # baselines: SGD on the support set from a random init / from a pre-trained backbone with a zero head
-    scratch_steps: int = 50
-    scratch_lr: float = 0.1
-    pretrain_epochs: int = 3
-    finetune_steps: int = 50
-    finetune_lr: float = 0.02
-    curve_steps: int = 20  # meta-learners' accuracy-vs-adaptation-steps curves go up to this many steps
-
-
-@dataclass(frozen=True)
-class MetaAdvSettings:
-    """Notebooks 05-06: meta-adversarial training."""
-
-    meta_steps: int
-    eval_tasks: int
-    # notebook 05 (robust few-shot learning; driver tutorial_lib/experiments/robust_few_shot.py): 5-way 5-shot
-    # tasks of notebook 04's split, second-order MAML with one inner step and a zero head, Adam on the meta-gradient
-    n_way: int = 5
-    k_shot: int = 5
-    q_queries: int = 15
-    meta_batch: int = 4
-    inner_lr: float = 0.4
-    train_steps: int = 1
-    meta_lr: float = 1e-3
-    eps: float = 0.1
-    # meta-steps per method (None: meta_steps); every meta-trained method is also evaluated on eval_tasks tasks
-    maml_meta_steps: int | None = None
-    adml_meta_steps: int | None = None
-    aq_trades_meta_steps: int | None = None
-    seed_fgsm_meta_steps: int | None = None
-    # training attack: PGD-train_pgd_steps, step train_step_scale * eps / steps, random start; eps ramps up
-    # linearly over the first ramp_fraction of meta-training
-    train_pgd_steps: int = 3
-    train_step_scale: float = 2.5
-    ramp_fraction: float = 0.5
-    trades_beta: float = 6.0
-    # test attack: PGD-eval_pgd_steps, step 2.5 * eps / steps, random start, against the adapted weights
-    eval_pgd_steps: int = 20
-    eval_restarts: int = 5
-    # baselines: adversarial fine-tuning of MAML at test time (PGD on the support set in the inner loop) and
-    # "AT transfer" (a PGD-trained classifier of the meta-train classes, its head fine-tuned per task)
-    adv_finetune_steps: int = 3  # chosen on meta-TRAIN tasks among 1/3/10 steps at lr 0.4/0.1 (best robust accuracy)
-    adv_finetune_lr: float = 0.1
-    at_epochs: int = 3
-    at_finetune_steps: int = 50
-    at_finetune_lr: float = 0.1
-    # pure AQ's collapse and the clean-mix fix: short runs
-    collapse_steps: int = 300
-    collapse_clean_weight: float = 0.5
-    # accuracy-against-eps curves and sanity checks: fewer tasks
-    curve_eps: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
-    curve_tasks: int = 100
-    sanity_tasks: int = 50
-
-
-@dataclass(frozen=True)
-class UnseenAttackSettings:
-    """Notebook 06: adapting to an attack family left out of meta-training (driver
-    tutorial_lib/experiments/unseen_attacks.py). Meta-test tasks are notebook 05's (5-way, digits 5-9); the
-    models of notebook 05 are reused and one leave-one-out initialisation per family is meta-trained."""
-
-    eval_tasks: int = 100  # meta-test tasks per cell (mean and 95% CI over tasks)
-    q_queries: int = 5  # queries per class in the meta-test tasks
-    k_shots: tuple[int, ...] = (1, 5)
-    adapt_steps: tuple[int, ...] = (0, 1, 5, 10)  # robust accuracy after this many adaptation steps
-    adapt_lr: float = 0.4  # meta-learners adapt every layer: first step at adapt_lr (as meta-trained) ...
-    adapt_later_lr: float = 0.1  # ... later steps at this rate (0.4 throughout overshoots after one step)
-    at_lr: float = 0.4  # the adversarially trained classifier adapts its head only, at this rate
-    # the families: L-inf (eps linf_eps), L2 (eps chosen among l2_eps_candidates), spatial (grid below)
-    linf_eps: float = 0.1
-    l2_eps_candidates: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5)
-    eval_pgd_steps: int = 10  # gradient attacks at test time: PGD-k (+ MIM-k) (L-inf), PGD-k (L2), random start
-    linf_mim: bool = False  # also MIM-k in the L-inf test family (a query is robust only if both fail)
-    spatial_max_angle: float = 15.0
-    spatial_max_shift: float = 2.0
-    spatial_angle_steps: int = 5
-    spatial_shift_steps: int = 3
-    # leave-one-out meta-training: AQ on attacks drawn from the other families (PGD-3 / MIM-3 / FGSM,
-    # a coarse spatial grid), eps ramp over ramp_fraction, clean_weight of clean-query loss, warm start from
-    # notebook 05's MAML
-    meta_steps: int = 300
-    ramp_fraction: float = 0.5
-    clean_weight: float = 0.2
-    train_spatial_angle_steps: int = 3
-    train_spatial_shift_steps: int = 3
-    # the trained-on x tested-on matrix: K shots and adaptation steps of its cells; sanity checks: fewer tasks
-    matrix_k: int = 5
-    matrix_steps: int = 5
-    sanity_tasks: int = 40
-    l2_probe_tasks: int = 50
-
-
-@dataclass(frozen=True)
-class ApplicationSettings:
-    """Notebook 07: the adversarial sticker and the cross-checks with CleverHans and ART (driver
-    tutorial_lib/experiments/applications.py). The models are those of notebooks 03 and 05."""
-
-    patch_sizes: tuple[int, ...] = (6, 10, 14)  # side of the square patch in pixels
-    patch_target: int = 8  # the digit targeted patches aim for (also one of the AQ model's digits 5-9)
-    patch_steps: int = 120  # Adam steps on the patch, each on patch_batch images at random places
-    patch_batch: int = 64
-    patch_lr: float = 0.05
-    patch_max_angle: float = 0.0  # random turns of the patch while training and measuring (degrees)
-    patch_eval_size: int = 1000  # correctly classified test images the patch is measured on
-    # CleverHans / ART / tl.attacks on the PGD-AT model of notebook 03, on the same images, at its eps
-    peer_size: int = 300
-    peer_pgd_steps: int = 40
-    peer_step_size: float = 0.01
-    strong_steps: int = 100  # our strong attack: PGD-strong_steps x strong_restarts
-    strong_restarts: int = 5
-    apgd_steps: int = 50  # ART's APGD with the cross-entropy and the DLR loss
-    apgd_restarts: int = 1
-
-
-@dataclass(frozen=True)
-class Profile:
-    """All sizes for one run of the series. Read it, don't build it: use :func:`get_profile`."""
-
-    name: str
-    data_source: str  # argument for data.load_mnist: "subset" or "auto"
-    description: str
-    baseline: BaselineSettings
-    attacks: AttackSettings
-    adv_training: AdvTrainingSettings
-    meta: MetaSettings
-    meta_adv: MetaAdvSettings
-    unseen: UnseenAttackSettings = field(default_factory=UnseenAttackSettings)
-    applications: ApplicationSettings = field(default_factory=ApplicationSettings)
-    expected_minutes: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-PROFILES: dict[str, Profile] = {
-    "quick": Profile(
-        name="quick",
-        data_source="subset",
-        description="CI and a first look: the bundled 5,000-image subset, every notebook in minutes on 2 CPU cores.",
-        baseline=BaselineSettings(epochs=10),
-        attacks=AttackSettings(eval_size=1000, iterative_size=200, sweep_size=100),
-        adv_training=AdvTrainingSettings(epochs=15, ramp_epochs=3, decay_epochs=3),
-        meta=MetaSettings(meta_steps=500, eval_tasks=200),
-        meta_adv=MetaAdvSettings(meta_steps=600, eval_tasks=100, curve_eps=(0.0, 0.05, 0.1, 0.2, 0.3), curve_tasks=50,
-                                 sanity_tasks=50, collapse_steps=200, at_epochs=2),
-    ),
-    "standard": Profile(
-        name="standard",
-        data_source="auto",
-        description="A laptop CPU in well under an hour; full MNIST when it can be found or downloaded.",
-        baseline=BaselineSettings(epochs=5, batch_size=128),
-        attacks=AttackSettings(eval_size=2000),
-        adv_training=AdvTrainingSettings(epochs=10, batch_size=128, ramp_epochs=2, decay_epochs=2),
-        meta=MetaSettings(meta_steps=5000, eval_tasks=600),
-        meta_adv=MetaAdvSettings(meta_steps=3000, eval_tasks=600, curve_tasks=200, sanity_tasks=100, collapse_steps=500,
-                                 at_epochs=5),
-        unseen=UnseenAttackSettings(eval_tasks=300, q_queries=15, eval_pgd_steps=20, linf_mim=True, meta_steps=1500,
-                                    spatial_angle_steps=7, spatial_shift_steps=5, sanity_tasks=100),
-        applications=ApplicationSettings(patch_sizes=(5, 8, 11, 14), patch_steps=400, peer_size=1000,
-                                         apgd_steps=100),
-    ),
-    "full": Profile(
-        name="full",
-        data_source="full",
-        description="Paper settings on a GPU (Madry et al.: PGD-40 adversarial training at eps 0.3); not run in CI.",
-        baseline=BaselineSettings(epochs=10, batch_size=128),
-        attacks=AttackSettings(eval_size=10000, restarts=10, iterative_size=10000, sweep_size=2000),
-        adv_training=AdvTrainingSettings(epochs=80, batch_size=50, train_pgd_steps=40, train_step_scale=4 / 3,
-                                         learning_rate=1e-4, eval_size=10000, eval_pgd_steps=40,
-                                         eval_restarts=5, fast_epochs=15, monitor_size=1000),
-        meta=MetaSettings(meta_steps=60000, eval_tasks=1000, meta_batch=32),
-        meta_adv=MetaAdvSettings(meta_steps=30000, eval_tasks=1000, meta_batch=32, curve_tasks=500, sanity_tasks=200,
-                                 collapse_steps=1000, at_epochs=20),
-        unseen=UnseenAttackSettings(eval_tasks=1000, q_queries=15, eval_pgd_steps=40, linf_mim=True, meta_steps=10000,
-                                    spatial_angle_steps=31, spatial_shift_steps=5, sanity_tasks=200,
-                                    l2_probe_tasks=200),
-        applications=ApplicationSettings(patch_sizes=(5, 8, 11, 14), patch_steps=2000, patch_max_angle=15.0,
-                                         patch_eval_size=10000, peer_size=10000, strong_restarts=20,
-                                         apgd_steps=100, apgd_restarts=5),
-    ),
-}
-
-
-def get_profile(name: str | None = None) -> Profile:
-    """Return the profile called ``name``, or the one named by ``$TUTORIAL_PROFILE`` (default ``quick``)."""
-    if name is None:
-        name = os.environ.get(PROFILE_ENV, "").strip() or "quick"
-    if not isinstance(name, str):
-        raise TypeError(f"profile name must be a string, got {type(name).__name__}")
-    key = name.strip().lower()
-    if key not in PROFILES:
-        raise ValueError(
-            f"unknown profile {name!r} (from {PROFILE_ENV} or the profile argument); "
-            f"valid names are {', '.join(PROFILES)}"
-        )
-    return PROFILES[key]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -361,19 +77,39 @@ def _determinism_enabled() -> bool:
     return bool(tf_config.is_op_determinism_enabled())
 
 
-def strategy(devices: list[str] | None = None):
-    """Return a tf.distribute strategy for the visible devices.
+#: The names :func:`strategy` takes (also the choices of ``--strategy`` in the chapters' command lines).
+STRATEGIES = ("auto", "mirrored", "multi-worker")
+TF_CONFIG_ENV = "TF_CONFIG"
 
-    Several GPUs (or an explicit list of two or more ``devices``): ``MirroredStrategy``; one GPU:
+
+def strategy(kind: str | list[str] | None = None, *, devices: list[str] | None = None):
+    """Return a tf.distribute strategy: ``"auto"`` (default), ``"mirrored"`` or ``"multi-worker"``.
+
+    ``"auto"``: several GPUs (or an explicit list of two or more ``devices``): ``MirroredStrategy``; one GPU:
     ``OneDeviceStrategy`` on it; otherwise the default (no-op) strategy, which runs on the CPU.
-    To try data parallelism on a CPU-only machine, split the CPU into logical devices first
-    (``split_cpu(2)``) and pass ``devices=["/cpu:0", "/cpu:1"]``.
+    ``"mirrored"``: ``MirroredStrategy`` over ``devices`` (default: every local GPU, else the CPU).
+    ``"multi-worker"``: ``MultiWorkerMirroredStrategy`` over the machines listed in ``$TF_CONFIG`` (one process
+    per machine, each with its own ``task`` index; see :func:`tf_config`); create it first thing in the process.
+    A list as the first argument is ``devices`` (``strategy(["/cpu:0", "/cpu:1"])``). To try data parallelism
+    on a CPU-only machine, split the CPU into logical devices first (``split_cpu(2)``).
+    Learners and models built inside ``with strategy.scope():`` split each batch across its replicas.
     """
     import tensorflow as tf
 
+    if isinstance(kind, (list, tuple)):
+        kind, devices = "auto", list(kind)
+    kind = "auto" if kind is None else kind
+    if not isinstance(kind, str) or kind not in STRATEGIES:
+        raise ValueError(f"unknown strategy {kind!r}; valid names are {', '.join(STRATEGIES)}")
+    if devices is not None and not devices:
+        raise ValueError("devices must name at least one device, e.g. ['/gpu:0'] or ['/cpu:0', '/cpu:1']")
+    if kind == "multi-worker":
+        if devices is not None:
+            raise ValueError("multi-worker uses every local GPU (or the CPU) of each worker; leave devices out")
+        return _multi_worker_strategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
     if devices is not None:
-        if not devices:
-            raise ValueError("devices must name at least one device, e.g. ['/gpu:0'] or ['/cpu:0', '/cpu:1']")
         if len(devices) == 1:
             return tf.distribute.OneDeviceStrategy(devices[0])
         return tf.distribute.MirroredStrategy(devices)
@@ -383,6 +119,52 @@ def strategy(devices: list[str] | None = None):
     if len(gpus) == 1:
         return tf.distribute.OneDeviceStrategy(gpus[0].name)
     return tf.distribute.get_strategy()
+
+
+def tf_config() -> dict[str, Any]:
+    """The cluster description in ``$TF_CONFIG``, checked: ``{"cluster": {"worker": ["host:port", ...]},
+    "task": {"type": "worker", "index": i}}`` (the same cluster on every machine, each its own index;
+    worker 0 is the chief, the one that writes results)."""
+    raw = os.environ.get(TF_CONFIG_ENV, "").strip()
+    how = ('set TF_CONFIG on each machine, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+           '"task": {"type": "worker", "index": 0}} on host1 and index 1 on host2')
+    if not raw:
+        raise ValueError(f"the multi-worker strategy needs ${TF_CONFIG_ENV}; {how}")
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"${TF_CONFIG_ENV} is not valid JSON ({err}); {how}") from None
+    workers = config.get("cluster", {}).get("worker") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not (isinstance(workers, list) and workers and all(isinstance(w, str) and ":" in w for w in workers)):
+        raise ValueError(f"${TF_CONFIG_ENV} must list the workers as \"host:port\" strings under cluster.worker; {how}")
+    if not (isinstance(task, dict) and task.get("type") in ("worker", "chief") and isinstance(task.get("index"), int)
+            and 0 <= task["index"] < len(config["cluster"].get(task.get("type"), []))):
+        raise ValueError(f"${TF_CONFIG_ENV} must say which worker this process is: task.type \"worker\" and an "
+                         f"index in 0..{len(workers) - 1}; {how}")
+    return config
+
+
+def is_chief() -> bool:
+    """Whether this process writes results: always, except a multi-worker task other than worker 0 (or the
+    chief) in ``$TF_CONFIG``."""
+    raw = os.environ.get(TF_CONFIG_ENV, "").strip()
+    if not raw:
+        return True
+    task = tf_config()["task"]
+    return task["type"] == "chief" or (task["type"] == "worker" and task["index"] == 0
+                                        and "chief" not in tf_config()["cluster"])
+
+
+def _multi_worker_strategy():
+    import tensorflow as tf
+
+    tf_config()  # a clear error before TensorFlow's own
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as err:
+        raise RuntimeError(f"{err}. Create the multi-worker strategy first thing in the process, before any other "
+                           "TensorFlow work (e.g. before runtime.setup or loading data)") from err
 
 
 def split_cpu(n: int = 2) -> list[str]:

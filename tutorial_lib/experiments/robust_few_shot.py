@@ -113,7 +113,8 @@ def _jsonable_options(opts: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in opts.items():
         if isinstance(value, keras.optimizers.Optimizer):
-            value = {"class": type(value).__name__, "learning_rate": float(value.learning_rate)}
+            value = {"class": type(value).__name__,  # convert_to_numpy: also a tf.distribute variable
+                     "learning_rate": float(keras.ops.convert_to_numpy(value.learning_rate))}
         elif isinstance(value, attacks.Attack):
             value = repr(value)
         out[key] = value
@@ -306,3 +307,9 @@ def paired_verdict(evaluations: dict[str, Any], a: str, b: str, field: str = "ro
 def uniform_loss(n_way: int) -> float:
     """Cross-entropy of the uniform prediction over ``n_way`` classes: ln(n_way) (what a collapsed model scores)."""
     return math.log(n_way)
+
+
+if __name__ == "__main__":  # python -m tutorial_lib.experiments.robust_few_shot --profile standard --strategy ...
+    from tutorial_lib.experiments import cli
+
+    raise SystemExit(cli.main("robust_few_shot"))
