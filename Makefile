@@ -103,7 +103,7 @@ book: $(VENV)/.installed
 	@start=$$(date +%s); \
 	rm -rf build/book-src && mkdir -p build/book-src && cp -r docs/. build/book-src/ && \
 	mkdir -p build/book-src/notebooks && cp $(NOTEBOOKS) build/book-src/notebooks/ && \
-	$(PY) -m sphinx -b html -q -W --keep-going -j 2 build/book-src build/book && \
+	$(PY) -m sphinx -b html -q -W --keep-going build/book-src build/book && \
 	echo "book in build/book/index.html, built in $$(( $$(date +%s) - start )) s"
 
 ## booktest: the book in headless Chromium (pages, figures, math, API, search, links); runs make book first
