@@ -101,7 +101,7 @@ lab: $(VENV)/.installed
 ## book: the series as a static site (stored outputs, API reference, search, offline math) in build/book/
 book: $(VENV)/.installed
 	@start=$$(date +%s); \
-	rm -rf build/book-src && mkdir -p build/book-src && cp -r docs/. build/book-src/ && \
+	rm -rf build/book-src build/book && mkdir -p build/book-src && cp -r docs/. build/book-src/ && \
 	mkdir -p build/book-src/notebooks && cp $(NOTEBOOKS) build/book-src/notebooks/ && \
 	$(PY) -m sphinx -b html -q -W --keep-going build/book-src build/book && \
 	echo "book in build/book/index.html, built in $$(( $$(date +%s) - start )) s"
@@ -114,11 +114,9 @@ booktest: book
 assignments: $(VENV)/.installed
 	$(PY) tools/make_assignments.py --course build/assignments $(if $(filter all,$(ASSIGNMENTS)),,--notebooks $(ASSIGNMENTS))
 
-## autograde: grade the submissions in build/assignments/submitted/ (SUBMISSION=student_id for one)
+## autograde: grade build/assignments/submitted/<student>/<notebook>/ with nbgrader, print points (SUBMISSION=student for one)
 autograde: $(VENV)/.installed
-	cd build/assignments && ../../$(PY) -m nbgrader autograde "*" $(if $(SUBMISSION),--student $(SUBMISSION)) --force && \
-	  ../../$(PY) -m nbgrader export --to build/assignments/grades.csv >/dev/null 2>&1; \
-	  ../../$(PY) ../../tools/make_assignments.py --course . --report
+	$(PY) tools/make_assignments.py --course build/assignments --autograde $(if $(SUBMISSION),--student $(SUBMISSION))
 
 ## assignments-test: release, answer key, blank and wrong submissions graded by nbgrader (tests/test_assignments.py)
 assignments-test: $(VENV)/.installed

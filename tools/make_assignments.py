@@ -22,8 +22,9 @@ Usage (from the repository root; `make assignments`, `make autograde`):
 
     python tools/make_assignments.py --course build/assignments [--notebooks 00 01]   # source + release
     python tools/make_assignments.py --course build/assignments --submit-key key        # a full-marks submission
-    cd build/assignments && nbgrader autograde 00_setup_and_data                      # grade submitted/*
-    python tools/make_assignments.py --course build/assignments --report               # scores per cell
+    python tools/make_assignments.py --course build/assignments --autograde            # grade submitted/*, print
+                                                                                       # the points per exercise
+    (or, in build/assignments: nbgrader autograde 00_setup_and_data; nbgrader export)
 
 Needs the teach extra (nbgrader): pip install -e '.[teach]'.
 """
@@ -318,6 +319,15 @@ def submit(course: Path, student: str, *, fill: bool, wrong: dict[str, str] | No
         nbformat.write(nb, folder / f"{stem}.ipynb")
 
 
+def autograde(course: Path, student: str | None = None, timeout: float = 7200) -> None:
+    """``nbgrader autograde`` every assignment of the course (one student, or everyone in submitted/)."""
+    course = course.resolve()
+    for folder in sorted((course / "source").iterdir()):
+        if any((course / "submitted").glob(f"{student or '*'}/{folder.name}")):
+            nbgrader(course, "autograde", folder.name, "--force", *(["--student", student] if student else []),
+                     timeout=timeout)
+
+
 def scores(course: Path) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
     """{student: {assignment: {grade_id: (score, max_score)}}} from the course's gradebook."""
     from nbgrader.api import Gradebook
@@ -341,8 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-release", action="store_true", help="write source/ only, no nbgrader release")
     parser.add_argument("--submit-key", metavar="STUDENT", help="add a submission filled with the answer key")
     parser.add_argument("--submit-blank", metavar="STUDENT", help="add the unchanged release as a submission")
+    parser.add_argument("--autograde", action="store_true", help="nbgrader autograde every submission, then --report")
+    parser.add_argument("--student", help="with --autograde: only this student")
     parser.add_argument("--report", action="store_true", help="print the gradebook's scores per cell")
     args = parser.parse_args(argv)
+    if args.autograde:
+        autograde(args.course, args.student)
+        args.report = True
     if args.report:
         for student, assignments in sorted(scores(args.course).items()):
             for name, cells in sorted(assignments.items()):
