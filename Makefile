@@ -12,7 +12,7 @@ NB ?= $(NOTEBOOKS)
 EXEC_TIMEOUT ?= 1800
 # USE_LOCK=0 installs from pyproject.toml's lower bounds instead of the lock (newest releases that fit).
 USE_LOCK ?= 1
-ASSIGNMENTS ?= 00 01
+ASSIGNMENTS ?= all
 SUBMISSION ?=
 
 .PHONY: help tutorials test unit uitest nbval nbcheck lab notebooks bench peers venv lock book booktest \
@@ -110,7 +110,7 @@ book: $(VENV)/.installed
 booktest: book
 	$(PY) -m pytest tests/ui/test_book.py -q -p no:cacheprovider
 
-## assignments: nbgrader course directory in build/assignments/ (ASSIGNMENTS="00 01" by default; "all" for every notebook)
+## assignments: nbgrader course directory in build/assignments/ from every notebook with exercises (ASSIGNMENTS="00 01" for some)
 assignments: $(VENV)/.installed
 	$(PY) tools/make_assignments.py --course build/assignments $(if $(filter all,$(ASSIGNMENTS)),,--notebooks $(ASSIGNMENTS))
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -47,7 +48,8 @@ NOTEBOOKS = ROOT / "notebooks"
 CHECK_CALL = re.compile(r"\btl\.exercises\.(check_\w+)\s*\(")
 EXERCISE_KEY = re.compile(r"Exercise\s+(\d\d\.\d+)")
 # Sentences that point learners to the worked answers (tl.exercises.solution): not in a graded release.
-SOLUTION_HINT = re.compile(r"\s*\(?\s*Teachers?:[^\n]*?solution\([^)]*\)[^\n]*?\.\)?")
+SOLUTION_HINT = re.compile(r"\s*\(Teachers?:[^()]*?`?tl\.exercises\.solution\([^)]*\)`?[^()]*\)"
+                           r"|\s*Teachers?:[^.()]*?`?tl\.exercises\.solution\([^)]*\)`?[^.]*\.")
 STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 
 NBGRADER_CONFIG = '''\
@@ -261,8 +263,10 @@ def to_source_notebook(nb: nbformat.NotebookNode, stem: str) -> tuple[nbformat.N
 # ----------------------------------------------------------------------------------------------------------------
 def nbgrader(course: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
     """Run ``nbgrader <args>`` in the course directory (its nbgrader_config.py applies); raise on failure."""
+    # nbgrader runs the `alembic` command of its environment: put this interpreter's bin folder first on PATH.
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     run = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, capture_output=True, text=True,
-                         timeout=timeout)
+                         timeout=timeout, env=env)
     if run.returncode != 0:
         raise RuntimeError(f"nbgrader {' '.join(args)} failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
     return run
