@@ -10,8 +10,9 @@ folder (the tracked files are never touched), and checks
 
 Waits the way JupyterLab's own UI tests (Galata) do: on the application object (exposed with
 ``expose_app_in_browser``), the kernel's status and elements appearing, never a fixed sleep. Every wait has a
-timeout; the server is stopped at the end. Skips, saying why, when Playwright or Chromium is missing
-(`make uitest` needs `apt-get install chromium`; Playwright comes with the test extra).
+timeout; the server is stopped at the end. The tests that need the browser are skipped, saying why and how to enable them,
+when Playwright or Chromium is missing (`apt-get install chromium`; Playwright comes with the test extra), and fail
+instead where UITEST_REQUIRED=1 (CI); see tests/ui/conftest.py. ``CHROMIUM=none`` hides an installed Chromium.
 Run: ``make uitest`` (or ``.venv/bin/python -m pytest tests/ui -q``).
 """
 
@@ -46,31 +47,10 @@ KERNEL_READY = 120
 RUN_ALL = float(os.environ.get("UI_RUN_TIMEOUT", "900"))
 REDRAW = 120
 
-CHROMIUM_ARGS = [  # may run as root; no background connections (the CI machine's network is closed)
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
-]
-
-
-def _chromium() -> str | None:
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    return path if path and os.access(path, os.X_OK) else None
-
-
-def _missing(reason: str) -> None:
-    """Skip the module, or fail it where the browser test is required (.ci/run sets UITEST_REQUIRED=1)."""
-    if os.environ.get("UITEST_REQUIRED", "") not in ("", "0"):
-        pytest.fail(f"{reason} (UITEST_REQUIRED is set, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
 try:
     from playwright import sync_api
-except ImportError:
-    _missing("Playwright for Python is not installed (it comes with the test extra: pip install -e '.[test]')")
-if _chromium() is None:
-    _missing("Chromium not found: install Debian's chromium (apt-get install chromium) or set CHROMIUM to a "
-             "Chromium/Chrome binary; Playwright's own browser download is not used")
+except ImportError:  # the browser fixture (tests/ui/conftest.py) skips every test that needs it, saying why
+    sync_api = None
 
 pytestmark = pytest.mark.ui
 
@@ -163,15 +143,7 @@ def lab(notebook_dir):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS, timeout=60_000)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def page(browser, lab):
+def page(browser, lab):  # browser first: without one, the test skips before JupyterLab starts
     """One JupyterLab page for the module (tests/ui/conftest.py saves a screenshot of it when a test fails)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(60_000)
