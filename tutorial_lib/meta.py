@@ -58,6 +58,11 @@ def params_of(model: keras.Model) -> list[tf.Tensor]:
     return [tf.convert_to_tensor(v) for v in model.trainable_variables]
 
 
+def resolve_params(model: keras.Model, params: Sequence[Any] | None = None) -> list[tf.Tensor]:
+    """``params`` as a list of float tensors, or the model's own weights (:func:`params_of`) when None."""
+    return params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
+
+
 def forward(model: keras.Model, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
     """Logits (batch, n_way) of ``model`` evaluated with weights ``params`` instead of its own (nothing mutated)."""
     logits, _ = model.stateless_call(list(params), [], x, training=True)
@@ -157,7 +162,7 @@ def learned_rate_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], 
     return [tf.zeros_like(w) if g is None else g for w, g in zip(params + rates, grads)], loss, acc
 
 
-def _check_rates(rates: Sequence, params: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+def check_rates(rates: Sequence, params: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     """``rates`` as float tensors, checked against ``params`` (one schedule per parameter, shapes of :func:`step_rates`)."""
     if isinstance(rates, (str, bytes)) or not isinstance(rates, (list, tuple)) or len(rates) != len(params):
         raise ValueError(f"rates must be a list with one schedule per parameter ({len(params)}), "
@@ -245,45 +250,6 @@ class Evaluation:
 # --------------------------------------------------------------------------------------------------
 # Evaluation by adaptation: shared by the meta-learners and the baselines
 # --------------------------------------------------------------------------------------------------
-def _adapt_curve_fn(model: keras.Model, record: tuple[int, ...], lr: float, head_only: bool,
-                    rates: Sequence[tf.Tensor] | None = None):
-    """A compiled fn(params, tasks...) -> (tasks, len(record)) query accuracies after ``record`` SGD steps
-    (at ``lr``, or with the rate schedule ``rates`` of :func:`step_rates` when given)."""
-    n_params = len(model.trainable_variables)
-    first = n_params - 2 if head_only else 0  # the last Dense layer's kernel and bias
-
-    def sgd(params, sx, sy, n, start):
-        for i in tf.range(start, start + n):
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                loss, _ = loss_and_accuracy(model, params, sx, sy)
-            grads = tape.gradient(loss, params[first:])
-            if rates is None:
-                params = params[:first] + [p - lr * g for p, g in zip(params[first:], grads)]
-            else:
-                step = step_rates(rates, i)[first:]
-                params = params[:first] + [p - a * g for p, a, g in zip(params[first:], step, grads)]
-        return params
-
-    def one_task(params, sx, sy, qx, qy):
-        accs, done = [], 0
-        for target in record:  # a while-loop per segment, accuracy on the queries at each recorded step
-            if target > done:
-                params = sgd(params, sx, sy, tf.constant(target - done), tf.constant(done))
-                done = target
-            accs.append(loss_and_accuracy(model, params, qx, qy)[1])
-        return tf.stack(accs)
-
-    @tf.function(reduce_retracing=True)
-    def curve(params, sx, sy, qx, qy):
-        def body(task):
-            return one_task([tf.identity(p) for p in params], *task)
-
-        return tf.map_fn(body, (sx, sy, qx, qy), fn_output_signature=params[0].dtype, parallel_iterations=8)
-
-    return curve
-
-
 def default_record(steps: int) -> tuple[int, ...]:
     """Step counts at which accuracy is recorded: 0, 1, 2, 3, 5, 10, 20, 30, 50, 100... up to ``steps``."""
     marks = [s for s in (0, 1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500) if s < steps]
@@ -303,30 +269,21 @@ def evaluate_adaptation(model: keras.Model, tasks: Tasks, *, steps: int, lr: flo
     ``rates``: a learned rate schedule (``learner.rate_schedule()`` of :class:`MetaSGD` / :class:`LSLR`, shapes
     as in :func:`step_rates`) used instead of ``lr``; pass ``lr=None`` with it (the result's ``lr`` is NaN).
     """
+    from . import adaptation  # the evaluator builds on this module
+
     check_meta_model(model)
     if not isinstance(tasks, Tasks):
         raise TypeError(f"tasks must be a tutorial_lib.tasks.Tasks (from FewShotSampler.sample), got {type(tasks).__name__}")
-    if (rates is None) == (lr is None):
-        raise ValueError("give either lr (plain SGD) or rates (a learned rate schedule, with lr=None), not both or neither")
     steps = check_count("steps", steps)
-    lr = float("nan") if lr is None else check_number("lr", lr, low=0.0)
     record = tuple(sorted({int(r) for r in (record if record is not None else default_record(steps))} | {int(steps)}))
     if record[0] < 0 or record[-1] > steps:
         raise ValueError(f"record must hold step counts in 0..{steps}, got {record}")
-    params = params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
-    if rates is not None:
-        rates = _check_rates(rates, params)
-    fn = _adapt_curve_fn(model, record, float(lr), bool(head_only), rates)
-    dtype = params[0].dtype
-    curves = []
-    for start in range(0, len(tasks), chunk):
-        t = tasks[start:start + chunk]
-        curves.append(fn(params, tf.constant(t.support_x, dtype), tf.constant(t.support_y, tf.int32),
-                         tf.constant(t.query_x, dtype), tf.constant(t.query_y, tf.int32)).numpy())
-    per_task = np.concatenate(curves).astype(np.float64)
+    result = adaptation.adapt_and_evaluate(model, tasks, checkpoints=record, params=params, lr=lr, rates=rates,
+                                           head_only=head_only, chunk=chunk)
+    per_task = result.clean
     mean, ci = mean_ci95(per_task[:, -1])
-    return Evaluation(mean=float(mean), ci95=float(ci), accuracies=per_task[:, -1], steps=int(steps), lr=float(lr),
-                      curve_steps=np.array(record), per_task=per_task)
+    return Evaluation(mean=float(mean), ci95=float(ci), accuracies=per_task[:, -1], steps=int(steps),
+                      lr=float("nan") if lr is None else float(lr), curve_steps=np.array(record), per_task=per_task)
 
 
 # --------------------------------------------------------------------------------------------------

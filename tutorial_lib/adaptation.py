@@ -1,0 +1,470 @@
+"""The one evaluator of adapted learners: adapt an initialisation on each task's support set, then measure clean and
+attacked query accuracy at chosen step checkpoints.
+
+Every few-shot number of notebooks 04-07 comes from :func:`adapt_and_evaluate` (``meta.evaluate_adaptation``,
+``meta_adversarial.robust_evaluate`` and ``experiments.unseen_attacks.adapt_and_attack`` are thin calls of it).
+The support set is clean, attacked, or clean + attacked (crafted once, or re-crafted against the current inner
+weights at every step); the rates are fixed, head-only or learned per layer and step (``meta.LSLR`` /
+``meta.MetaSGD``); the queries are attacked against the ADAPTED weights by any list of attacks, and a query is
+broken if any attack or restart breaks it. Many tasks run in one compiled call (a chunk); the compiled functions
+live in :mod:`tutorial_lib.compiled`. Built on :mod:`tutorial_lib.meta` (forward pass, rate schedules).
+Introduced in notebooks/05_meta_adversarial.ipynb.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import attacks as _attacks
+from . import evaluate as _evaluate
+from . import meta as _meta
+from .checks import check_bool, check_count, check_number, check_positive_int
+from .compiled import compiled, count_trace
+from .tasks import Tasks
+
+__all__ = ["SUPPORTS", "AdaptationResult", "adapt_and_evaluate", "adapted_logits_fn", "attack_adapted",
+           "scaled_step", "support_surrogate", "attack_support", "check_attack", "check_data_range", "check_tasks",
+           "fixed_rates", "task_chunks", "task_seeds"]
+
+#: What each task adapts on: its clean support set, the support set attacked, or both together.
+SUPPORTS = ("clean", "attacked", "clean+attacked")
+#: Tasks mapped in parallel inside one compiled call (tf.map_fn's parallel_iterations; benchmarks/adaptation.py).
+PARALLEL_TASKS = 8
+
+
+# --------------------------------------------------------------------------------------------------
+# Attacks against adapted weights: the one code path the learners and the evaluator use
+# --------------------------------------------------------------------------------------------------
+def check_attack(attack: Any, name: str = "attack") -> _attacks.Attack:
+    """Return ``attack`` if it is an attack spec whose eps makes sense for its threat model (``attack.family``).
+
+    Every eps must be > 0: eps = 0 is no attack at all (use plain ``meta.MAML`` instead). L-inf: eps must also be
+    smaller than the pixel range, since an L-inf ball as wide as the range contains every image (the attack can
+    paint any picture) and no classifier can be robust in it. L2: eps > 0 is all (radii above 1 are common).
+    Spatial: eps scales the rotation/shift grid, so it lies in (0, 1].
+    """
+    if not isinstance(attack, _attacks.Attack):
+        raise TypeError(f"{name} must be an attack spec from tutorial_lib.attacks (e.g. attacks.PGD(eps=0.1, "
+                        f"steps=3, step_size=0.083)), got {type(attack).__name__}")
+    if not attack.eps > 0:
+        raise ValueError(f"{name}.eps must be > 0, got {attack.eps}; for no attack use meta.MAML")
+    if attack.family == "linf":
+        span = attack.clip_max - attack.clip_min
+        if attack.eps >= span:
+            raise ValueError(f"{name}.eps = {attack.eps} is not smaller than the pixel range [{attack.clip_min}, "
+                             f"{attack.clip_max}]: the L-inf eps ball would contain every image. Use eps well "
+                             f"below {span} (0.1-0.3 for MNIST in [0, 1])")
+    elif attack.family == "spatial" and attack.eps > 1:
+        raise ValueError(f"{name}.eps = {attack.eps} scales the spatial grid (max_angle, max_shift) and must lie "
+                         "in (0, 1]; for a larger budget raise max_angle / max_shift instead")
+    return attack
+
+
+def check_data_range(attack: _attacks.Attack, *arrays: np.ndarray, name: str = "attack") -> None:
+    """Raise unless the images lie inside the attack's pixel range and, for an L-inf attack, its eps ball fits
+    inside their range."""
+    lo = min(float(np.min(a)) for a in arrays)
+    hi = max(float(np.max(a)) for a in arrays)
+    tol = _attacks.RANGE_TOLERANCE  # float rounding, as the attacks allow
+    if lo < attack.clip_min - tol or hi > attack.clip_max + tol:
+        raise ValueError(f"the images lie in [{lo:.4g}, {hi:.4g}] but {name} clips to [{attack.clip_min}, "
+                         f"{attack.clip_max}]: the attack would change even clean pixels. Rescale the images or "
+                         "give the attack clip_min/clip_max matching the data")
+    if attack.family == "linf" and hi > lo and attack.eps >= hi - lo:
+        raise ValueError(f"{name}.eps = {attack.eps} is not smaller than the images' range [{lo:.4g}, {hi:.4g}]: "
+                         "the L-inf eps ball would contain every image; use a smaller eps")
+
+
+def check_tasks(tasks: Any, minimum: int = 2) -> Tasks:
+    """``tasks`` if it is a :class:`~tutorial_lib.tasks.Tasks` batch of at least ``minimum`` tasks (a confidence
+    interval needs two)."""
+    if not isinstance(tasks, Tasks):
+        raise TypeError(f"tasks must be a tutorial_lib.tasks.Tasks (from FewShotSampler.sample), got {type(tasks).__name__}")
+    if len(tasks) < minimum:
+        raise ValueError(f"evaluation by adaptation needs at least 2 tasks for a confidence interval, got {len(tasks)}")
+    return tasks
+
+
+def adapted_logits_fn(model: keras.Model, params: Sequence[tf.Tensor]) -> Callable[..., tf.Tensor]:
+    """A callable ``f(x, training=False) -> logits``: ``model`` evaluated with weights ``params``.
+
+    It is what an attack spec's ``.generate`` takes as its model, so any attack of :mod:`tutorial_lib.attacks`
+    runs against adapted weights (``meta.forward``; the model itself is not changed).
+    Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+    params = list(params)
+
+    def logits(x, training: bool = False):
+        return _meta.forward(model, params, x)
+
+    return logits
+
+
+def attack_adapted(attack: _attacks.Attack, model: keras.Model, params: Sequence[Any], x: Any, y: Any, *,
+                   eps: Any = None, seed: Any = None, step_size: Any = None) -> tf.Tensor:
+    """Adversarial examples for ``model`` evaluated at the (adapted) weights ``params``.
+
+    ``x``: float (n, H, W, C) in the attack's pixel range, ``y``: int labels (n,), numpy or tensors. ``eps``:
+    optional float or scalar tensor overriding ``attack.eps`` (a tensor does not retrace: eps ramps);
+    ``seed``: optional shape-(2,) int64 tensor for stateless random starts; ``step_size``: optional float or
+    scalar tensor overriding the spec's step (see :func:`scaled_step`). Graph-compatible: inside a compiled
+    meta-step the gradient is stopped at the attack (the weights are treated as constants while attacking and
+    the examples carry no gradient), as in adversarial training. Returns x_adv, a tensor of x's dtype.
+    Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+    frozen = [tf.stop_gradient(tf.convert_to_tensor(p)) for p in params]
+    extra = {} if step_size is None else {"step_size": step_size}
+    return attack.generate(adapted_logits_fn(model, frozen), x, y, eps=eps, seed=seed, **extra)
+
+
+def scaled_step(attack: Any, eps: Any) -> Any:
+    """The attack's step size for radius ``eps``, proportional to it (``step_size * eps / attack.eps``), so PGD-20
+    at step 2.5 eps / 20 keeps that shape at every eps of a ramp or a sweep; None for attacks without a
+    ``step_size`` (FGSM steps by eps itself)."""
+    if eps is None or not hasattr(attack, "step_size"):
+        return None
+    return attack.step_size * eps / attack.eps
+
+
+def support_surrogate(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, *,
+                      lr: float | Sequence[Any]) -> list[tf.Tensor]:
+    """The weights after ONE clean SGD step on the support set (gradient stopped): the model that support-set
+    attacks crafted once are crafted against.
+
+    Why not ``params`` themselves: a learner that starts every task from a zero last layer (``zero_head``)
+    gives every image the same logits before adaptation, so an attack on it has no gradient to follow and the
+    "adversarial" support set would equal the clean one.
+    """
+    adapted = _meta.inner_loop(model, params, support_x, support_y, steps=1, lr=lr, first_order=True)
+    return [tf.stop_gradient(p) for p in adapted]
+
+
+def attack_support(attack: _attacks.Attack, model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, *,
+                   lr: float | Sequence[Any], eps: Any = None, seed: Any = None, step_size: Any = None) -> tf.Tensor:
+    """Adversarial support images, crafted against :func:`support_surrogate` (one clean step from ``params``)."""
+    surrogate = support_surrogate(model, params, support_x, support_y, lr=lr)
+    return attack_adapted(attack, model, surrogate, support_x, support_y, eps=eps, seed=seed, step_size=step_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers every caller shares: rates, chunks of tasks, seeds
+# --------------------------------------------------------------------------------------------------
+def fixed_rates(model: keras.Model, lr: float, later_lr: float | None = None) -> list[tf.Tensor]:
+    """A rate schedule (``meta.step_rates`` shapes) for plain SGD: ``lr`` for the first step, ``later_lr``
+    (default ``lr``) for every later one, the same for every weight."""
+    rows = [float(lr)] if later_lr is None or float(later_lr) == float(lr) else [float(lr), float(later_lr)]
+    return [tf.constant(rows, v.dtype) for v in model.trainable_variables]
+
+
+def first_adapted(model: keras.Model, head_only: bool) -> int:
+    """Index of the first weight that adaptation changes: 0 (every layer) or, ``head_only``, the last layer's
+    kernel (its kernel and bias are the last two weights)."""
+    return len(model.trainable_variables) - 2 if head_only else 0
+
+
+def task_chunks(tasks: Tasks, chunk: int, dtype: Any = tf.float32) -> Iterator[tuple[int, tuple[tf.Tensor, ...]]]:
+    """``(start, (support_x, support_y, query_x, query_y))`` for consecutive chunks of at most ``chunk`` tasks,
+    as tensors (images in ``dtype``, labels int32): the one loop over tasks whose memory a chunk bounds."""
+    chunk = check_positive_int("chunk", chunk)
+    for start in range(0, len(tasks), chunk):
+        t = tasks[start:start + chunk]
+        yield start, (tf.constant(t.support_x, dtype), tf.constant(t.support_y, tf.int32),
+                      tf.constant(t.query_x, dtype), tf.constant(t.query_y, tf.int32))
+
+
+def task_seeds(seed: int, n_tasks: int) -> np.ndarray:
+    """The per-task seeds of :func:`adapt_and_evaluate`: ``stateless_fold_in([seed, 0], t)`` for task ``t``, shape
+    (n_tasks, 2) int64. They depend on the task's index only, not on the chunk, so any chunk size (and one task
+    at a time) gives the same random starts."""
+    base = tf.constant([seed, 0], tf.int64)
+    return np.stack([tf.random.experimental.stateless_fold_in(base, t).numpy() for t in range(n_tasks)]) \
+        if n_tasks else np.zeros((0, 2), np.int64)
+
+
+def _fold(seeds: np.ndarray, i: Any) -> np.ndarray:
+    """``stateless_fold_in(s, i)`` for every seed of an (..., 2) array (``i`` a Python int, or a tensor whose
+    dtype matters: an int64 ``i`` gives other seeds than the same int32 one)."""
+    flat = seeds.reshape(-1, 2)
+    out = [tf.random.experimental.stateless_fold_in(tf.constant(s, tf.int64), i).numpy() for s in flat]
+    return np.asarray(out, np.int64).reshape(seeds.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AdaptationResult:
+    """Per-task, per-query outcomes of :func:`adapt_and_evaluate`.
+
+    ``checkpoints`` (C,): adaptation step counts at which the queries were measured; ``clean_mask`` bool
+    (tasks, C, Q): query correct clean; ``attacked_runs`` bool (tasks, C, A, R, Q): correct under attack ``a``,
+    restart ``r`` (A = 0 without query attacks); ``attacks``: the attacks' names.
+    """
+
+    checkpoints: tuple[int, ...]
+    clean_mask: np.ndarray
+    attacked_runs: np.ndarray
+    attacks: tuple[str, ...]
+
+    @property
+    def attacked_mask(self) -> np.ndarray:
+        """bool (tasks, C, A, Q): correct under attack ``a`` in every restart (broken if any restart breaks it)."""
+        return self.attacked_runs.all(axis=3)
+
+    @property
+    def clean(self) -> np.ndarray:
+        """Clean query accuracy per task and checkpoint, (tasks, C)."""
+        return self.clean_mask.mean(axis=-1)
+
+    @property
+    def robust(self) -> np.ndarray:
+        """Robust accuracy (tasks, C): correct clean AND under every attack and restart."""
+        return (self.clean_mask & self.attacked_mask.all(axis=2)).mean(axis=-1)
+
+    @property
+    def per_attack(self) -> np.ndarray:
+        """(tasks, C, A): correct clean and under attack ``a`` (all its restarts)."""
+        return (self.clean_mask[:, :, None, :] & self.attacked_mask).mean(axis=-1)
+
+    def robust_under(self, which: Sequence[int], restarts: int | None = None) -> np.ndarray:
+        """Robust accuracy (tasks, C) when only the attacks numbered ``which`` (and their first ``restarts``
+        restarts; default all) count."""
+        runs = self.attacked_runs[:, :, list(which)]
+        runs = runs if restarts is None else runs[:, :, :, :restarts]
+        return (self.clean_mask & runs.all(axis=(2, 3))).mean(axis=-1)
+
+    def column(self, checkpoint: int) -> int:
+        """The index of ``checkpoint`` in :attr:`checkpoints` (a clear error if it was not recorded)."""
+        if checkpoint not in self.checkpoints:
+            raise ValueError(f"accuracy was recorded after {list(self.checkpoints)} steps, not {checkpoint}; "
+                             "evaluate again with that step count in checkpoints=")
+        return self.checkpoints.index(checkpoint)
+
+    def at(self, checkpoint: int) -> dict[str, dict[str, float]]:
+        """``{"clean": {"mean", "ci95"}, "robust": {...}}`` over tasks after ``checkpoint`` adaptation steps."""
+        c = self.column(checkpoint)
+        out = {"clean": _evaluate.mean_ci95_record(self.clean[:, c])}
+        if self.attacks:
+            out["robust"] = _evaluate.mean_ci95_record(self.robust[:, c])
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The compiled evaluation of a chunk of tasks
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Plan:
+    """Everything the compiled function depends on besides the model and the input shapes (its cache key)."""
+
+    checkpoints: tuple[int, ...]
+    first: int  # first adapted weight
+    support: str
+    support_attack: Any
+    recraft: bool
+    query_attacks: tuple
+    restarts: int
+    zero_start: bool
+    scale_step: bool  # query attacks at the radius given to the call, step size scaled with it
+    parallel: int
+    rate_shapes: tuple
+
+
+def _evaluator(model: keras.Model, plan: _Plan):
+    """The compiled ``fn(params, rates, sx, sy, qx, qy, support_seeds, query_seeds, eps) -> (clean (T, C, Q),
+    attacked (T, C, A, R, Q))`` of ``plan``, from the package cache (one trace for every chunk size)."""
+    def build():
+        model_ref = weakref.ref(model)
+        shapes = [tuple(v.shape) for v in model.trainable_variables]
+        image = tuple(model.input_shape[1:])
+        n_att = len(plan.query_attacks)
+        dtype = model.trainable_variables[0].dtype
+        signature = ([tf.TensorSpec(s, dtype) for s in shapes],
+                     [tf.TensorSpec(s, dtype) for s in plan.rate_shapes],
+                     tf.TensorSpec((None, None, *image), dtype), tf.TensorSpec((None, None), tf.int32),
+                     tf.TensorSpec((None, None, *image), dtype), tf.TensorSpec((None, None), tf.int32),
+                     tf.TensorSpec((None, 2), tf.int64), tf.TensorSpec((None, n_att, plan.restarts, 2), tf.int64),
+                     tf.TensorSpec([], tf.float32))
+
+        def run(params, rates, sx, sy, qx, qy, support_seeds, query_seeds, eps):
+            count_trace(model_ref())
+            m = model_ref()
+            params, rates = list(params), list(rates)
+            first = plan.first
+            eps_arg = eps if plan.scale_step else None  # a radius other than the attacks' own (eps sweeps)
+
+            def fit_set(p, sx_t, sy_t, seed):
+                """The images the step at weights ``p`` trains on."""
+                if plan.support == "clean":
+                    return sx_t, sy_t
+                adv = attack_adapted(plan.support_attack, m, p, sx_t, sy_t, seed=seed)
+                if plan.support == "attacked":
+                    return adv, sy_t
+                return tf.concat([sx_t, adv], 0), tf.concat([sy_t, sy_t], 0)
+
+            def step(p, x, y, i):
+                with tf.GradientTape() as tape:
+                    tape.watch(p[first:])
+                    loss, _ = _meta.loss_and_accuracy(m, p, x, y)
+                grads = tape.gradient(loss, p[first:])
+                lrs = _meta.step_rates(rates, i)[first:]
+                return p[:first] + [w - a * g for w, a, g in zip(p[first:], lrs, grads)]
+
+            def one(task):
+                sx_t, sy_t, qx_t, qy_t, s_seed, q_seeds = task
+                p = list(params)
+                if plan.support != "clean" and not plan.recraft:  # crafted once, against one clean step
+                    surrogate = [tf.stop_gradient(w) for w in step(p, sx_t, sy_t, 0)]
+                    x_fit, y_fit = fit_set(surrogate, sx_t, sy_t, s_seed)
+                else:
+                    x_fit, y_fit = sx_t, sy_t
+                done, cleans, attacked = 0, [], []
+                for c in plan.checkpoints:
+                    if c > done:
+                        if plan.recraft:
+                            def body(i, *p):
+                                x, y = fit_set(list(p), sx_t, sy_t,
+                                               tf.random.experimental.stateless_fold_in(s_seed, i))
+                                return (i + 1, *[tf.stop_gradient(w) for w in step(list(p), x, y, i)])
+                        else:
+                            def body(i, *p):
+                                return (i + 1, *[tf.stop_gradient(w) for w in step(list(p), x_fit, y_fit, i)])
+                        _, *p = tf.while_loop(lambda i, *_: i < c, body, (tf.constant(done), *p))
+                        done = c
+                    frozen = [tf.stop_gradient(w) for w in p]
+                    ok = tf.equal(tf.argmax(_meta.forward(m, frozen, qx_t), -1, output_type=tf.int32), qy_t)
+                    cleans.append(ok)
+                    rows = []
+                    for j, a in enumerate(plan.query_attacks):
+                        if plan.zero_start and done == 0:  # a zero head: logits ignore the image, nothing to attack
+                            rows.append(tf.stack([ok] * plan.restarts))
+                            continue
+                        runs = []
+                        for r in range(plan.restarts):
+                            x_adv = attack_adapted(a, m, frozen, qx_t, qy_t, eps=eps_arg, seed=q_seeds[j, r],
+                                                   step_size=scaled_step(a, eps) if plan.scale_step else None)
+                            runs.append(tf.equal(tf.argmax(_meta.forward(m, frozen, x_adv), -1, output_type=tf.int32),
+                                                 qy_t))
+                        rows.append(tf.stack(runs))
+                    attacked.append(tf.stack(rows) if rows else tf.zeros([0, plan.restarts, tf.shape(qy_t)[0]], tf.bool))
+                return tf.stack(cleans), tf.stack(attacked)
+
+            return tf.map_fn(one, (sx, sy, qx, qy, support_seeds, query_seeds), fn_output_signature=(tf.bool, tf.bool),
+                             parallel_iterations=plan.parallel)
+
+        # A partial gives each compiled function its own key in TF's retracing detector: one graph per model and
+        # plan is the point of the cache, not retracing.
+        return tf.function(functools.partial(run), input_signature=signature)
+
+    return compiled(model, ("adapt_and_evaluate", plan), build)
+
+
+def _run(model: keras.Model, tasks: Tasks, params: list[tf.Tensor], rates: list[tf.Tensor], plan: _Plan,
+         support_seeds: np.ndarray, query_seeds: np.ndarray, *, chunk: int,
+         eps: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``plan`` on every chunk of ``tasks`` with the given per-task seeds: ``support_seeds`` (tasks, 2) and
+    ``query_seeds`` (tasks, attacks, restarts, 2)."""
+    fn = _evaluator(model, plan)
+    eps_t = tf.constant(np.nan if eps is None else eps, tf.float32)
+    cleans, attacked = [], []
+    for start, (sx, sy, qx, qy) in task_chunks(tasks, chunk, params[0].dtype):
+        rows = slice(start, start + int(sx.shape[0]))
+        c, a = fn(params, rates, sx, sy, qx, qy, tf.constant(support_seeds[rows]), tf.constant(query_seeds[rows]),
+                  eps_t)
+        cleans.append(c.numpy())
+        attacked.append(a.numpy())
+    return np.concatenate(cleans), np.concatenate(attacked)
+
+
+def adapt_and_evaluate(model: keras.Model, tasks: Tasks, *, checkpoints: Sequence[int],
+                       params: Sequence[Any] | None = None, lr: float | None = None, later_lr: float | None = None,
+                       rates: Sequence[Any] | None = None, head_only: bool = False, support: str = "clean",
+                       support_attack: _attacks.Attack | None = None, recraft: bool = False,
+                       query_attacks: Sequence[_attacks.Attack] = (), restarts: int = 1, seed: int = 0,
+                       chunk: int = 50, parallel_tasks: int = PARALLEL_TASKS) -> AdaptationResult:
+    """Adapt an initialisation on each task's support set; record clean and attacked query accuracy at checkpoints.
+
+    ``model`` gives the architecture and, unless ``params`` is given, the initial weights. Each task takes
+    ``max(checkpoints)`` SGD steps on its support set; the queries are measured after every step count in
+    ``checkpoints`` (distinct, increasing, >= 0). Rates: ``lr`` for the first step and ``later_lr`` (default
+    ``lr``) after it, or ``rates`` (a learned schedule, ``learner.rate_schedule()`` of ``meta.LSLR`` /
+    ``meta.MetaSGD``; shapes of ``meta.step_rates``) with ``lr=None``. ``head_only`` adapts the last layer only.
+    ``support``: ``"clean"``, ``"attacked"`` (the support images replaced by ``support_attack``'s) or
+    ``"clean+attacked"`` (both); the attacked copies are crafted once against the weights after one clean step
+    (:func:`support_surrogate`), or with ``recraft=True`` against the current inner weights before every step.
+    ``query_attacks``: attacks run against the ADAPTED weights at every checkpoint, each ``restarts`` times with
+    different random starts; a query counts as robust only if it is correct clean and no attack or restart
+    breaks it. ``seed`` fixes every random start through :func:`task_seeds` (per task, so ``chunk``, the number
+    of tasks per compiled call, changes memory but not results). Returns an :class:`AdaptationResult`.
+    Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+    _meta.check_meta_model(model)
+    tasks = check_tasks(tasks, minimum=1)
+    checkpoints = _check_checkpoints(checkpoints)
+    params = _meta.resolve_params(model, params)
+    rates = _resolve_rates(model, params, lr, later_lr, rates)
+    query_attacks = tuple(check_attack(a, "query_attacks[]") for a in query_attacks)
+    restarts = check_positive_int("restarts", restarts)
+    if restarts > 1 and not all(getattr(a, "random_start", False) for a in query_attacks):
+        raise ValueError(f"restarts={restarts} needs attacks with random_start=True (the others start at x every "
+                         "time, so every run would find the same examples)")
+    support, support_attack = _check_support(support, support_attack, check_bool("recraft", recraft))
+    for a in query_attacks:
+        check_data_range(a, tasks.support_x, tasks.query_x, name="query_attacks[]")
+    if support_attack is not None:
+        check_data_range(support_attack, tasks.support_x, name="support_attack")
+    seeds = task_seeds(check_count("seed", seed), len(tasks))
+    query_seeds = np.stack([np.stack([_fold(_fold(seeds, 1 + j), r) for r in range(restarts)], 1)
+                            for j in range(len(query_attacks))], 1) if query_attacks else \
+        np.zeros((len(tasks), 0, restarts, 2), np.int64)
+    plan = _Plan(checkpoints, first_adapted(model, check_bool("head_only", head_only)), support, support_attack,
+                 bool(recraft), query_attacks, restarts, _zero_head(params), False,
+                 check_positive_int("parallel_tasks", parallel_tasks), tuple(tuple(r.shape) for r in rates))
+    clean, attacked = _run(model, tasks, params, rates, plan, _fold(seeds, 0), query_seeds, chunk=chunk)
+    return AdaptationResult(checkpoints, clean, attacked, tuple(a.name for a in query_attacks))
+
+
+def _check_checkpoints(checkpoints: Any) -> tuple[int, ...]:
+    try:
+        out = tuple(int(c) for c in checkpoints)
+    except TypeError:
+        raise TypeError(f"checkpoints must be a list of step counts, e.g. (0, 1, 5, 10), got {checkpoints!r}") from None
+    if not out or list(out) != sorted(set(out)) or out[0] < 0:
+        raise ValueError(f"checkpoints must be distinct step counts >= 0 in increasing order, got {out}")
+    return out
+
+
+def _resolve_rates(model: keras.Model, params: list[tf.Tensor], lr: Any, later_lr: Any, rates: Any) -> list[tf.Tensor]:
+    if (rates is None) == (lr is None):
+        raise ValueError("give either lr (plain SGD) or rates (a learned rate schedule, with lr=None), not both or neither")
+    if rates is not None:
+        if later_lr is not None:
+            raise ValueError("later_lr applies to plain SGD (lr=); a learned schedule (rates=) has a row per step")
+        return _meta.check_rates(rates, params)
+    lr = check_number("lr", lr, low=0.0)
+    later_lr = None if later_lr is None else check_number("later_lr", later_lr, low=0.0)
+    return fixed_rates(model, lr, later_lr)
+
+
+def _check_support(support: Any, support_attack: Any, recraft: bool) -> tuple[str, Any]:
+    if support not in SUPPORTS:
+        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+    if support == "clean":
+        if support_attack is not None or recraft:
+            raise ValueError("support_attack and recraft apply to an attacked support set: pass "
+                             "support='attacked' or 'clean+attacked' with them")
+        return support, None
+    if support_attack is None:
+        raise ValueError(f"support={support!r} needs support_attack= (the attack that crafts the support copies)")
+    return support, check_attack(support_attack, "support_attack")
+
+
+def _zero_head(params: Sequence[tf.Tensor]) -> bool:
+    """True when the last layer is all zero: before any step the logits ignore the image."""
+    return all(not np.any(np.asarray(p)) for p in params[-2:])
