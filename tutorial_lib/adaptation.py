@@ -13,6 +13,7 @@ Introduced in notebooks/05_meta_adversarial.ipynb.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import weakref
 from dataclasses import dataclass
@@ -26,12 +27,14 @@ from . import attacks as _attacks
 from . import evaluate as _evaluate
 from . import meta as _meta
 from .checks import check_bool, check_count, check_number, check_positive_int
-from .compiled import compiled, count_trace
+from .compiled import compiled, count_trace, use_xla
 from .tasks import Tasks
 
-__all__ = ["SUPPORTS", "AdaptationResult", "adapt_and_evaluate", "adapted_logits_fn", "attack_adapted",
-           "scaled_step", "support_surrogate", "attack_support", "check_attack", "check_data_range", "check_tasks",
-           "fixed_rates", "task_chunks", "task_seeds"]
+__all__ = ["SUPPORTS", "AdaptationResult", "adapt_and_evaluate", "run_with_seeds", "adapted_logits_fn",
+           "attack_adapted", "scaled_step", "support_surrogate", "attack_support", "check_attack", "check_data_range",
+           "check_tasks", "fixed_rates", "first_adapted", "task_chunks", "task_seeds", "SUPPORT_MODES",
+           "RobustEvaluation", "robust_evaluate", "EpsilonCurve", "epsilon_curve", "adapted_sanity_checks",
+           "transfer_accuracy"]
 
 #: What each task adapts on: its clean support set, the support set attacked, or both together.
 SUPPORTS = ("clean", "attacked", "clean+attacked")
@@ -360,7 +363,7 @@ def _evaluator(model: keras.Model, plan: _Plan):
 
         # A partial gives each compiled function its own key in TF's retracing detector: one graph per model and
         # plan is the point of the cache, not retracing.
-        return tf.function(functools.partial(run), input_signature=signature)
+        return tf.function(functools.partial(run), input_signature=signature, jit_compile=use_xla())
 
     return compiled(model, ("adapt_and_evaluate", plan), build)
 
@@ -430,6 +433,21 @@ def adapt_and_evaluate(model: keras.Model, tasks: Tasks, *, checkpoints: Sequenc
     return AdaptationResult(checkpoints, clean, attacked, tuple(a.name for a in query_attacks))
 
 
+def run_with_seeds(model: keras.Model, tasks: Tasks, params: list[tf.Tensor], rates: list[tf.Tensor], *,
+                   checkpoints: tuple[int, ...], head_only: bool, support: str, support_attack: Any,
+                   query_attacks: tuple, support_seeds: np.ndarray, query_seeds: np.ndarray, chunk: int,
+                   eps: float | None = None, parallel_tasks: int = PARALLEL_TASKS) -> AdaptationResult:
+    """:func:`adapt_and_evaluate` with the per-task seeds given and no argument checks: ``support_seeds`` (tasks, 2),
+    ``query_seeds`` (tasks, attacks, restarts, 2); ``eps`` given: every query attack at that radius with its step
+    size scaled (:func:`scaled_step`). For the evaluators that keep their own (older) seed schemes, so their
+    numbers stay as they were."""
+    plan = _Plan(tuple(checkpoints), first_adapted(model, head_only), support, support_attack, False,
+                 tuple(query_attacks), int(query_seeds.shape[2]), _zero_head(params), eps is not None,
+                 int(parallel_tasks), tuple(tuple(r.shape) for r in rates))
+    clean, attacked = _run(model, tasks, params, rates, plan, support_seeds, query_seeds, chunk=chunk, eps=eps)
+    return AdaptationResult(plan.checkpoints, clean, attacked, tuple(getattr(a, "name", str(a)) for a in query_attacks))
+
+
 def _check_checkpoints(checkpoints: Any) -> tuple[int, ...]:
     try:
         out = tuple(int(c) for c in checkpoints)
@@ -468,3 +486,320 @@ def _check_support(support: Any, support_attack: Any, recraft: bool) -> tuple[st
 def _zero_head(params: Sequence[tf.Tensor]) -> bool:
     """True when the last layer is all zero: before any step the logits ignore the image."""
     return all(not np.any(np.asarray(p)) for p in params[-2:])
+
+
+# --------------------------------------------------------------------------------------------------
+# Robust evaluation of adapted learners (notebook 05): one attack, restarts, eps curves, masking checks
+# --------------------------------------------------------------------------------------------------
+#: ``robust_evaluate``'s support modes: clean, or replaced by attacked copies (``support="attacked"`` above).
+SUPPORT_MODES = ("clean", "adversarial")
+
+
+@dataclass(frozen=True)
+class RobustEvaluation:
+    """Per-task query accuracies (fractions in [0, 1]) of adapted models, clean and under attack.
+
+    ``clean`` (tasks,): accuracy on the clean queries; ``robust`` (tasks,): fraction of queries classified
+    correctly both clean and attacked (one attack run); ``robust_restarts`` (tasks,) or None: the same when an
+    example counts as broken if ANY of ``restarts`` runs (different random starts) breaks it.
+    """
+
+    clean: np.ndarray
+    robust: np.ndarray
+    robust_restarts: np.ndarray | None
+    restarts: int
+    attack: str
+    eps: float
+    steps: int
+    lr: float
+    support: str
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """``{"clean": {"mean", "ci95"}, "robust": {...}, "robust_restarts<k>": {...}}`` (1.96 std / sqrt(n))."""
+        out = {"clean": _evaluate.mean_ci95_record(self.clean), "robust": _evaluate.mean_ci95_record(self.robust)}
+        if self.robust_restarts is not None:
+            out[f"robust_restarts{self.restarts}"] = _evaluate.mean_ci95_record(self.robust_restarts)
+        return out
+
+    def __str__(self) -> str:
+        parts = [f"{k} {100 * v['mean']:.1f} +- {100 * v['ci95']:.1f}%" for k, v in self.summary().items()]
+        return f"{', '.join(parts)} ({len(self.clean)} tasks, {self.attack} at eps {self.eps:g}, {self.support} support)"
+
+
+def _robust_masks(model, tasks: Tasks, *, params, steps: int, lr: float, attack, restarts: int, support: str,
+                  support_attack, head_only: bool, seed: int, chunk: int,
+                  eps: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Clean-correct mask (tasks, queries) and attacked-correct masks (tasks, restarts, queries) with
+    :func:`robust_evaluate`'s seeds: restart ``r`` of the ``i``-th task of its chunk folds ``i`` into
+    ``[seed, r]``; the support attack folds ``i`` into ``[seed, 2**31]``."""
+    local = np.arange(len(tasks)) % chunk
+    base = [np.array([seed, r], np.int64) for r in range(restarts)]
+    query_seeds = np.stack([np.stack([_fold(b[None], int(i))[0] for b in base]) for i in local])[:, None]
+    support_seeds = np.stack([_fold(np.array([[seed, 2**31]], np.int64), int(i))[0] for i in local])
+    res = run_with_seeds(model, tasks, params, fixed_rates(model, lr), checkpoints=(steps,), head_only=head_only,
+                         support="attacked" if support == "adversarial" else "clean", support_attack=support_attack,
+                         query_attacks=(attack,), support_seeds=support_seeds, query_seeds=query_seeds, chunk=chunk,
+                         eps=eps)
+    return res.clean_mask[:, 0], res.attacked_runs[:, 0, 0]
+
+
+def robust_evaluate(model: keras.Model, tasks: Tasks, *, params: Sequence[Any] | None = None, steps: int, lr: float,
+                    attack: _attacks.Attack, restarts: int = 1, support: str = "clean",
+                    support_attack: _attacks.Attack | None = None, head_only: bool = False, seed: int = 0,
+                    chunk: int = 50) -> RobustEvaluation:
+    """Adapt to each task's support set, then attack its queries against the ADAPTED weights (white-box).
+
+    ``model`` (or ``params``, default the model's weights) is the initialisation; each task adapts with
+    ``steps`` SGD steps at ``lr`` (``head_only`` adapts only the last layer).
+    ``support="adversarial"`` adapts on support images attacked with ``support_attack`` (default ``attack``)
+    crafted against the weights after ONE clean adaptation step (:func:`support_surrogate`), i.e. MAML with
+    adversarial fine-tuning at test time. The queries are attacked with ``attack`` against the adapted weights.
+    ``restarts`` > 1 runs the attack that many times with different random starts and counts a query broken if
+    ANY run breaks it (``robust_restarts``); ``robust`` is the first run alone. A query counts as robust only
+    if it is also classified correctly clean. ``seed`` fixes the random starts. Returns a
+    :class:`RobustEvaluation`; ``.summary()`` gives mean and 95% CI over tasks. (A one-checkpoint, one-attack
+    call of the evaluator of :func:`adapt_and_evaluate`.) Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+    _meta.check_meta_model(model)
+    tasks = check_tasks(tasks)
+    attack = check_attack(attack)
+    if support not in SUPPORT_MODES:
+        raise ValueError(f"support must be one of {SUPPORT_MODES}, got {support!r}")
+    support_attack = None if support == "clean" else check_attack(attack if support_attack is None else support_attack,
+                                                                  "support_attack")
+    restarts = check_positive_int("restarts", restarts)
+    steps = check_count("steps", steps)
+    if restarts > 1 and not getattr(attack, "random_start", False):
+        raise ValueError(f"restarts={restarts} needs an attack with random_start=True ({attack.name} starts at x "
+                         "every time, so every run would find the same examples)")
+    lr = check_number("lr", lr, low=0.0)
+    check_data_range(attack, tasks.support_x, tasks.query_x)
+    if support_attack is not None:
+        check_data_range(support_attack, tasks.support_x, name="support_attack")
+    params = _meta.resolve_params(model, params)
+    clean_ok, runs = _robust_masks(model, tasks, params=params, steps=steps, lr=lr, attack=attack, restarts=restarts,
+                                   support=support, support_attack=support_attack, head_only=bool(head_only),
+                                   seed=seed, chunk=chunk)
+    robust = (clean_ok & runs[:, 0]).mean(axis=1)
+    robust_restarts = (clean_ok & runs.all(axis=1)).mean(axis=1) if restarts > 1 else None
+    return RobustEvaluation(clean=clean_ok.mean(axis=1), robust=robust, robust_restarts=robust_restarts,
+                            restarts=restarts, attack=attack.name, eps=float(attack.eps), steps=steps, lr=float(lr),
+                            support=support)
+
+
+@dataclass(frozen=True)
+class EpsilonCurve:
+    """Robust query accuracy of adapted models against eps: ``eps`` (m,), per-task ``per_task`` (tasks, m),
+    ``mean`` and ``ci95`` (m,) over tasks, and the clean per-task accuracy ``clean`` (tasks,)."""
+
+    eps: np.ndarray
+    per_task: np.ndarray
+    clean: np.ndarray
+    attack: str
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.per_task.mean(axis=0)
+
+    @property
+    def ci95(self) -> np.ndarray:
+        return _evaluate.mean_ci95(self.per_task)[1]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """``{"eps", "mean", "ci95"}`` as lists (JSON-able)."""
+        return {"eps": self.eps.tolist(), "mean": self.mean.tolist(), "ci95": self.ci95.tolist()}
+
+
+def epsilon_curve(model: keras.Model, tasks: Tasks, eps_values: Sequence[float], *, params: Sequence[Any] | None = None,
+                  steps: int, lr: float, attack: _attacks.Attack, seed: int = 0, chunk: int = 50) -> EpsilonCurve:
+    """Robust accuracy of the adapted models (as :func:`robust_evaluate`, clean support) for each eps in
+    ``eps_values`` (>= 0; eps 0 gives the clean accuracy). The attack's step size scales with eps (PGD-20 at
+    step 2.5 eps / 20 stays that at every eps); one compiled graph serves every eps.
+    Introduced in notebooks/05_meta_adversarial.ipynb."""
+    _meta.check_meta_model(model)
+    tasks = check_tasks(tasks)
+    attack = check_attack(attack)
+    eps_values = np.asarray(eps_values, dtype=np.float64)
+    if eps_values.ndim != 1 or not len(eps_values) or np.any(~np.isfinite(eps_values)) or np.any(eps_values < 0):
+        raise ValueError(f"eps_values must be a non-empty list of numbers >= 0, got {eps_values.tolist()}")
+    span = attack.clip_max - attack.clip_min
+    if np.any(eps_values >= span):
+        raise ValueError(f"eps_values must be smaller than the pixel range {span}, got {eps_values.tolist()}")
+    check_data_range(attack, tasks.support_x, tasks.query_x)
+    params = _meta.resolve_params(model, params)
+    steps, lr = check_count("steps", steps), check_number("lr", lr, low=0.0)
+    columns, clean = [], None
+    for e in eps_values:  # eps 0 still runs once, for the clean accuracy when every eps is 0
+        if e == 0 and clean is not None:
+            columns.append(clean)
+            continue
+        clean_ok, runs = _robust_masks(model, tasks, params=params, steps=steps, lr=lr, attack=attack, restarts=1,
+                                       support="clean", support_attack=None, head_only=False, seed=seed, chunk=chunk,
+                                       eps=float(e))
+        clean = clean_ok.mean(axis=1)
+        columns.append(clean if e == 0 else (clean_ok & runs[:, 0]).mean(axis=1))
+    return EpsilonCurve(eps=eps_values, per_task=np.stack(columns, axis=1), clean=clean, attack=attack.name)
+
+
+@dataclass(frozen=True)
+class _SignNoise:
+    """Random signs of size eps (a corner of the L-inf ball), clipped: the baseline an attack must beat.
+
+    Not an attack (it ignores the model); it has ``.generate`` so the evaluation code path can apply it.
+    """
+
+    eps: float
+    clip_min: float = 0.0
+    clip_max: float = 1.0
+    name: str = "noise"
+
+    def generate(self, model, x, y, *, eps=None, seed=None):
+        x = tf.convert_to_tensor(x)
+        unit = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0, dtype=x.dtype)
+        eps = tf.cast(self.eps if eps is None else eps, x.dtype)
+        return tf.clip_by_value(x + eps * tf.sign(unit), self.clip_min, self.clip_max)
+
+
+def _zero_gradient_fraction(model, tasks: Tasks, params, *, steps: int, lr: float, chunk: int) -> float:
+    """Fraction of queries whose input gradient (CE at the adapted weights) is all zero."""
+    def build():
+        model_ref = weakref.ref(model)
+
+        def run(params, sx, sy, qx, qy):
+            m = model_ref()
+
+            def one(task):
+                sx_t, sy_t, qx_t, qy_t = task
+                adapted = _meta.inner_loop(m, params, sx_t, sy_t, steps=steps, lr=lr, first_order=True)
+                with tf.GradientTape() as tape:
+                    tape.watch(qx_t)
+                    logits = _meta.forward(m, [tf.stop_gradient(p) for p in adapted], qx_t)
+                    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=qy_t, logits=logits)
+                g = tape.gradient(loss, qx_t)
+                return tf.reduce_all(tf.equal(tf.reshape(g, [tf.shape(g)[0], -1]), 0.0), axis=1)
+
+            return tf.map_fn(one, (sx, sy, qx, qy), fn_output_signature=tf.bool, parallel_iterations=8)
+
+        return tf.function(functools.partial(run), reduce_retracing=True)
+
+    fn = compiled(model, ("zero_gradient_fraction", steps, lr), build)
+    zero = [fn(params, *t).numpy() for _, t in task_chunks(tasks, chunk, params[0].dtype)]
+    return float(np.concatenate(zero).mean())
+
+
+def adapted_sanity_checks(model: keras.Model, tasks: Tasks, *, eps: float, steps: int, lr: float,
+                          params: Sequence[Any] | None = None, attack_steps: int = 20, restarts: int = 5,
+                          large_eps: float = 0.5, chance_margin: float = 0.1, restart_gain_limit: float = 0.03,
+                          fgsm_margin: float = 0.01, zero_grad_limit: float = 0.01,
+                          transfer_params: Sequence[Any] | None = None, seed: int = 0,
+                          chunk: int = 50) -> _evaluate.SanityReport:
+    """The gradient-masking checks of ``evaluate.sanity_checks``, applied to adapted models.
+
+    Each task adapts from ``model`` (or ``params``) with ``steps`` SGD steps at ``lr`` on its clean support
+    set; every attack targets the adapted weights. Checks (accuracies are means over tasks; a query counts
+    only if also correct clean):
+
+    * ``logits_not_probabilities``: adapted outputs are not rows of probabilities;
+    * ``nonzero_gradients``: at most ``zero_grad_limit`` of the queries have an all-zero input gradient;
+    * ``pgd_beats_fgsm``: PGD-``attack_steps`` (step 2.5 eps / steps, random start) <= FGSM + ``fgsm_margin``;
+    * ``large_eps_breaks_model``: PGD at ``large_eps`` <= ``chance_margin``;
+    * ``attack_beats_noise``: PGD below random sign noise of size eps;
+    * ``restarts_change_little``: ``restarts`` restarts (broken if any breaks it) lower PGD accuracy by at most
+      ``restart_gain_limit``;
+    * ``transfer_weaker_than_white_box`` (only with ``transfer_params``, e.g. plain MAML's weights): queries
+      attacked against the *other* initialisation adapted on the same support set hurt less than white-box PGD.
+
+    Returns an ``evaluate.SanityReport`` (``numbers`` hold the accuracies as fractions).
+    Introduced in notebooks/05_meta_adversarial.ipynb.
+    """
+    _meta.check_meta_model(model)
+    tasks = check_tasks(tasks)
+    if not (isinstance(eps, (int, float)) and 0 < eps < large_eps):
+        raise ValueError(f"need 0 < eps < large_eps, got eps={eps!r}, large_eps={large_eps!r}")
+    params = _meta.resolve_params(model, params)
+    pgd = _attacks.PGD(eps=float(eps), steps=attack_steps, step_size=2.5 * eps / attack_steps, random_start=True)
+    common = dict(params=params, steps=steps, lr=lr, seed=seed, chunk=chunk)
+    report = _evaluate.SanityReport(eps=float(eps))
+    num = report.numbers
+
+    adapted = _meta.inner_loop(model, params, tf.constant(tasks.support_x[0], params[0].dtype),
+                               tf.constant(tasks.support_y[0], tf.int32), steps=steps, lr=lr, first_order=True)
+    probs = _evaluate.looks_like_probabilities(_meta.forward(model, adapted, tf.constant(tasks.query_x[0], params[0].dtype)).numpy())
+    report.checks.append(_evaluate.Check("logits_not_probabilities", "rows sum to 1" if probs else "unnormalised logits",
+                                         not probs, "the model returns a softmax: losses saturate and gradients vanish"))
+    zero = _zero_gradient_fraction(model, tasks, params, steps=steps, lr=float(lr), chunk=chunk)
+    num["zero_gradient_fraction"] = zero
+    report.checks.append(_evaluate.Check("nonzero_gradients", f"{100 * zero:.1f}% of queries have an all-zero gradient",
+                                         zero <= zero_grad_limit, "gradient attacks have nothing to follow (masking)"))
+    main = robust_evaluate(model, tasks, attack=pgd, restarts=restarts, **common)
+    num["clean"] = float(main.clean.mean())
+    num["pgd"] = float(main.robust.mean())
+    num["pgd_restarts"] = float(main.robust_restarts.mean()) if restarts > 1 else num["pgd"]
+    num["fgsm"] = float(robust_evaluate(model, tasks, attack=_attacks.FGSM(eps=float(eps)), **common).robust.mean())
+    big = dataclasses.replace(pgd, eps=float(large_eps), step_size=2.5 * large_eps / attack_steps)
+    num["pgd_large_eps"] = float(robust_evaluate(model, tasks, attack=big, **common).robust.mean())
+    clean_ok, noisy = _robust_masks(model, tasks, attack=_SignNoise(float(eps), pgd.clip_min, pgd.clip_max),
+                                    restarts=1, support="clean", support_attack=None, head_only=False, **common)
+    num["noise"] = float((clean_ok & noisy[:, 0]).mean(axis=1).mean())
+    pct = lambda a: f"{100 * a:.1f}%"  # noqa: E731
+    report.checks += [
+        _evaluate.Check("pgd_beats_fgsm", f"PGD {pct(num['pgd'])} vs FGSM {pct(num['fgsm'])}",
+                        num["pgd"] <= num["fgsm"] + fgsm_margin + 1e-9,
+                        "the iterative attack is stuck (masked or broken gradients)"),
+        _evaluate.Check("large_eps_breaks_model", f"PGD at eps {large_eps:g}: {pct(num['pgd_large_eps'])}",
+                        num["pgd_large_eps"] <= chance_margin + 1e-9,
+                        "the attack cannot succeed even when it could erase the digit"),
+        _evaluate.Check("attack_beats_noise", f"PGD {pct(num['pgd'])} vs random noise {pct(num['noise'])}",
+                        num["pgd"] < num["noise"], "the gradient is no better a direction than a random one"),
+        _evaluate.Check("restarts_change_little",
+                        f"1 restart {pct(num['pgd'])} vs {restarts} restarts {pct(num['pgd_restarts'])}",
+                        num["pgd"] - num["pgd_restarts"] <= restart_gain_limit + 1e-9,
+                        "single-run numbers depend on luck: report restarts"),
+    ]
+    if transfer_params is not None:
+        num["transfer"] = transfer_accuracy(model, tasks, [tf.convert_to_tensor(p) for p in transfer_params],
+                                            attack=pgd, **common)
+        report.checks.append(_evaluate.Check(
+            "transfer_weaker_than_white_box", f"transfer {pct(num['transfer'])} vs white-box PGD {pct(num['pgd'])}",
+            num["transfer"] >= num["pgd"], "an attack on another model beats the attack on this one: its gradients mislead"))
+    return report
+
+
+def transfer_accuracy(model: keras.Model, tasks: Tasks, source_params: Sequence[Any], *,
+                      params: Sequence[Any] | None = None, steps: int, lr: float, attack: _attacks.Attack,
+                      seed: int = 0, chunk: int = 50) -> float:
+    """Robust query accuracy of the adapted ``model`` (or ``params``) when each task's queries are attacked
+    against ANOTHER initialisation, ``source_params``, adapted on the same support set (a transfer attack).
+    Mean over tasks; a query counts only if also correct clean."""
+    _meta.check_meta_model(model)
+    tasks = check_tasks(tasks)
+    attack = check_attack(attack)
+    params = _meta.resolve_params(model, params)
+    source = [tf.convert_to_tensor(p, params[0].dtype) for p in source_params]
+    if [tuple(p.shape) for p in source] != [tuple(p.shape) for p in params]:
+        raise ValueError("source_params must have the shapes of the model's weights (the same architecture)")
+
+    def build():
+        model_ref = weakref.ref(model)
+
+        def run(params, source, sx, sy, qx, qy, query_seed):
+            m = model_ref()
+
+            def one(task):
+                sx_t, sy_t, qx_t, qy_t, i = task
+                adapted = _meta.inner_loop(m, params, sx_t, sy_t, steps=steps, lr=lr, first_order=True)
+                adapted_source = _meta.inner_loop(m, source, sx_t, sy_t, steps=steps, lr=lr, first_order=True)
+                qx_adv = attack_adapted(attack, m, adapted_source, qx_t, qy_t,
+                                        seed=tf.random.experimental.stateless_fold_in(query_seed, i))
+                ok = [tf.equal(tf.argmax(_meta.forward(m, adapted, q), -1, output_type=tf.int32), qy_t)
+                      for q in (qx_t, qx_adv)]
+                return tf.reduce_mean(tf.cast(ok[0] & ok[1], tf.float32))
+
+            return tf.map_fn(one, (sx, sy, qx, qy, tf.range(tf.shape(sx)[0])), fn_output_signature=tf.float32)
+
+        return tf.function(functools.partial(run), reduce_retracing=True)
+
+    fn = compiled(model, ("transfer_accuracy", attack, steps, float(lr)), build)
+    accs = [fn(params, source, *t, tf.constant([seed, 0], tf.int64)).numpy()
+            for _, t in task_chunks(tasks, chunk, params[0].dtype)]
+    return float(np.concatenate(accs).mean())

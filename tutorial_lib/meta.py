@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -21,6 +22,7 @@ import tensorflow as tf
 
 from . import models as _models
 from .checks import check_count, check_number, check_positive_int
+from .compiled import compiled, use_xla
 from .evaluate import mean_ci95
 from .tasks import FewShotSampler, Tasks
 
@@ -180,8 +182,8 @@ def reptile_task_delta(model: keras.Model, params: Sequence[tf.Tensor], x, y, *,
                        query_x=None, query_y=None) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
     """One task's Reptile direction ``params - adapted`` after ``steps`` SGD steps on ``(x, y)``.
 
-    Reptile's update is ``theta <- theta + eps * mean_tasks(adapted - theta)``; feeding this delta to SGD with
-    learning rate ``eps`` as if it were a gradient gives exactly that. Returns ``(delta, loss, accuracy)``,
+    Reptile's update is ``theta <- theta + outer_lr * mean_tasks(adapted - theta)``; feeding this delta to SGD with
+    learning rate ``outer_lr`` as if it were a gradient gives exactly that. Returns ``(delta, loss, accuracy)``,
     the loss/accuracy measured on ``(query_x, query_y)`` after adaptation when given (else on ``(x, y)``).
     """
     params = [tf.identity(p) for p in params]
@@ -322,7 +324,6 @@ class MetaLearner:
         self.meta_optimizer = meta_optimizer if meta_optimizer is not None else self._default_optimizer()
         self.meta_optimizer.build(self.meta_variables)
         self.history = MetaHistory()
-        self._step_fn = None
 
     def _default_optimizer(self) -> keras.optimizers.Optimizer:
         return keras.optimizers.Adam(1e-3)
@@ -365,15 +366,21 @@ class MetaLearner:
     def _task_update(self, params, sx, sy, qx, qy):
         raise NotImplementedError
 
+    @property
+    def _step_fn(self):
+        """The compiled meta-step of this learner, from the package cache (:mod:`tutorial_lib.compiled`)."""
+        return compiled(self, ("meta_step",), self._build_step)
+
     def _build_step(self):
+        me = weakref.proxy(self)  # the cache holds its owner weakly: the function must not keep the learner alive
         variables = self.meta_variables
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, jit_compile=use_xla())
         def step(sx, sy, qx, qy):
-            params = [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
+            params = [tf.convert_to_tensor(v) for v in me.model.trainable_variables]
 
             def body(task):
-                return self._task_update(params, *task)
+                return me._task_update(params, *task)
 
             dtype = variables[0].dtype
             signature = ([tf.TensorSpec(v.shape, v.dtype) for v in variables], tf.TensorSpec([], dtype),
@@ -381,7 +388,7 @@ class MetaLearner:
             grads, losses, accs = tf.map_fn(body, (sx, sy, qx, qy), fn_output_signature=signature,
                                             parallel_iterations=int(sx.shape[0] or 8))
             mean_grads = [tf.reduce_mean(g, axis=0) for g in grads]
-            self.meta_optimizer.apply_gradients(zip(mean_grads, variables))
+            me.meta_optimizer.apply_gradients(zip(mean_grads, variables))
             return tf.reduce_mean(losses), tf.reduce_mean(accs)
 
         return step
@@ -390,8 +397,6 @@ class MetaLearner:
         """One meta-update from a meta-batch of tasks (all in one compiled step); returns (query loss, accuracy)."""
         if not isinstance(tasks, Tasks):
             raise TypeError(f"meta_step takes a Tasks batch from FewShotSampler.sample, got {type(tasks).__name__}")
-        if self._step_fn is None:
-            self._step_fn = self._build_step()
         dtype = self.model.trainable_variables[0].dtype
         loss, acc = self._step_fn(tf.constant(tasks.support_x, dtype), tf.constant(tasks.support_y, tf.int32),
                                   tf.constant(tasks.query_x, dtype), tf.constant(tasks.query_y, tf.int32))
@@ -482,11 +487,11 @@ class MAML(MetaLearner):
 
 class Reptile(MetaLearner):
     """Reptile (Nichol et al. 2018): adapt with SGD on each task, then move the initialisation towards the
-    adapted weights, ``theta <- theta + eps * mean_tasks(phi_T - theta)``.
+    adapted weights, ``theta <- theta + outer_lr * mean_tasks(phi_T - theta)``.
 
     The inner loop trains on the support and query images of each meta-training task together (all of the
     task's data, as in the Reptile paper); no gradient flows through it. The default meta-optimizer is
-    SGD with ``learning_rate = eps = 0.5``, which applies the update above exactly.
+    SGD with ``learning_rate = outer_lr = 0.5``, which applies the update above exactly.
     Introduced in notebooks/04_meta_learning.ipynb.
     """
 
