@@ -12,6 +12,7 @@ import pytest
 
 matplotlib.use("Agg")
 
+from tutorial_lib import adaptation as AD
 from tutorial_lib import exercises as ex
 from tutorial_lib import meta_adversarial as mad
 from tutorial_lib import models, runtime, viz
@@ -114,8 +115,8 @@ def test_results_follow_the_schema(mnist_subset, tiny, trained):
 
 
 def test_results_refuse_different_task_sets(tiny):
-    a = mad.RobustEvaluation(np.ones(3), np.ones(3), np.ones(3), 5, "PGD", 0.1, 1, 0.4, "clean")
-    b = mad.RobustEvaluation(np.ones(4), np.ones(4), np.ones(4), 5, "PGD", 0.1, 1, 0.4, "clean")
+    a = AD.RobustEvaluation(np.ones(3), np.ones(3), np.ones(3), 5, "PGD", 0.1, 1, 0.4, "clean")
+    b = AD.RobustEvaluation(np.ones(4), np.ones(4), np.ones(4), 5, "PGD", 0.1, 1, 0.4, "clean")
     with pytest.raises(ValueError, match="same tasks"):
         rfs.results({"maml": a, "aq": b}, {}, tiny)
 
@@ -123,12 +124,12 @@ def test_results_refuse_different_task_sets(tiny):
 def test_paired_difference_against_numpy():
     rng = np.random.default_rng(0)
     a, b = rng.uniform(0.5, 0.7, 40), rng.uniform(0.2, 0.4, 40)
-    ev = {m: mad.RobustEvaluation(v, v, None, 1, "PGD", 0.1, 1, 0.4, "clean") for m, v in (("aq", a), ("maml", b))}
+    ev = {m: AD.RobustEvaluation(v, v, None, 1, "PGD", 0.1, 1, 0.4, "clean") for m, v in (("aq", a), ("maml", b))}
     d = rfs.paired_difference(ev, "aq", "maml")
     assert np.isclose(d["mean"], (a - b).mean()) and np.isclose(d["ci95"], 1.96 * (a - b).std(ddof=1) / np.sqrt(40))
     assert "ahead of" in rfs.paired_verdict(ev, "aq", "maml") and "behind" in rfs.paired_verdict(ev, "maml", "aq")
     assert "not clearly different" in rfs.paired_verdict(ev, "aq", "aq")
-    ev["short"] = mad.RobustEvaluation(a[:10], a[:10], None, 1, "PGD", 0.1, 1, 0.4, "clean")
+    ev["short"] = AD.RobustEvaluation(a[:10], a[:10], None, 1, "PGD", 0.1, 1, 0.4, "clean")
     with pytest.raises(ValueError, match="different tasks"):
         rfs.paired_difference(ev, "aq", "short")
 

@@ -14,7 +14,9 @@ import pytest
 import tensorflow as tf
 
 import keras
+from tutorial_lib import adaptation as AD
 from tutorial_lib import attacks as A
+from tutorial_lib import compiled as C
 from tutorial_lib import meta as M
 from tutorial_lib import meta_adversarial as MA
 from tutorial_lib import tasks as T
@@ -463,10 +465,9 @@ def test_epsilon_curve_uses_one_graph_and_agrees_with_robust_evaluate(splits):
     _, te = splits
     model, batch = cnn(4), te.sample(3, seed=6)
     attack = A.PGD(eps=0.1, steps=4, step_size=0.04)
-    MA._EVAL_CACHE.pop(model, None)
+    C.clear_cache(model)
     curve = MA.epsilon_curve(model, batch, [0.0, 0.1, 0.3], steps=2, lr=0.4, attack=attack)
-    (fn,) = MA._EVAL_CACHE[model].values()
-    assert fn.experimental_get_tracing_count() == 1  # one compiled graph for every eps
+    assert C.cache_size(model) == 1 and C.trace_count(model) == 1  # one compiled graph for every eps
     ev = MA.robust_evaluate(model, batch, steps=2, lr=0.4, attack=attack)
     np.testing.assert_allclose(curve.per_task[:, 0], ev.clean)
     np.testing.assert_allclose(curve.per_task[:, 1], ev.robust)
@@ -476,7 +477,7 @@ def test_epsilon_curve_uses_one_graph_and_agrees_with_robust_evaluate(splits):
 def test_adapted_sanity_checks_report(splits):
     _, te = splits
     model, batch = cnn(5), te.sample(3, seed=8)
-    report = MA.adapted_sanity_checks(model, batch, eps=0.1, steps=2, lr=0.4, attack_steps=4, restarts=2,
+    report = AD.adapted_sanity_checks(model, batch, eps=0.1, steps=2, lr=0.4, attack_steps=4, restarts=2,
                                       transfer_params=cnn(6).get_weights())
     names = [c.name for c in report.checks]
     assert names == ["logits_not_probabilities", "nonzero_gradients", "pgd_beats_fgsm", "large_eps_breaks_model",

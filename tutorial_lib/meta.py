@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -21,6 +22,7 @@ import tensorflow as tf
 
 from . import models as _models
 from .checks import check_count, check_number, check_positive_int
+from .compiled import compiled, use_xla
 from .evaluate import mean_ci95
 from .tasks import FewShotSampler, Tasks
 
@@ -56,6 +58,11 @@ def check_meta_model(model: Any) -> None:
 def params_of(model: keras.Model) -> list[tf.Tensor]:
     """The model's trainable weights as a list of tensors (a snapshot, in ``model.trainable_variables`` order)."""
     return [tf.convert_to_tensor(v) for v in model.trainable_variables]
+
+
+def resolve_params(model: keras.Model, params: Sequence[Any] | None = None) -> list[tf.Tensor]:
+    """``params`` as a list of float tensors, or the model's own weights (:func:`params_of`) when None."""
+    return params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
 
 
 def forward(model: keras.Model, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
@@ -157,7 +164,7 @@ def learned_rate_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], 
     return [tf.zeros_like(w) if g is None else g for w, g in zip(params + rates, grads)], loss, acc
 
 
-def _check_rates(rates: Sequence, params: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+def check_rates(rates: Sequence, params: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     """``rates`` as float tensors, checked against ``params`` (one schedule per parameter, shapes of :func:`step_rates`)."""
     if isinstance(rates, (str, bytes)) or not isinstance(rates, (list, tuple)) or len(rates) != len(params):
         raise ValueError(f"rates must be a list with one schedule per parameter ({len(params)}), "
@@ -175,8 +182,8 @@ def reptile_task_delta(model: keras.Model, params: Sequence[tf.Tensor], x, y, *,
                        query_x=None, query_y=None) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
     """One task's Reptile direction ``params - adapted`` after ``steps`` SGD steps on ``(x, y)``.
 
-    Reptile's update is ``theta <- theta + eps * mean_tasks(adapted - theta)``; feeding this delta to SGD with
-    learning rate ``eps`` as if it were a gradient gives exactly that. Returns ``(delta, loss, accuracy)``,
+    Reptile's update is ``theta <- theta + outer_lr * mean_tasks(adapted - theta)``; feeding this delta to SGD with
+    learning rate ``outer_lr`` as if it were a gradient gives exactly that. Returns ``(delta, loss, accuracy)``,
     the loss/accuracy measured on ``(query_x, query_y)`` after adaptation when given (else on ``(x, y)``).
     """
     params = [tf.identity(p) for p in params]
@@ -245,45 +252,6 @@ class Evaluation:
 # --------------------------------------------------------------------------------------------------
 # Evaluation by adaptation: shared by the meta-learners and the baselines
 # --------------------------------------------------------------------------------------------------
-def _adapt_curve_fn(model: keras.Model, record: tuple[int, ...], lr: float, head_only: bool,
-                    rates: Sequence[tf.Tensor] | None = None):
-    """A compiled fn(params, tasks...) -> (tasks, len(record)) query accuracies after ``record`` SGD steps
-    (at ``lr``, or with the rate schedule ``rates`` of :func:`step_rates` when given)."""
-    n_params = len(model.trainable_variables)
-    first = n_params - 2 if head_only else 0  # the last Dense layer's kernel and bias
-
-    def sgd(params, sx, sy, n, start):
-        for i in tf.range(start, start + n):
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                loss, _ = loss_and_accuracy(model, params, sx, sy)
-            grads = tape.gradient(loss, params[first:])
-            if rates is None:
-                params = params[:first] + [p - lr * g for p, g in zip(params[first:], grads)]
-            else:
-                step = step_rates(rates, i)[first:]
-                params = params[:first] + [p - a * g for p, a, g in zip(params[first:], step, grads)]
-        return params
-
-    def one_task(params, sx, sy, qx, qy):
-        accs, done = [], 0
-        for target in record:  # a while-loop per segment, accuracy on the queries at each recorded step
-            if target > done:
-                params = sgd(params, sx, sy, tf.constant(target - done), tf.constant(done))
-                done = target
-            accs.append(loss_and_accuracy(model, params, qx, qy)[1])
-        return tf.stack(accs)
-
-    @tf.function(reduce_retracing=True)
-    def curve(params, sx, sy, qx, qy):
-        def body(task):
-            return one_task([tf.identity(p) for p in params], *task)
-
-        return tf.map_fn(body, (sx, sy, qx, qy), fn_output_signature=params[0].dtype, parallel_iterations=8)
-
-    return curve
-
-
 def default_record(steps: int) -> tuple[int, ...]:
     """Step counts at which accuracy is recorded: 0, 1, 2, 3, 5, 10, 20, 30, 50, 100... up to ``steps``."""
     marks = [s for s in (0, 1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500) if s < steps]
@@ -303,30 +271,21 @@ def evaluate_adaptation(model: keras.Model, tasks: Tasks, *, steps: int, lr: flo
     ``rates``: a learned rate schedule (``learner.rate_schedule()`` of :class:`MetaSGD` / :class:`LSLR`, shapes
     as in :func:`step_rates`) used instead of ``lr``; pass ``lr=None`` with it (the result's ``lr`` is NaN).
     """
+    from . import adaptation  # the evaluator builds on this module
+
     check_meta_model(model)
     if not isinstance(tasks, Tasks):
         raise TypeError(f"tasks must be a tutorial_lib.tasks.Tasks (from FewShotSampler.sample), got {type(tasks).__name__}")
-    if (rates is None) == (lr is None):
-        raise ValueError("give either lr (plain SGD) or rates (a learned rate schedule, with lr=None), not both or neither")
     steps = check_count("steps", steps)
-    lr = float("nan") if lr is None else check_number("lr", lr, low=0.0)
     record = tuple(sorted({int(r) for r in (record if record is not None else default_record(steps))} | {int(steps)}))
     if record[0] < 0 or record[-1] > steps:
         raise ValueError(f"record must hold step counts in 0..{steps}, got {record}")
-    params = params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
-    if rates is not None:
-        rates = _check_rates(rates, params)
-    fn = _adapt_curve_fn(model, record, float(lr), bool(head_only), rates)
-    dtype = params[0].dtype
-    curves = []
-    for start in range(0, len(tasks), chunk):
-        t = tasks[start:start + chunk]
-        curves.append(fn(params, tf.constant(t.support_x, dtype), tf.constant(t.support_y, tf.int32),
-                         tf.constant(t.query_x, dtype), tf.constant(t.query_y, tf.int32)).numpy())
-    per_task = np.concatenate(curves).astype(np.float64)
+    result = adaptation.adapt_and_evaluate(model, tasks, checkpoints=record, params=params, lr=lr, rates=rates,
+                                           head_only=head_only, chunk=chunk)
+    per_task = result.clean
     mean, ci = mean_ci95(per_task[:, -1])
-    return Evaluation(mean=float(mean), ci95=float(ci), accuracies=per_task[:, -1], steps=int(steps), lr=float(lr),
-                      curve_steps=np.array(record), per_task=per_task)
+    return Evaluation(mean=float(mean), ci95=float(ci), accuracies=per_task[:, -1], steps=int(steps),
+                      lr=float("nan") if lr is None else float(lr), curve_steps=np.array(record), per_task=per_task)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,7 +324,6 @@ class MetaLearner:
         self.meta_optimizer = meta_optimizer if meta_optimizer is not None else self._default_optimizer()
         self.meta_optimizer.build(self.meta_variables)
         self.history = MetaHistory()
-        self._step_fn = None
 
     def _default_optimizer(self) -> keras.optimizers.Optimizer:
         return keras.optimizers.Adam(1e-3)
@@ -408,15 +366,21 @@ class MetaLearner:
     def _task_update(self, params, sx, sy, qx, qy):
         raise NotImplementedError
 
+    @property
+    def _step_fn(self):
+        """The compiled meta-step of this learner, from the package cache (:mod:`tutorial_lib.compiled`)."""
+        return compiled(self, ("meta_step",), self._build_step)
+
     def _build_step(self):
+        me = weakref.proxy(self)  # the cache holds its owner weakly: the function must not keep the learner alive
         variables = self.meta_variables
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, jit_compile=use_xla())
         def step(sx, sy, qx, qy):
-            params = [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
+            params = [tf.convert_to_tensor(v) for v in me.model.trainable_variables]
 
             def body(task):
-                return self._task_update(params, *task)
+                return me._task_update(params, *task)
 
             dtype = variables[0].dtype
             signature = ([tf.TensorSpec(v.shape, v.dtype) for v in variables], tf.TensorSpec([], dtype),
@@ -424,7 +388,7 @@ class MetaLearner:
             grads, losses, accs = tf.map_fn(body, (sx, sy, qx, qy), fn_output_signature=signature,
                                             parallel_iterations=int(sx.shape[0] or 8))
             mean_grads = [tf.reduce_mean(g, axis=0) for g in grads]
-            self.meta_optimizer.apply_gradients(zip(mean_grads, variables))
+            me.meta_optimizer.apply_gradients(zip(mean_grads, variables))
             return tf.reduce_mean(losses), tf.reduce_mean(accs)
 
         return step
@@ -433,8 +397,6 @@ class MetaLearner:
         """One meta-update from a meta-batch of tasks (all in one compiled step); returns (query loss, accuracy)."""
         if not isinstance(tasks, Tasks):
             raise TypeError(f"meta_step takes a Tasks batch from FewShotSampler.sample, got {type(tasks).__name__}")
-        if self._step_fn is None:
-            self._step_fn = self._build_step()
         dtype = self.model.trainable_variables[0].dtype
         loss, acc = self._step_fn(tf.constant(tasks.support_x, dtype), tf.constant(tasks.support_y, tf.int32),
                                   tf.constant(tasks.query_x, dtype), tf.constant(tasks.query_y, tf.int32))
@@ -525,11 +487,11 @@ class MAML(MetaLearner):
 
 class Reptile(MetaLearner):
     """Reptile (Nichol et al. 2018): adapt with SGD on each task, then move the initialisation towards the
-    adapted weights, ``theta <- theta + eps * mean_tasks(phi_T - theta)``.
+    adapted weights, ``theta <- theta + outer_lr * mean_tasks(phi_T - theta)``.
 
     The inner loop trains on the support and query images of each meta-training task together (all of the
     task's data, as in the Reptile paper); no gradient flows through it. The default meta-optimizer is
-    SGD with ``learning_rate = eps = 0.5``, which applies the update above exactly.
+    SGD with ``learning_rate = outer_lr = 0.5``, which applies the update above exactly.
     Introduced in notebooks/04_meta_learning.ipynb.
     """
 

@@ -3,31 +3,39 @@
 Built on :mod:`tutorial_lib.meta` (its inner loop, forward pass and ``MetaLearner``) and the attack specs of
 :mod:`tutorial_lib.attacks` (run through ``.generate`` against a model evaluated at adapted weights). Holds
 Adversarial Querying (AQ, with an eps ramp, a clean-query mix and a TRADES outer loss), AQ with an attack pool
-(``PoolQuerying``), ADML, the seed's adversarial meta-step as written and corrected, and robust evaluation of
-adapted learners.
+(``PoolQuerying``), ADML and the seed's adversarial meta-step as written and corrected. Evaluating adapted learners
+(``robust_evaluate``, ``epsilon_curve``, masking checks) is :mod:`tutorial_lib.adaptation`'s; the names notebook 05
+calls here are re-exported from there.
 Introduced in notebooks/05_meta_adversarial.ipynb.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from . import attacks as _attacks
-from . import evaluate as _evaluate
 from . import meta as _meta
+from .adaptation import (adapted_logits_fn, attack_adapted, attack_support, check_attack, check_data_range,
+                         epsilon_curve, robust_evaluate, scaled_step, support_surrogate)
+from .checks import check_count
+from .compiled import use_xla
 from .tasks import FewShotSampler, Tasks
+
+__all__ = ["LEARNERS", "OUTER_LOSSES", "default_attack", "query_loss", "aq_task_gradient", "adml_task_gradient",
+           "adversarial_maml_task_gradient", "AdversarialMetaLearner", "AdversarialQuerying", "PoolQuerying", "ADML",
+           "AdversarialMAML", "make_learner", "seed_meta_adversarial_step", "compare_seed_step", "gradient_cosine",
+           # attacks on adapted weights and the evaluation of adapted learners, from tutorial_lib.adaptation
+           "adapted_logits_fn", "attack_adapted", "attack_support", "check_attack", "check_data_range",
+           "epsilon_curve", "robust_evaluate", "scaled_step", "support_surrogate"]
 
 LEARNERS = ("maml", "aq", "aq_trades", "adml", "seed_fgsm")
 OUTER_LOSSES = ("ce", "trades")
-SUPPORT_MODES = ("clean", "adversarial")
 
 
 def default_attack(eps: float = 0.1) -> _attacks.PGD:
@@ -36,48 +44,8 @@ def default_attack(eps: float = 0.1) -> _attacks.PGD:
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation
+# Validation (the attack checks are adaptation.check_attack / check_data_range, re-exported here)
 # --------------------------------------------------------------------------------------------------
-def check_attack(attack: Any, name: str = "attack") -> _attacks.Attack:
-    """Return ``attack`` if it is an attack spec whose eps makes sense for its threat model (``attack.family``).
-
-    Every eps must be > 0: eps = 0 is no attack at all (use plain ``meta.MAML`` instead). L-inf: eps must also be
-    smaller than the pixel range, since an L-inf ball as wide as the range contains every image (the attack can
-    paint any picture) and no classifier can be robust in it. L2: eps > 0 is all (radii above 1 are common).
-    Spatial: eps scales the rotation/shift grid, so it lies in (0, 1].
-    """
-    if not isinstance(attack, _attacks.Attack):
-        raise TypeError(f"{name} must be an attack spec from tutorial_lib.attacks (e.g. attacks.PGD(eps=0.1, "
-                        f"steps=3, step_size=0.083)), got {type(attack).__name__}")
-    if not attack.eps > 0:
-        raise ValueError(f"{name}.eps must be > 0, got {attack.eps}; for no attack use meta.MAML")
-    if attack.family == "linf":
-        span = attack.clip_max - attack.clip_min
-        if attack.eps >= span:
-            raise ValueError(f"{name}.eps = {attack.eps} is not smaller than the pixel range [{attack.clip_min}, "
-                             f"{attack.clip_max}]: the L-inf eps ball would contain every image. Use eps well "
-                             f"below {span} (0.1-0.3 for MNIST in [0, 1])")
-    elif attack.family == "spatial" and attack.eps > 1:
-        raise ValueError(f"{name}.eps = {attack.eps} scales the spatial grid (max_angle, max_shift) and must lie "
-                         "in (0, 1]; for a larger budget raise max_angle / max_shift instead")
-    return attack
-
-
-def check_data_range(attack: _attacks.Attack, *arrays: np.ndarray, name: str = "attack") -> None:
-    """Raise unless the images lie inside the attack's pixel range and, for an L-inf attack, its eps ball fits
-    inside their range."""
-    lo = min(float(np.min(a)) for a in arrays)
-    hi = max(float(np.max(a)) for a in arrays)
-    tol = 1e-5  # float rounding, as the attacks allow
-    if lo < attack.clip_min - tol or hi > attack.clip_max + tol:
-        raise ValueError(f"the images lie in [{lo:.4g}, {hi:.4g}] but {name} clips to [{attack.clip_min}, "
-                         f"{attack.clip_max}]: the attack would change even clean pixels. Rescale the images or "
-                         "give the attack clip_min/clip_max matching the data")
-    if attack.family == "linf" and hi > lo and attack.eps >= hi - lo:
-        raise ValueError(f"{name}.eps = {attack.eps} is not smaller than the images' range [{lo:.4g}, {hi:.4g}]: "
-                         "the L-inf eps ball would contain every image; use a smaller eps")
-
-
 def _check_fraction(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
@@ -91,74 +59,6 @@ def _check_outer_loss(outer_loss: Any) -> str:
     if outer_loss not in OUTER_LOSSES:
         raise ValueError(f"outer_loss must be one of {OUTER_LOSSES}, got {outer_loss!r}")
     return outer_loss
-
-
-def _check_count(name: str, value: Any, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-# --------------------------------------------------------------------------------------------------
-# Attacks against adapted parameters: the one code path every method and the evaluation use
-# --------------------------------------------------------------------------------------------------
-def adapted_logits_fn(model: keras.Model, params: Sequence[tf.Tensor]) -> Callable[..., tf.Tensor]:
-    """A callable ``f(x, training=False) -> logits``: ``model`` evaluated with weights ``params``.
-
-    It is what an attack spec's ``.generate`` takes as its model, so any attack of :mod:`tutorial_lib.attacks`
-    runs against adapted weights (``meta.forward``; the model itself is not changed).
-    """
-    params = list(params)
-
-    def logits(x, training: bool = False):
-        return _meta.forward(model, params, x)
-
-    return logits
-
-
-def attack_adapted(attack: _attacks.Attack, model: keras.Model, params: Sequence[Any], x: Any, y: Any, *,
-                   eps: Any = None, seed: Any = None, step_size: Any = None) -> tf.Tensor:
-    """Adversarial examples for ``model`` evaluated at the (adapted) weights ``params``.
-
-    ``x``: float (n, H, W, C) in the attack's pixel range, ``y``: int labels (n,), numpy or tensors. ``eps``:
-    optional float or scalar tensor overriding ``attack.eps`` (a tensor does not retrace: eps ramps);
-    ``seed``: optional shape-(2,) int64 tensor for stateless random starts; ``step_size``: optional float or
-    scalar tensor overriding the spec's step (see :func:`scaled_step`). Graph-compatible: inside a compiled
-    meta-step the gradient is stopped at the attack (the weights are treated as constants while attacking and
-    the examples carry no gradient), as in adversarial training. Returns x_adv, a tensor of x's dtype.
-    """
-    frozen = [tf.stop_gradient(tf.convert_to_tensor(p)) for p in params]
-    extra = {} if step_size is None else {"step_size": step_size}
-    return attack.generate(adapted_logits_fn(model, frozen), x, y, eps=eps, seed=seed, **extra)
-
-
-def scaled_step(attack: Any, eps: Any) -> Any:
-    """The attack's step size for radius ``eps``, proportional to it (``step_size * eps / attack.eps``), so PGD-20
-    at step 2.5 eps / 20 keeps that shape at every eps of a ramp or a sweep; None for attacks without a
-    ``step_size`` (FGSM steps by eps itself)."""
-    if eps is None or not hasattr(attack, "step_size"):
-        return None
-    return attack.step_size * eps / attack.eps
-
-
-def support_surrogate(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, *,
-                      lr: float | Sequence[Any]) -> list[tf.Tensor]:
-    """The weights after ONE clean SGD step on the support set (gradient stopped): the model that support-set
-    attacks are crafted against.
-
-    Why not ``params`` themselves: a learner that starts every task from a zero last layer (``zero_head``)
-    gives every image the same logits before adaptation, so an attack on it has no gradient to follow and the
-    "adversarial" support set would equal the clean one.
-    """
-    adapted = _meta.inner_loop(model, params, support_x, support_y, steps=1, lr=lr, first_order=True)
-    return [tf.stop_gradient(p) for p in adapted]
-
-
-def attack_support(attack: _attacks.Attack, model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, *,
-                   lr: float | Sequence[Any], eps: Any = None, seed: Any = None, step_size: Any = None) -> tf.Tensor:
-    """Adversarial support images, crafted against :func:`support_surrogate` (one clean step from ``params``)."""
-    surrogate = support_surrogate(model, params, support_x, support_y, lr=lr)
-    return attack_adapted(attack, model, surrogate, support_x, support_y, eps=eps, seed=seed, step_size=step_size)
 
 
 def _fold(seed: Any, i: int) -> Any:
@@ -298,10 +198,10 @@ class AdversarialMetaLearner(_meta.MetaLearner):
                  meta_optimizer: keras.optimizers.Optimizer | None = None, meta_lr: float = 1e-3,
                  strategy: Any = None, seed: int = 0) -> None:
         self.attack = check_attack(default_attack() if attack is None else attack)
-        self.ramp_steps = _check_count("ramp_steps", ramp_steps)
+        self.ramp_steps = check_count("ramp_steps", ramp_steps)
         self.first_order = bool(first_order)
         self.zero_head = bool(zero_head)
-        self.seed = _check_count("seed", seed)
+        self.seed = check_count("seed", seed)
         if optimizer is not None and meta_optimizer is not None:
             raise ValueError("pass the meta-optimizer once: optimizer= and meta_optimizer= are the same argument")
         meta_optimizer = meta_optimizer if meta_optimizer is not None else optimizer
@@ -341,6 +241,7 @@ class AdversarialMetaLearner(_meta.MetaLearner):
 
     # ---- the compiled step ----------------------------------------------------------------------
     def _build_step(self):
+        me = weakref.proxy(self)  # the cache holds its owner weakly: the function must not keep the learner alive
         variables = self.meta_variables
         strategy = self.strategy
         replicas = strategy.num_replicas_in_sync
@@ -351,11 +252,11 @@ class AdversarialMetaLearner(_meta.MetaLearner):
             rid = tf.distribute.get_replica_context().replica_id_in_sync_group
             mine = [tf.gather(tf.reshape(t, [replicas, local, *t.shape[1:]]), rid) for t in (sx, sy, qx, qy)]
             index = tf.range(local) + tf.cast(rid, tf.int32) * local
-            params = [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
+            params = [tf.convert_to_tensor(v) for v in me.model.trainable_variables]
 
             def body(task):
                 *data, i = task
-                return self._task_gradient(params, *data, eps=eps, seed=tf.random.experimental.stateless_fold_in(seed, i))
+                return me._task_gradient(params, *data, eps=eps, seed=tf.random.experimental.stateless_fold_in(seed, i))
 
             dtype = variables[0].dtype
             signature = ([tf.TensorSpec(v.shape, v.dtype) for v in variables], tf.TensorSpec([], dtype),
@@ -363,10 +264,10 @@ class AdversarialMetaLearner(_meta.MetaLearner):
             grads, losses, accs = tf.map_fn(body, (*mine, index), fn_output_signature=signature,
                                             parallel_iterations=local)
             grads = [tf.reduce_sum(g, axis=0) / total for g in grads]
-            self.meta_optimizer.apply_gradients(zip(grads, variables))  # all-reduces (sums) across replicas
+            me.meta_optimizer.apply_gradients(zip(grads, variables))  # all-reduces (sums) across replicas
             return tf.reduce_sum(losses) / total, tf.reduce_sum(accs) / total
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, jit_compile=use_xla())
         def step(sx, sy, qx, qy, eps, seed):
             loss, acc = strategy.run(replica_step, args=(sx, sy, qx, qy, eps, seed))
             return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
@@ -384,8 +285,6 @@ class AdversarialMetaLearner(_meta.MetaLearner):
             raise ValueError(f"the meta-batch of {len(tasks)} tasks does not split evenly over {replicas} replicas; "
                              f"use a meta-batch that is a multiple of {replicas}")
         check_data_range(self.attack, tasks.support_x, tasks.query_x)
-        if self._step_fn is None:
-            self._step_fn = self._build_step()
         dtype = self.model.trainable_variables[0].dtype
         eps = tf.constant(self.eps_at(self.steps_done), tf.float32)
         seed = tf.constant([self.seed, self.steps_done], tf.int64)
@@ -624,380 +523,3 @@ def compare_seed_step(model: keras.Model, tasks: Tasks, *, inner_lr: float, eps:
 def gradient_cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of two flattened gradients."""
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-# --------------------------------------------------------------------------------------------------
-# Robust evaluation of adapted learners
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RobustEvaluation:
-    """Per-task query accuracies (fractions in [0, 1]) of adapted models, clean and under attack.
-
-    ``clean`` (tasks,): accuracy on the clean queries; ``robust`` (tasks,): fraction of queries classified
-    correctly both clean and attacked (one attack run); ``robust_restarts`` (tasks,) or None: the same when an
-    example counts as broken if ANY of ``restarts`` runs (different random starts) breaks it.
-    """
-
-    clean: np.ndarray
-    robust: np.ndarray
-    robust_restarts: np.ndarray | None
-    restarts: int
-    attack: str
-    eps: float
-    steps: int
-    lr: float
-    support: str
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        """``{"clean": {"mean", "ci95"}, "robust": {...}, "robust_restarts<k>": {...}}`` (1.96 std / sqrt(n))."""
-        out = {"clean": _evaluate.mean_ci95_record(self.clean), "robust": _evaluate.mean_ci95_record(self.robust)}
-        if self.robust_restarts is not None:
-            out[f"robust_restarts{self.restarts}"] = _evaluate.mean_ci95_record(self.robust_restarts)
-        return out
-
-    def __str__(self) -> str:
-        parts = [f"{k} {100 * v['mean']:.1f} +- {100 * v['ci95']:.1f}%" for k, v in self.summary().items()]
-        return f"{', '.join(parts)} ({len(self.clean)} tasks, {self.attack} at eps {self.eps:g}, {self.support} support)"
-
-
-_EVAL_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
-
-
-def _lr_list(model: keras.Model, lr: float, head_only: bool) -> float | list[float]:
-    """Per-parameter inner rates: the same everywhere, or 0 except for the last layer (kernel and bias)."""
-    if not head_only:
-        return float(lr)
-    n = len(model.trainable_variables)
-    return [0.0] * (n - 2) + [float(lr)] * 2
-
-
-def _robust_fn(model: keras.Model, attack: _attacks.Attack, steps: int, lr: float, head_only: bool, support: str,
-               support_attack: _attacks.Attack | None, scale_step: bool = False):
-    """Compiled fn(params, sx, sy, qx, qy, eps, support_seed, query_seed) -> (clean ok, attacked ok), each
-    bool (tasks, queries), cached per model and settings. ``scale_step``: the query attack's step size follows
-    eps (:func:`scaled_step`), so one graph serves a sweep over eps."""
-    key = (attack, steps, lr, head_only, support, support_attack, scale_step)
-    per_model = _EVAL_CACHE.setdefault(model, {})
-    if key in per_model:
-        return per_model[key]
-    lrs = _lr_list(model, lr, head_only)
-    model_ref = weakref.ref(model)
-
-    def run(params, sx, sy, qx, qy, eps, support_seed, query_seed):
-        m = model_ref()
-
-        def one(task):
-            sx_t, sy_t, qx_t, qy_t, i = task
-            if support == "adversarial":
-                sx_t = attack_support(support_attack, m, params, sx_t, sy_t, lr=lrs,
-                                      seed=tf.random.experimental.stateless_fold_in(support_seed, i))
-            adapted = [tf.stop_gradient(p) for p in
-                       _meta.inner_loop(m, params, sx_t, sy_t, steps=steps, lr=lrs, first_order=True)]
-            clean_ok = tf.equal(tf.argmax(_meta.forward(m, adapted, qx_t), -1, output_type=tf.int32), qy_t)
-            qx_adv = attack_adapted(attack, m, adapted, qx_t, qy_t, eps=eps,
-                                    seed=tf.random.experimental.stateless_fold_in(query_seed, i),
-                                    step_size=scaled_step(attack, eps) if scale_step else None)
-            adv_ok = tf.equal(tf.argmax(_meta.forward(m, adapted, qx_adv), -1, output_type=tf.int32), qy_t)
-            return clean_ok, adv_ok
-
-        index = tf.range(tf.shape(sx)[0])
-        return tf.map_fn(one, (sx, sy, qx, qy, index), fn_output_signature=(tf.bool, tf.bool),
-                         parallel_iterations=8)
-
-    # A partial (not the closure itself) gives each compiled function its own key in TF's retracing detector, so
-    # one graph per model and settings (the point of this cache) does not read as retracing.
-    per_model[key] = tf.function(functools.partial(run), reduce_retracing=True)
-    return per_model[key]
-
-
-def _check_tasks(tasks: Any) -> Tasks:
-    if not isinstance(tasks, Tasks):
-        raise TypeError(f"tasks must be a tutorial_lib.tasks.Tasks (from FewShotSampler.sample), got {type(tasks).__name__}")
-    if len(tasks) < 2:
-        raise ValueError(f"robust evaluation needs at least 2 tasks for a confidence interval, got {len(tasks)}")
-    return tasks
-
-
-def _correct_masks(model, tasks: Tasks, *, params, steps, lr, attack, eps, restarts, support, support_attack,
-                   head_only, seed, chunk, scale_step: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Clean-correct mask (tasks, queries) and one attacked-correct mask per restart."""
-    fn = _robust_fn(model, attack, int(steps), float(lr), bool(head_only), support, support_attack, scale_step)
-    dtype = params[0].dtype
-    eps_t = tf.constant(attack.eps if eps is None else eps, tf.float32)
-    support_seed = tf.constant([seed, 2**31], tf.int64)
-    clean, attacked = [], [[] for _ in range(restarts)]
-    for start in range(0, len(tasks), chunk):
-        t = tasks[start:start + chunk]
-        args = (tf.constant(t.support_x, dtype), tf.constant(t.support_y, tf.int32), tf.constant(t.query_x, dtype),
-                tf.constant(t.query_y, tf.int32))
-        for r in range(restarts):
-            ok, adv_ok = fn(params, *args, eps_t, support_seed, tf.constant([seed, r], tf.int64))
-            if r == 0:
-                clean.append(ok.numpy())
-            attacked[r].append(adv_ok.numpy())
-    return np.concatenate(clean), [np.concatenate(a) for a in attacked]
-
-
-def robust_evaluate(model: keras.Model, tasks: Tasks, *, params: Sequence[Any] | None = None, steps: int, lr: float,
-                    attack: _attacks.Attack, restarts: int = 1, support: str = "clean",
-                    support_attack: _attacks.Attack | None = None, head_only: bool = False, seed: int = 0,
-                    chunk: int = 50) -> RobustEvaluation:
-    """Adapt to each task's support set, then attack its queries against the ADAPTED weights (white-box).
-
-    ``model`` (or ``params``, default the model's weights) is the initialisation; each task adapts with
-    ``steps`` SGD steps at ``lr`` (``meta.inner_loop``; ``head_only`` adapts only the last layer).
-    ``support="adversarial"`` adapts on support images attacked with ``support_attack`` (default ``attack``)
-    crafted against the weights after ONE clean adaptation step (:func:`support_surrogate`), i.e. MAML with
-    adversarial fine-tuning at test time. The queries are attacked with ``attack`` against the adapted weights.
-    ``restarts`` > 1 runs the attack that many times with different random starts and counts a query broken if
-    ANY run breaks it (``robust_restarts``); ``robust`` is the first run alone. A query counts as robust only
-    if it is also classified correctly clean. ``seed`` fixes the random starts. Returns a
-    :class:`RobustEvaluation`; ``.summary()`` gives mean and 95% CI over tasks.
-    """
-    _meta.check_meta_model(model)
-    tasks = _check_tasks(tasks)
-    attack = check_attack(attack)
-    if support not in SUPPORT_MODES:
-        raise ValueError(f"support must be one of {SUPPORT_MODES}, got {support!r}")
-    support_attack = None if support == "clean" else check_attack(attack if support_attack is None else support_attack,
-                                                                  "support_attack")
-    restarts = _check_count("restarts", restarts, 1)
-    steps = _check_count("steps", steps)
-    if restarts > 1 and not getattr(attack, "random_start", False):
-        raise ValueError(f"restarts={restarts} needs an attack with random_start=True ({attack.name} starts at x "
-                         "every time, so every run would find the same examples)")
-    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0):
-        raise ValueError(f"lr must be a number >= 0, got {lr!r}")
-    check_data_range(attack, tasks.support_x, tasks.query_x)
-    if support_attack is not None:
-        check_data_range(support_attack, tasks.support_x, name="support_attack")
-    params = _meta.params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
-    clean_ok, runs = _correct_masks(model, tasks, params=params, steps=steps, lr=lr, attack=attack, eps=None,
-                                    restarts=restarts, support=support, support_attack=support_attack,
-                                    head_only=head_only, seed=seed, chunk=chunk)
-    robust = (clean_ok & runs[0]).mean(axis=1)
-    robust_restarts = (clean_ok & np.logical_and.reduce(runs)).mean(axis=1) if restarts > 1 else None
-    return RobustEvaluation(clean=clean_ok.mean(axis=1), robust=robust, robust_restarts=robust_restarts,
-                            restarts=restarts, attack=attack.name, eps=float(attack.eps), steps=steps, lr=float(lr),
-                            support=support)
-
-
-# --------------------------------------------------------------------------------------------------
-# Accuracy against eps, and gradient-masking checks on adapted models
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EpsilonCurve:
-    """Robust query accuracy of adapted models against eps: ``eps`` (m,), per-task ``per_task`` (tasks, m),
-    ``mean`` and ``ci95`` (m,) over tasks, and the clean per-task accuracy ``clean`` (tasks,)."""
-
-    eps: np.ndarray
-    per_task: np.ndarray
-    clean: np.ndarray
-    attack: str
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.per_task.mean(axis=0)
-
-    @property
-    def ci95(self) -> np.ndarray:
-        return _evaluate.mean_ci95(self.per_task)[1]
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"eps": self.eps.tolist(), "mean": self.mean.tolist(), "ci95": self.ci95.tolist()}
-
-
-def epsilon_curve(model: keras.Model, tasks: Tasks, eps_values: Sequence[float], *, params: Sequence[Any] | None = None,
-                  steps: int, lr: float, attack: _attacks.Attack, seed: int = 0, chunk: int = 50) -> EpsilonCurve:
-    """Robust accuracy of the adapted models (as :func:`robust_evaluate`, clean support) for each eps in
-    ``eps_values`` (>= 0; eps 0 gives the clean accuracy). The attack's step size scales with eps (PGD-20 at
-    step 2.5 eps / 20 stays that at every eps); one compiled graph serves every eps."""
-    _meta.check_meta_model(model)
-    tasks = _check_tasks(tasks)
-    attack = check_attack(attack)
-    eps_values = np.asarray(eps_values, dtype=np.float64)
-    if eps_values.ndim != 1 or not len(eps_values) or np.any(~np.isfinite(eps_values)) or np.any(eps_values < 0):
-        raise ValueError(f"eps_values must be a non-empty list of numbers >= 0, got {eps_values.tolist()}")
-    span = attack.clip_max - attack.clip_min
-    if np.any(eps_values >= span):
-        raise ValueError(f"eps_values must be smaller than the pixel range {span}, got {eps_values.tolist()}")
-    check_data_range(attack, tasks.support_x, tasks.query_x)
-    params = _meta.params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
-    columns, clean = [], None
-    for e in eps_values:
-        clean_ok, runs = _correct_masks(model, tasks, params=params, steps=_check_count("steps", steps), lr=lr,
-                                        attack=attack, eps=float(e), restarts=1, support="clean", support_attack=None,
-                                        head_only=False, seed=seed, chunk=chunk, scale_step=True)
-        clean = clean_ok.mean(axis=1)
-        columns.append(clean if e == 0 else (clean_ok & runs[0]).mean(axis=1))
-    return EpsilonCurve(eps=eps_values, per_task=np.stack(columns, axis=1), clean=clean, attack=attack.name)
-
-
-@dataclass(frozen=True)
-class _SignNoise:
-    """Random signs of size eps (a corner of the L-inf ball), clipped: the baseline an attack must beat.
-
-    Not an attack (it ignores the model); it has ``.generate`` so the evaluation code path can apply it.
-    """
-
-    eps: float
-    clip_min: float = 0.0
-    clip_max: float = 1.0
-    name: str = "noise"
-
-    def generate(self, model, x, y, *, eps=None, seed=None):
-        x = tf.convert_to_tensor(x)
-        unit = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0, dtype=x.dtype)
-        eps = tf.cast(self.eps if eps is None else eps, x.dtype)
-        return tf.clip_by_value(x + eps * tf.sign(unit), self.clip_min, self.clip_max)
-
-
-_GRAD_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
-
-
-def _zero_gradient_fraction(model, tasks: Tasks, params, *, steps: int, lr: float, chunk: int) -> float:
-    """Fraction of queries whose input gradient (CE at the adapted weights) is all zero."""
-    per_model = _GRAD_CACHE.setdefault(model, {})
-    key = (steps, lr)
-    if key not in per_model:
-        model_ref = weakref.ref(model)
-
-        @tf.function(reduce_retracing=True)
-        def run(params, sx, sy, qx, qy):
-            m = model_ref()
-
-            def one(task):
-                sx_t, sy_t, qx_t, qy_t = task
-                adapted = _meta.inner_loop(m, params, sx_t, sy_t, steps=steps, lr=lr, first_order=True)
-                with tf.GradientTape() as tape:
-                    tape.watch(qx_t)
-                    logits = _meta.forward(m, [tf.stop_gradient(p) for p in adapted], qx_t)
-                    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=qy_t, logits=logits)
-                g = tape.gradient(loss, qx_t)
-                return tf.reduce_all(tf.equal(tf.reshape(g, [tf.shape(g)[0], -1]), 0.0), axis=1)
-
-            return tf.map_fn(one, (sx, sy, qx, qy), fn_output_signature=tf.bool, parallel_iterations=8)
-
-        per_model[key] = run
-    dtype = params[0].dtype
-    zero = []
-    for start in range(0, len(tasks), chunk):
-        t = tasks[start:start + chunk]
-        zero.append(per_model[key](params, tf.constant(t.support_x, dtype), tf.constant(t.support_y, tf.int32),
-                                   tf.constant(t.query_x, dtype), tf.constant(t.query_y, tf.int32)).numpy())
-    return float(np.concatenate(zero).mean())
-
-
-def adapted_sanity_checks(model: keras.Model, tasks: Tasks, *, eps: float, steps: int, lr: float,
-                          params: Sequence[Any] | None = None, attack_steps: int = 20, restarts: int = 5,
-                          large_eps: float = 0.5, chance_margin: float = 0.1, restart_gain_limit: float = 0.03,
-                          fgsm_margin: float = 0.01, zero_grad_limit: float = 0.01,
-                          transfer_params: Sequence[Any] | None = None, seed: int = 0,
-                          chunk: int = 50) -> _evaluate.SanityReport:
-    """The gradient-masking checks of ``evaluate.sanity_checks``, applied to adapted models.
-
-    Each task adapts from ``model`` (or ``params``) with ``steps`` SGD steps at ``lr`` on its clean support
-    set; every attack targets the adapted weights. Checks (accuracies are means over tasks; a query counts
-    only if also correct clean):
-
-    * ``logits_not_probabilities``: adapted outputs are not rows of probabilities;
-    * ``nonzero_gradients``: at most ``zero_grad_limit`` of the queries have an all-zero input gradient;
-    * ``pgd_beats_fgsm``: PGD-``attack_steps`` (step 2.5 eps / steps, random start) <= FGSM + ``fgsm_margin``;
-    * ``large_eps_breaks_model``: PGD at ``large_eps`` <= ``chance_margin``;
-    * ``attack_beats_noise``: PGD below random sign noise of size eps;
-    * ``restarts_change_little``: ``restarts`` restarts (broken if any breaks it) lower PGD accuracy by at most
-      ``restart_gain_limit``;
-    * ``transfer_weaker_than_white_box`` (only with ``transfer_params``, e.g. plain MAML's weights): queries
-      attacked against the *other* initialisation adapted on the same support set hurt less than white-box PGD.
-
-    Returns an ``evaluate.SanityReport`` (``numbers`` hold the accuracies as fractions).
-    """
-    _meta.check_meta_model(model)
-    tasks = _check_tasks(tasks)
-    if not (isinstance(eps, (int, float)) and 0 < eps < large_eps):
-        raise ValueError(f"need 0 < eps < large_eps, got eps={eps!r}, large_eps={large_eps!r}")
-    params = _meta.params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
-    pgd = _attacks.PGD(eps=float(eps), steps=attack_steps, step_size=2.5 * eps / attack_steps, random_start=True)
-    common = dict(params=params, steps=steps, lr=lr, seed=seed, chunk=chunk)
-    report = _evaluate.SanityReport(eps=float(eps))
-    num = report.numbers
-
-    adapted = _meta.inner_loop(model, params, tf.constant(tasks.support_x[0], params[0].dtype),
-                               tf.constant(tasks.support_y[0], tf.int32), steps=steps, lr=lr, first_order=True)
-    probs = _evaluate.looks_like_probabilities(_meta.forward(model, adapted, tf.constant(tasks.query_x[0], params[0].dtype)).numpy())
-    report.checks.append(_evaluate.Check("logits_not_probabilities", "rows sum to 1" if probs else "unnormalised logits",
-                                         not probs, "the model returns a softmax: losses saturate and gradients vanish"))
-    zero = _zero_gradient_fraction(model, tasks, params, steps=steps, lr=float(lr), chunk=chunk)
-    num["zero_gradient_fraction"] = zero
-    report.checks.append(_evaluate.Check("nonzero_gradients", f"{100 * zero:.1f}% of queries have an all-zero gradient",
-                                         zero <= zero_grad_limit, "gradient attacks have nothing to follow (masking)"))
-    main = robust_evaluate(model, tasks, attack=pgd, restarts=restarts, **common)
-    num["clean"] = float(main.clean.mean())
-    num["pgd"] = float(main.robust.mean())
-    num["pgd_restarts"] = float(main.robust_restarts.mean()) if restarts > 1 else num["pgd"]
-    num["fgsm"] = float(robust_evaluate(model, tasks, attack=_attacks.FGSM(eps=float(eps)), **common).robust.mean())
-    big = dataclasses.replace(pgd, eps=float(large_eps), step_size=2.5 * large_eps / attack_steps)
-    num["pgd_large_eps"] = float(robust_evaluate(model, tasks, attack=big, **common).robust.mean())
-    clean_ok, noisy = _correct_masks(model, tasks, attack=_SignNoise(float(eps), pgd.clip_min, pgd.clip_max), eps=None,
-                                     restarts=1, support="clean", support_attack=None, head_only=False, **common)
-    num["noise"] = float((clean_ok & noisy[0]).mean(axis=1).mean())
-    pct = lambda a: f"{100 * a:.1f}%"  # noqa: E731
-    report.checks += [
-        _evaluate.Check("pgd_beats_fgsm", f"PGD {pct(num['pgd'])} vs FGSM {pct(num['fgsm'])}",
-                        num["pgd"] <= num["fgsm"] + fgsm_margin + 1e-9,
-                        "the iterative attack is stuck (masked or broken gradients)"),
-        _evaluate.Check("large_eps_breaks_model", f"PGD at eps {large_eps:g}: {pct(num['pgd_large_eps'])}",
-                        num["pgd_large_eps"] <= chance_margin + 1e-9,
-                        "the attack cannot succeed even when it could erase the digit"),
-        _evaluate.Check("attack_beats_noise", f"PGD {pct(num['pgd'])} vs random noise {pct(num['noise'])}",
-                        num["pgd"] < num["noise"], "the gradient is no better a direction than a random one"),
-        _evaluate.Check("restarts_change_little",
-                        f"1 restart {pct(num['pgd'])} vs {restarts} restarts {pct(num['pgd_restarts'])}",
-                        num["pgd"] - num["pgd_restarts"] <= restart_gain_limit + 1e-9,
-                        "single-run numbers depend on luck: report restarts"),
-    ]
-    if transfer_params is not None:
-        num["transfer"] = transfer_accuracy(model, tasks, [tf.convert_to_tensor(p) for p in transfer_params],
-                                            attack=pgd, **common)
-        report.checks.append(_evaluate.Check(
-            "transfer_weaker_than_white_box", f"transfer {pct(num['transfer'])} vs white-box PGD {pct(num['pgd'])}",
-            num["transfer"] >= num["pgd"], "an attack on another model beats the attack on this one: its gradients mislead"))
-    return report
-
-
-def transfer_accuracy(model: keras.Model, tasks: Tasks, source_params: Sequence[Any], *,
-                      params: Sequence[Any] | None = None, steps: int, lr: float, attack: _attacks.Attack,
-                      seed: int = 0, chunk: int = 50) -> float:
-    """Robust query accuracy of the adapted ``model`` (or ``params``) when each task's queries are attacked
-    against ANOTHER initialisation, ``source_params``, adapted on the same support set (a transfer attack).
-    Mean over tasks; a query counts only if also correct clean."""
-    _meta.check_meta_model(model)
-    tasks = _check_tasks(tasks)
-    attack = check_attack(attack)
-    params = _meta.params_of(model) if params is None else [tf.convert_to_tensor(p) for p in params]
-    source = [tf.convert_to_tensor(p, params[0].dtype) for p in source_params]
-    if [tuple(p.shape) for p in source] != [tuple(p.shape) for p in params]:
-        raise ValueError("source_params must have the shapes of the model's weights (the same architecture)")
-
-    @tf.function(reduce_retracing=True)
-    def run(params, source, sx, sy, qx, qy, query_seed):
-        def one(task):
-            sx_t, sy_t, qx_t, qy_t, i = task
-            adapted = _meta.inner_loop(model, params, sx_t, sy_t, steps=steps, lr=lr, first_order=True)
-            adapted_source = _meta.inner_loop(model, source, sx_t, sy_t, steps=steps, lr=lr, first_order=True)
-            qx_adv = attack_adapted(attack, model, adapted_source, qx_t, qy_t,
-                                    seed=tf.random.experimental.stateless_fold_in(query_seed, i))
-            ok = [tf.equal(tf.argmax(_meta.forward(model, adapted, q), -1, output_type=tf.int32), qy_t)
-                  for q in (qx_t, qx_adv)]
-            return tf.reduce_mean(tf.cast(ok[0] & ok[1], tf.float32))
-
-        return tf.map_fn(one, (sx, sy, qx, qy, tf.range(tf.shape(sx)[0])), fn_output_signature=tf.float32)
-
-    dtype = params[0].dtype
-    accs = []
-    for start in range(0, len(tasks), chunk):
-        t = tasks[start:start + chunk]
-        accs.append(run(params, source, tf.constant(t.support_x, dtype), tf.constant(t.support_y, tf.int32),
-                        tf.constant(t.query_x, dtype), tf.constant(t.query_y, tf.int32),
-                        tf.constant([seed, 0], tf.int64)).numpy())
-    return float(np.concatenate(accs).mean())

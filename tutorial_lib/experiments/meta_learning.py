@@ -17,7 +17,7 @@ import numpy as np
 from .. import meta, models, runtime, tasks
 
 
-def samplers(data, settings, k_shot: int, *, seed: int = 0) -> tuple[tasks.FewShotSampler, tasks.FewShotSampler]:
+def samplers(data: Any, settings: Any, k_shot: int, *, seed: int = 0) -> tuple[tasks.FewShotSampler, tasks.FewShotSampler]:
     """(meta-train, meta-test) samplers of the series' split for ``k_shot`` (digits 0-4 with the profile's
     rotations/flips vs digits 5-9 upright; train and test images pooled per digit). ``settings`` is
     ``profile.meta``. Introduced in notebooks/04_meta_learning.ipynb."""
@@ -25,7 +25,7 @@ def samplers(data, settings, k_shot: int, *, seed: int = 0) -> tuple[tasks.FewSh
                               rotations=settings.rotations, flips=settings.flips, seed=seed)
 
 
-def method_options(method: str, settings) -> dict[str, Any]:
+def method_options(method: str, settings: Any) -> dict[str, Any]:
     """Keyword arguments of :func:`tutorial_lib.meta.make_learner` for ``method`` from ``settings`` (``profile.meta``)."""
     s = settings
     if method in ("maml", "fomaml"):
@@ -43,7 +43,7 @@ def method_options(method: str, settings) -> dict[str, Any]:
     raise ValueError(f"method must be one of {meta.LEARNERS + meta.LEARNED_RATE_LEARNERS}, got {method!r}")
 
 
-def meta_config(method: str, k_shot: int, settings, data, *, seed: int = 0) -> dict[str, Any]:
+def meta_config(method: str, k_shot: int, settings: Any, data: Any, *, seed: int = 0) -> dict[str, Any]:
     """Everything that determines a meta-trained initialisation (the cache key of :func:`meta_train`)."""
     opts = {k: v for k, v in method_options(method, settings).items() if k not in ("meta_optimizer", "test_steps")}
     optimizer = method_options(method, settings)["meta_optimizer"]
@@ -54,7 +54,7 @@ def meta_config(method: str, k_shot: int, settings, data, *, seed: int = 0) -> d
             "blocks": settings.blocks, "data": f"{data.source}:{len(data.x_train)}+{len(data.x_test)}", "seed": seed}
 
 
-def meta_train(method: str, k_shot: int, data, settings, *, seed: int = 0, verbose: int = 2,
+def meta_train(method: str, k_shot: int, data: Any, settings: Any, *, seed: int = 0, verbose: int = 2,
                keep_copy: bool = True) -> tuple[keras.Model, dict[str, Any]]:
     """Meta-train ``method`` for ``k_shot``-shot tasks with the profile's ``settings``, cached by config.
 
@@ -91,19 +91,19 @@ def meta_train(method: str, k_shot: int, data, settings, *, seed: int = 0, verbo
     return model, info
 
 
-def evaluate_init(method: str, model: keras.Model, info: dict[str, Any], test_tasks, settings, *,
+def evaluate_init(method: str, model: keras.Model, info: dict[str, Any], eval_tasks: tasks.Tasks, settings: Any, *,
                   steps: int | None = None) -> meta.Evaluation:
-    """Evaluation by adaptation of a :func:`meta_train` result on ``test_tasks``, as it was meta-trained: plain SGD
+    """Evaluation by adaptation of a :func:`meta_train` result on ``eval_tasks``, as it was meta-trained: plain SGD
     at the method's inner rate, or the learned rates (``info["rates"]``) for Meta-SGD / LSLR; ``steps`` defaults
     to the method's test steps. Introduced in notebooks/04_meta_learning.ipynb."""
     opts = method_options(method, settings)
     steps = opts["test_steps"] if steps is None else steps
     if method in meta.LEARNED_RATE_LEARNERS:
-        return meta.evaluate_adaptation(model, test_tasks, steps=steps, lr=None, rates=info["rates"])
-    return meta.evaluate_adaptation(model, test_tasks, steps=steps, lr=opts["inner_lr"])
+        return meta.evaluate_adaptation(model, eval_tasks, steps=steps, lr=None, rates=info["rates"])
+    return meta.evaluate_adaptation(model, eval_tasks, steps=steps, lr=opts["inner_lr"])
 
 
-def pretrained_classifier(data, settings, *, seed: int = 0, verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
+def pretrained_classifier(data: Any, settings: Any, *, seed: int = 0, verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
     """Baseline: the few-shot CNN trained as an ordinary classifier on all meta-train classes (cached).
 
     Same classes and images as meta-training (digits 0-4 under the profile's rotations/flips), Adam 1e-3,
@@ -137,7 +137,7 @@ def finetune_init(pretrained: keras.Model, n_way: int) -> keras.Model:
     return model
 
 
-def scratch_init(settings, *, seed: int = 0) -> keras.Model:
+def scratch_init(settings: Any, *, seed: int = 0) -> keras.Model:
     """Baseline: a freshly initialised few-shot CNN (Glorot-uniform weights, zero biases), seeded."""
     keras.utils.set_random_seed(seed)
     return models.few_shot_cnn(settings.n_way, filters=settings.filters, blocks=settings.blocks)
@@ -148,12 +148,12 @@ def accuracy_table(results: dict[str, dict[str, meta.Evaluation]]) -> str:
 
     Introduced in notebooks/04_meta_learning.ipynb.
     """
-    shots = sorted({s for r in results.values() for s in r}, key=lambda s: int(s.rstrip("shot")))
-    lines = ["| method | " + " | ".join(f"5-way {s[:-4]}-shot" for s in shots) + " |",
-             "|---|" + "---|" * len(shots)]
+    columns = sorted({s for r in results.values() for s in r}, key=lambda s: int(s.rstrip("shot")))
+    lines = ["| method | " + " | ".join(f"5-way {s[:-4]}-shot" for s in columns) + " |",
+             "|---|" + "---|" * len(columns)]
     for method, row in results.items():
         cells = [f"{100 * row[s].mean:.1f} ± {100 * row[s].ci95:.1f}% ({row[s].steps} steps, "
-                 + ("learned rates)" if np.isnan(row[s].lr) else f"lr {row[s].lr:g})") if s in row else "" for s in shots]
+                 + ("learned rates)" if np.isnan(row[s].lr) else f"lr {row[s].lr:g})") if s in row else "" for s in columns]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ Introduced in notebooks/05_meta_adversarial.ipynb.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -19,6 +20,8 @@ import tensorflow as tf
 from .. import attacks, meta, models, runtime, training
 from .. import evaluate as _evaluate
 from .. import meta_adversarial as mad
+from ..adaptation import RobustEvaluation, adapted_sanity_checks, robust_evaluate
+from ..evaluate import SanityReport
 from ..tasks import FewShotSampler, Tasks, digit_splits
 from . import meta_learning
 
@@ -42,20 +45,20 @@ RESULTS_NAME = "05_meta_adversarial"
 # --------------------------------------------------------------------------------------------------
 # Settings from the profile
 # --------------------------------------------------------------------------------------------------
-def samplers(data, settings, *, seed: int = 0) -> tuple[FewShotSampler, FewShotSampler]:
+def samplers(data: Any, settings: Any, *, seed: int = 0) -> tuple[FewShotSampler, FewShotSampler]:
     """(meta-train, meta-test) samplers: notebook 04's split (digits 0-4 under 4 rotations vs digits 5-9
     upright, train and test images pooled) with ``settings`` (``profile.meta_adv``) giving N, K and Q."""
     return digit_splits(data, n_way=settings.n_way, k_shot=settings.k_shot, q_queries=settings.q_queries, seed=seed)
 
 
-def train_attack(settings) -> attacks.PGD:
+def train_attack(settings: Any) -> attacks.PGD:
     """The attack used while training: PGD-``train_pgd_steps`` at ``eps``, step scale * eps / steps, random start."""
     s = settings
     return attacks.PGD(eps=s.eps, steps=s.train_pgd_steps, step_size=s.train_step_scale * s.eps / s.train_pgd_steps,
                        random_start=True)
 
 
-def eval_attack(settings, *, restarts: int = 1, eps: float | None = None) -> attacks.PGD:
+def eval_attack(settings: Any, *, restarts: int = 1, eps: float | None = None) -> attacks.PGD:
     """The test attack: PGD-``eval_pgd_steps`` at ``eps`` (default the profile's), step 2.5 eps / steps, random
     start, ``restarts`` restarts, seeded so every method meets the same random starts."""
     s = settings
@@ -64,21 +67,21 @@ def eval_attack(settings, *, restarts: int = 1, eps: float | None = None) -> att
                        restarts=restarts, seed=0)
 
 
-def describe_eval_attack(settings) -> str:
+def describe_eval_attack(settings: Any) -> str:
     """The test attack in words (the ``eval_attack`` field of the results)."""
     s = settings
     return (f"PGD-{s.eval_pgd_steps} L-inf, step 2.5*eps/{s.eval_pgd_steps}, random start, against the adapted "
             f"weights (white-box); robust_restarts{s.eval_restarts}: broken if any of {s.eval_restarts} restarts breaks it")
 
 
-def meta_steps(method: str, settings) -> int:
+def meta_steps(method: str, settings: Any) -> int:
     """Meta-steps of ``method`` in this profile (``<method>_meta_steps`` or else ``meta_steps``)."""
     _check_method(method, META_TRAINED)
     value = getattr(settings, f"{method}_meta_steps", None)
     return int(settings.meta_steps if value is None else value)
 
 
-def method_options(method: str, settings, *, steps: int | None = None) -> dict[str, Any]:
+def method_options(method: str, settings: Any, *, steps: int | None = None) -> dict[str, Any]:
     """Keyword arguments of :func:`tutorial_lib.meta_adversarial.make_learner` for ``method``.
 
     ``steps`` is the length of the run (default :func:`meta_steps`); an eps ramp covers its first
@@ -121,7 +124,7 @@ def _jsonable_options(opts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def meta_config(method: str, settings, data, *, seed: int = 0, steps: int | None = None,
+def meta_config(method: str, settings: Any, data: Any, *, seed: int = 0, steps: int | None = None,
                 **overrides: Any) -> dict[str, Any]:
     """Everything that determines a meta-trained initialisation (the cache key of :func:`meta_train`)."""
     s = settings
@@ -135,7 +138,7 @@ def meta_config(method: str, settings, data, *, seed: int = 0, steps: int | None
 # --------------------------------------------------------------------------------------------------
 # Training, cached
 # --------------------------------------------------------------------------------------------------
-def meta_train(method: str, data, settings, *, seed: int = 0, verbose: int = 2, steps: int | None = None,
+def meta_train(method: str, data: Any, settings: Any, *, seed: int = 0, verbose: int = 2, steps: int | None = None,
                name: str | None = None, save: bool = True, **overrides: Any) -> tuple[keras.Model, dict[str, Any]]:
     """Meta-train ``method`` (one of :data:`META_TRAINED`) with the profile's ``settings``, cached by config.
 
@@ -166,7 +169,7 @@ def meta_train(method: str, data, settings, *, seed: int = 0, verbose: int = 2, 
     return model, info
 
 
-def at_classifier(data, settings, *, seed: int = 0, verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
+def at_classifier(data: Any, settings: Any, *, seed: int = 0, verbose: int = 2) -> tuple[keras.Model, dict[str, Any]]:
     """The "AT transfer" baseline's classifier: a few-shot CNN over all meta-train classes (20: digits 0-4 under
     4 rotations), PGD adversarially trained with :func:`tutorial_lib.training.adversarial_fit` at ``eps``
     with the training attack's steps, ``at_epochs`` epochs, cached; saved as ``build/models/05_at_transfer.keras``."""
@@ -199,7 +202,7 @@ def transfer_init(classifier: keras.Model, n_way: int) -> keras.Model:
 # --------------------------------------------------------------------------------------------------
 # Evaluation on held-out digits
 # --------------------------------------------------------------------------------------------------
-def adaptation(method: str, settings) -> dict[str, Any]:
+def adaptation(method: str, settings: Any) -> dict[str, Any]:
     """How ``method`` adapts at test time: ``steps``, ``lr`` and the options of robust_evaluate."""
     _check_method(method, COMPARED)
     s = settings
@@ -211,24 +214,26 @@ def adaptation(method: str, settings) -> dict[str, Any]:
     return dict(steps=s.train_steps, lr=s.inner_lr)
 
 
-def evaluate(method: str, model: keras.Model, tasks: Tasks, settings, *, restarts: int | None = None):
+def evaluate(method: str, model: keras.Model, tasks: Tasks, settings: Any, *,
+             restarts: int | None = None) -> RobustEvaluation:
     """Clean and robust query accuracy of ``method`` (``model``: its initialisation) on ``tasks``.
 
     Adapts on each task's support set as :func:`adaptation` says, then attacks the queries with the test
     attack against the adapted weights; with ``restarts`` (default ``eval_restarts``) also the worst case over
-    that many restarts. Returns the :class:`tutorial_lib.meta_adversarial.RobustEvaluation`.
+    that many restarts. Returns the :class:`tutorial_lib.adaptation.RobustEvaluation`.
     """
     s = settings
     restarts = s.eval_restarts if restarts is None else restarts
-    return mad.robust_evaluate(model, tasks, attack=eval_attack(s), restarts=restarts, **adaptation(method, s))
+    return robust_evaluate(model, tasks, attack=eval_attack(s), restarts=restarts, **adaptation(method, s))
 
 
-def sanity_checks(model: keras.Model, tasks: Tasks, settings, *, transfer_from: keras.Model | None = None):
-    """The gradient-masking checks of :func:`tutorial_lib.meta_adversarial.adapted_sanity_checks` on ``model``
+def sanity_checks(model: keras.Model, tasks: Tasks, settings: Any, *,
+                  transfer_from: keras.Model | None = None) -> SanityReport:
+    """The gradient-masking checks of :func:`tutorial_lib.adaptation.adapted_sanity_checks` on ``model``
     adapted as a meta-learner, at the profile's eps with the test attack's steps and restarts; with
     ``transfer_from`` (e.g. plain MAML) also the transfer attack from that initialisation."""
     s = settings
-    return mad.adapted_sanity_checks(model, tasks, eps=s.eps, steps=s.train_steps, lr=s.inner_lr,
+    return adapted_sanity_checks(model, tasks, eps=s.eps, steps=s.train_steps, lr=s.inner_lr,
                                      attack_steps=s.eval_pgd_steps, restarts=s.eval_restarts,
                                      transfer_params=None if transfer_from is None else meta.params_of(transfer_from))
 
@@ -236,7 +241,7 @@ def sanity_checks(model: keras.Model, tasks: Tasks, settings, *, transfer_from: 
 # --------------------------------------------------------------------------------------------------
 # Results: the JSON of build/results and the notebook's table
 # --------------------------------------------------------------------------------------------------
-def method_result(method: str, evaluation, settings, train_seconds: float | None) -> dict[str, Any]:
+def method_result(method: str, evaluation, settings: Any, train_seconds: float | None) -> dict[str, Any]:
     """One method's entry of the results file: clean / robust / robust_restarts<R> as {mean, ci95}, the test-time
     adaptation (inner_lr, test_steps) and the training seconds."""
     summary = evaluation.summary()
@@ -246,7 +251,7 @@ def method_result(method: str, evaluation, settings, train_seconds: float | None
             "train_seconds": None if train_seconds is None else float(train_seconds)}
 
 
-def results(evaluations: dict[str, Any], train_seconds: dict[str, float | None], settings) -> dict[str, Any]:
+def results(evaluations: dict[str, Any], train_seconds: dict[str, float | None], settings: Any) -> dict[str, Any]:
     """The results of notebook 05 in the series' schema (``methods`` keyed by :data:`COMPARED` order)."""
     s = settings
     n_tasks = {len(ev.clean) for ev in evaluations.values()}
@@ -258,7 +263,7 @@ def results(evaluations: dict[str, Any], train_seconds: dict[str, float | None],
                         for m in COMPARED if m in evaluations}}
 
 
-def save(result: dict[str, Any]):
+def save(result: dict[str, Any]) -> Path:
     """Write ``result`` to ``build/results/05_meta_adversarial.json``; returns the path."""
     return runtime.save_results(RESULTS_NAME, result)
 

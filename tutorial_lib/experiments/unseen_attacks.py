@@ -10,19 +10,18 @@ clean + attacked support sets and queries attacked against the ADAPTED weights, 
 
 from __future__ import annotations
 
-import functools
-import weakref
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import attacks, evaluate, meta, models, runtime
+from .. import adaptation, attacks, evaluate, meta, models, runtime
+from ..checks import check_number
 from .. import meta_adversarial as mad
 from ..meta_adversarial import PoolQuerying
-from ..tasks import Tasks, digit_splits
+from ..tasks import FewShotSampler, Tasks, digit_splits
 from . import robust_few_shot as rfs
 
 #: The attack families, in table order.
@@ -44,7 +43,7 @@ def _check_family(family: Any) -> str:
     return family
 
 
-def eval_attacks(family: str, settings, *, l2_eps: float | None = None, steps: int | None = None,
+def eval_attacks(family: str, settings: Any, *, l2_eps: float | None = None, steps: int | None = None,
                  scale: float = 1.0) -> tuple[attacks.Attack, ...]:
     """The test attacks of ``family``: a query counts as robust only if EVERY one of them fails on it.
 
@@ -67,7 +66,7 @@ def eval_attacks(family: str, settings, *, l2_eps: float | None = None, steps: i
     return (spatial_attack(settings, scale=scale),)
 
 
-def spatial_attack(settings, *, scale: float = 1.0, angle_steps: int | None = None,
+def spatial_attack(settings: Any, *, scale: float = 1.0, angle_steps: int | None = None,
                    shift_steps: int | None = None) -> attacks.Spatial:
     """The spatial test attack: ``Spatial`` over ±spatial_max_angle degrees x ±spatial_max_shift pixels (times
     ``scale``) on the profile's grid (or ``angle_steps`` x ``shift_steps`` x ``shift_steps``)."""
@@ -77,7 +76,7 @@ def spatial_attack(settings, *, scale: float = 1.0, angle_steps: int | None = No
                            shift_steps=s.spatial_shift_steps if shift_steps is None else shift_steps)
 
 
-def train_pool(settings, l2_eps: float) -> attacks.AttackPool:
+def train_pool(settings: Any, l2_eps: float) -> attacks.AttackPool:
     """Every family's training attacks, equal weight per family: FGSM, PGD-3 and MIM-3 at linf_eps (a third each),
     PGD-3 L2 at ``l2_eps``, and the spatial attack on a coarse grid. ``.without(family)`` leaves one out."""
     s = settings
@@ -89,7 +88,7 @@ def train_pool(settings, l2_eps: float) -> attacks.AttackPool:
     return attacks.AttackPool(specs, weights=[1 / 3, 1 / 3, 1 / 3, 1.0, 1.0])
 
 
-def describe_families(settings, l2_eps: float) -> dict[str, dict[str, Any]]:
+def describe_families(settings: Any, l2_eps: float) -> dict[str, dict[str, Any]]:
     """The ``families`` entry of the results: each family's test attacks (names) and budget."""
     out = {}
     for family in FAMILIES:
@@ -104,7 +103,7 @@ def describe_families(settings, l2_eps: float) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 # Meta-training on an attack pool (meta_adversarial.PoolQuerying: each task draws its attack)
 # --------------------------------------------------------------------------------------------------
-def meta_adv_without(family: str, data, settings, meta_settings, *, l2_eps: float, start: keras.Model,
+def meta_adv_without(family: str, data: Any, settings: Any, meta_settings: Any, *, l2_eps: float, start: keras.Model,
                      seed: int = 0, verbose: int = 0) -> tuple[keras.Model, dict[str, Any]]:
     """The leave-one-out initialisation for held-out ``family``: :class:`~tutorial_lib.meta_adversarial.PoolQuerying`
     on ``train_pool(...).without(family)``, starting from ``start``'s weights (notebook 05's MAML),
@@ -141,96 +140,18 @@ def meta_adv_without(family: str, data, settings, meta_settings, *, l2_eps: floa
 # --------------------------------------------------------------------------------------------------
 # Evaluation: clean + attacked support, adaptation checkpoints, queries attacked against adapted weights
 # --------------------------------------------------------------------------------------------------
-_FN_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
+class Adaptation(adaptation.AdaptationResult):
+    """Per-task query accuracies after each number of adaptation steps (an :class:`~tutorial_lib.adaptation.AdaptationResult`).
 
-
-def _eval_fn(model: keras.Model, query_attacks: tuple, support_attack: Any, checkpoints: tuple[int, ...],
-             zero_start: bool = False):
-    """Compiled fn(params, lrs, sx, sy, qx, qy, seed) -> (clean ok (tasks, C, Q), attacked ok (tasks, C, A, Q))
-    with C = len(checkpoints), A = len(query_attacks); one trace for every K, method and learning rate.
-    ``zero_start``: the initial weights have a zero head, so before any step the logits do not depend on the
-    image and no attack can change a prediction: at 0 steps attacked ok = clean ok, without running the attacks."""
-    key = (query_attacks, support_attack, checkpoints, zero_start)
-    cache = _FN_CACHE.setdefault(model, {})
-    if key in cache:
-        return cache[key]
-    model_ref = weakref.ref(model)
-    shapes = [tuple(v.shape) for v in model.trainable_variables]
-    image = tuple(model.input_shape[1:])
-    signature = ([tf.TensorSpec(sh, tf.float32) for sh in shapes], [tf.TensorSpec([], tf.float32) for _ in shapes],
-                 [tf.TensorSpec([], tf.float32) for _ in shapes],
-                 tf.TensorSpec((None, None, *image), tf.float32), tf.TensorSpec((None, None), tf.int32),
-                 tf.TensorSpec((None, None, *image), tf.float32), tf.TensorSpec((None, None), tf.int32),
-                 tf.TensorSpec((2,), tf.int64))
-
-    def run(params, lrs, later_lrs, sx, sy, qx, qy, seed):
-        m = model_ref()
-        lrs, later_lrs = list(lrs), list(later_lrs)
-
-        def one(task):
-            sx_t, sy_t, qx_t, qy_t, i = task
-            s = tf.random.experimental.stateless_fold_in(seed, tf.cast(i, tf.int64))
-            if support_attack is not None:
-                adv = mad.attack_support(support_attack, m, params, sx_t, sy_t, lr=lrs,
-                                         seed=tf.random.experimental.stateless_fold_in(s, 0))
-                sx_t, sy_t = tf.concat([sx_t, adv], 0), tf.concat([sy_t, sy_t], 0)
-            adapted, done, cleans, advs = list(params), 0, [], []
-            for c in checkpoints:
-                if c > done and done == 0:  # the first step at the learner's rate, the others at later_lrs
-                    adapted = [tf.stop_gradient(p) for p in
-                               meta.inner_loop(m, adapted, sx_t, sy_t, steps=1, lr=lrs, first_order=True)]
-                    done = 1
-                if c > done:
-                    adapted = [tf.stop_gradient(p) for p in
-                               meta.inner_loop(m, adapted, sx_t, sy_t, steps=c - done, lr=later_lrs, first_order=True)]
-                    done = c
-                pred = tf.argmax(meta.forward(m, adapted, qx_t), -1, output_type=tf.int32)
-                cleans.append(tf.equal(pred, qy_t))
-                if zero_start and done == 0:
-                    advs.append(tf.stack([cleans[-1]] * len(query_attacks)))
-                    continue
-                row = []
-                for j, a in enumerate(query_attacks):
-                    x_adv = mad.attack_adapted(a, m, adapted, qx_t, qy_t,
-                                               seed=tf.random.experimental.stateless_fold_in(s, j + 1))
-                    row.append(tf.equal(tf.argmax(meta.forward(m, adapted, x_adv), -1, output_type=tf.int32), qy_t))
-                advs.append(tf.stack(row))
-            return tf.stack(cleans), tf.stack(advs)
-
-        index = tf.range(tf.shape(sx)[0])
-        return tf.map_fn(one, (sx, sy, qx, qy, index), fn_output_signature=(tf.bool, tf.bool), parallel_iterations=4)
-
-    # A partial gives each compiled function its own key in TF's retracing detector (see meta_adversarial._robust_fn).
-    cache[key] = tf.function(functools.partial(run), input_signature=signature)
-    return cache[key]
-
-
-@dataclass(frozen=True)
-class Adaptation:
-    """Per-task query accuracies after each number of adaptation steps.
-
-    ``steps`` (C,); ``clean`` (tasks, C); ``robust`` (tasks, C): fraction of queries correct clean AND under
-    every attack of the family; ``per_attack`` (tasks, C, A): correct clean and under attack j alone.
+    ``checkpoints`` (C,); ``clean`` (tasks, C); ``robust`` (tasks, C): fraction of queries correct clean AND under
+    every attack of the family; ``per_attack`` (tasks, C, A); ``clean_mask`` bool (tasks, C, Q); ``attacked_mask``
+    bool (tasks, C, A, Q): correct under attack j. ``steps`` is the old name of ``checkpoints``.
     """
 
-    steps: tuple[int, ...]
-    clean: np.ndarray
-    robust: np.ndarray
-    per_attack: np.ndarray
-    attacks: tuple[str, ...]
-    clean_mask: np.ndarray  # bool (tasks, C, Q)
-    attacked_mask: np.ndarray  # bool (tasks, C, A, Q): correct under attack j
-
-    def robust_under(self, which: Sequence[int]) -> np.ndarray:
-        """Per-task robust accuracy (tasks, C) when only the attacks numbered ``which`` count."""
-        which = list(which)
-        return (self.clean_mask & self.attacked_mask[:, :, which].all(axis=2)).mean(axis=-1)
-
-    def at(self, steps: int) -> dict[str, dict[str, float]]:
-        """``{"clean": {"mean", "ci95"}, "robust": {...}}`` after ``steps`` adaptation steps."""
-        c = self.steps.index(steps)
-        return {"clean": evaluate.mean_ci95_record(self.clean[:, c]),
-                "robust": evaluate.mean_ci95_record(self.robust[:, c])}
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """The checkpoints (kept for notebook 06's cells; new code reads ``checkpoints``)."""
+        return self.checkpoints
 
 
 def adapt_and_attack(model: keras.Model, tasks: Tasks, params: Sequence[Any], *, query_attacks: Sequence[Any],
@@ -245,10 +166,7 @@ def adapt_and_attack(model: keras.Model, tasks: Tasks, params: Sequence[Any], *,
     ``lr``) the rate of the steps after it. A query is robust if it is classified
     correctly clean and under every attack in ``query_attacks`` (white-box against the adapted weights).
     """
-    if not isinstance(tasks, Tasks):
-        raise TypeError(f"tasks must be a tutorial_lib.tasks.Tasks, got {type(tasks).__name__}")
-    if len(tasks) < 2:
-        raise ValueError(f"need at least 2 tasks for a confidence interval, got {len(tasks)}")
+    tasks = adaptation.check_tasks(tasks)
     steps = tuple(int(c) for c in steps)
     if not steps or list(steps) != sorted(set(steps)) or steps[0] < 0:
         raise ValueError(f"steps must be distinct step counts >= 0 in increasing order, got {steps}")
@@ -257,46 +175,37 @@ def adapt_and_attack(model: keras.Model, tasks: Tasks, params: Sequence[Any], *,
         raise TypeError(f"query_attacks must be a non-empty list of attack specs, got {query_attacks!r}")
     if support_attack is not None and not isinstance(support_attack, attacks.Attack):
         raise TypeError(f"support_attack must be an attack spec or None, got {type(support_attack).__name__}")
-    if not (isinstance(lr, (int, float)) and lr >= 0):
-        raise ValueError(f"lr must be a number >= 0, got {lr!r}")
+    lr = check_number("lr", lr, low=0.0)
+    later_lr = lr if later_lr is None else check_number("later_lr", later_lr, low=0.0)
     params = [tf.convert_to_tensor(p, tf.float32) for p in params]
-    n = len(params)
-    later_lr = lr if later_lr is None else later_lr
-    if not (isinstance(later_lr, (int, float)) and later_lr >= 0):
-        raise ValueError(f"later_lr must be a number >= 0, got {later_lr!r}")
-    lrs = [tf.constant(0.0 if head_only and i < n - 2 else float(lr)) for i in range(n)]
-    later_lrs = [tf.constant(0.0 if head_only and i < n - 2 else float(later_lr)) for i in range(n)]
-    zero_start = all(not np.any(p.numpy()) for p in params[-2:])
-    fn = _eval_fn(model, query_attacks, support_attack, steps, zero_start)
-    cleans, advs = [], []
-    for start in range(0, len(tasks), chunk):
-        t = tasks[start:start + chunk]
-        c, a = fn(params, lrs, later_lrs, tf.constant(t.support_x, tf.float32), tf.constant(t.support_y, tf.int32),
-                  tf.constant(t.query_x, tf.float32), tf.constant(t.query_y, tf.int32),
-                  tf.constant([seed, start], tf.int64))
-        cleans.append(c.numpy())
-        advs.append(a.numpy())
-    clean, adv = np.concatenate(cleans), np.concatenate(advs)  # (T, C, Q), (T, C, A, Q)
-    per_attack = (clean[:, :, None, :] & adv).mean(axis=-1)
-    robust = (clean & adv.all(axis=2)).mean(axis=-1)
-    return Adaptation(steps=steps, clean=clean.mean(axis=-1), robust=robust, per_attack=per_attack,
-                      attacks=tuple(a.name for a in query_attacks), clean_mask=clean, attacked_mask=adv)
+    # this chapter's seeds: task i of the chunk starting at `start` folds i (int64) into [seed, start]
+    fold = tf.random.experimental.stateless_fold_in
+    task = np.stack([fold(tf.constant([seed, g - g % chunk], tf.int64), tf.constant(g % chunk, tf.int64)).numpy()
+                     for g in range(len(tasks))])
+    query_seeds = np.stack([adaptation._fold(task, j + 1) for j in range(len(query_attacks))], 1)[:, :, None]
+    res = adaptation.run_with_seeds(model, tasks, params, adaptation.fixed_rates(model, lr, later_lr),
+                                    checkpoints=steps, head_only=bool(head_only),
+                                    support="clean" if support_attack is None else "clean+attacked",
+                                    support_attack=support_attack, query_attacks=query_attacks,
+                                    support_seeds=adaptation._fold(task, 0), query_seeds=query_seeds, chunk=chunk,
+                                    parallel_tasks=4)
+    return Adaptation(res.checkpoints, res.clean_mask, res.attacked_runs, res.attacks)
 
 
-def test_sampler(data, settings, meta_settings, k_shot: int):
+def eval_sampler(data: Any, settings: Any, meta_settings: Any, k_shot: int) -> FewShotSampler:
     """The meta-test sampler: digits 5-9 (notebook 05's split and N), ``k_shot`` support and ``q_queries`` query
     images per class."""
     _, sampler = digit_splits(data, n_way=meta_settings.n_way, k_shot=k_shot, q_queries=settings.q_queries)
     return sampler
 
 
-def test_tasks(data, settings, meta_settings, k_shot: int, *, seed: int = 0) -> Tasks:
-    """``eval_tasks`` meta-test tasks from :func:`test_sampler`; the same seed gives the same tasks for every
+def eval_tasks(data: Any, settings: Any, meta_settings: Any, k_shot: int, *, seed: int = 0) -> Tasks:
+    """``settings.eval_tasks`` meta-test tasks from :func:`eval_sampler`; the same seed gives the same tasks for every
     method."""
-    return test_sampler(data, settings, meta_settings, k_shot).sample(settings.eval_tasks, seed=seed + 1000 + k_shot)
+    return eval_sampler(data, settings, meta_settings, k_shot).sample(settings.eval_tasks, seed=seed + 1000 + k_shot)
 
 
-def method_adaptation(method: str, settings) -> dict[str, Any]:
+def method_adaptation(method: str, settings: Any) -> dict[str, Any]:
     """How ``method`` adapts at test time: every layer, first step at ``adapt_lr`` and later ones at
     ``adapt_later_lr``, or (AT) the head only at ``at_lr``."""
     if method not in COMPARED:
@@ -306,7 +215,7 @@ def method_adaptation(method: str, settings) -> dict[str, Any]:
     return {"lr": settings.adapt_lr, "later_lr": settings.adapt_later_lr, "head_only": False}
 
 
-def choose_l2_eps(model: keras.Model, params, tasks: Tasks, settings, *, steps: int, lr: float) -> dict[str, Any]:
+def choose_l2_eps(model: keras.Model, params: Any, tasks: Tasks, settings: Any, *, steps: int, lr: float) -> dict[str, Any]:
     """The L2 eps at which plain MAML (``params``, clean support, ``steps`` steps) loses about as much robust
     accuracy as under the L-inf family at ``linf_eps``: the candidate whose robust accuracy is closest.
     Returns ``{"eps", "linf", "clean", "candidates": {eps: {"mean", "ci95"}}}`` (over tasks)."""
@@ -326,7 +235,7 @@ def choose_l2_eps(model: keras.Model, params, tasks: Tasks, settings, *, steps: 
 # --------------------------------------------------------------------------------------------------
 # The comparison: every method on every held-out family, K shots, adaptation steps
 # --------------------------------------------------------------------------------------------------
-def baselines(data, profile, *, verbose: int = 0) -> dict[str, keras.Model]:
+def baselines(data: Any, profile: Any, *, verbose: int = 0) -> dict[str, keras.Model]:
     """Notebook 05's models: plain MAML, AQ at L-inf eps 0.1, and the PGD-trained classifier of the meta-train
     classes with a zero head (to fine-tune). Loaded (safe mode) from ``build/models/05_<name>.keras`` when notebook
     05 has run, else trained by notebook 05's driver (cached by configuration)."""
@@ -343,7 +252,7 @@ def baselines(data, profile, *, verbose: int = 0) -> dict[str, keras.Model]:
     return {"maml": maml_model, "aq_linf": aq_model, "at_finetune": rfs.transfer_init(classifier, ms.n_way)}
 
 
-def evaluate_method(method: str, init: keras.Model, family: str, tasks: Tasks, settings, *, l2_eps: float,
+def evaluate_method(method: str, init: keras.Model, family: str, tasks: Tasks, settings: Any, *, l2_eps: float,
                     steps: Sequence[int] | None = None, seed: int = 0) -> Adaptation:
     """``method`` (initialisation ``init``) on ``tasks`` against ``family``: support = clean + attacked by the
     family's first test attack (against the weights after one clean step), adaptation as
@@ -360,13 +269,14 @@ def matrix_rows() -> tuple[str, ...]:
 
 
 def matrix_label(row: str) -> str:
+    """The table label of a row of :func:`matrix_rows`."""
     if row.startswith("without_"):
         return f"AQ pool without {FAMILY_LABELS[row.removeprefix('without_')]}"
     return LABELS[row]
 
 
 def attack_matrix(held_out: dict[str, dict[str, dict[int, Adaptation]]], loo: dict[str, keras.Model],
-                  tasks: Tasks, settings, *, l2_eps: float) -> dict[str, dict[str, dict[str, float]]]:
+                  tasks: Tasks, settings: Any, *, l2_eps: float) -> dict[str, dict[str, dict[str, float]]]:
     """Robust accuracy of every model of :func:`matrix_rows` on every family at ``matrix_k`` shots after
     ``matrix_steps`` steps (attacked support). Cells already in ``held_out`` are reused (same tasks, same seeds);
     the leave-one-out models are evaluated on the families they were trained on. ``tasks``: the K = matrix_k
@@ -389,7 +299,7 @@ def attack_matrix(held_out: dict[str, dict[str, dict[int, Adaptation]]], loo: di
 
 
 def results(held_out: dict[str, dict[str, dict[int, Adaptation]]], matrix: dict[str, dict[str, dict[str, float]]],
-            settings, *, l2_eps: float, l2_choice: dict[str, Any] | None = None) -> dict[str, Any]:
+            settings: Any, *, l2_eps: float, l2_choice: dict[str, Any] | None = None) -> dict[str, Any]:
     """The results of notebook 06: ``held_out[family][method][k]`` are :class:`Adaptation` s on the same tasks.
 
     Schema: ``{"families": {f: {"attacks", "eps"}}, "k_shots", "steps", "held_out": {f: {method: {"<k>shot":
@@ -420,7 +330,7 @@ def results(held_out: dict[str, dict[str, dict[int, Adaptation]]], matrix: dict[
     return out
 
 
-def save(result: dict[str, Any]):
+def save(result: dict[str, Any]) -> Path:
     """Write ``result`` to ``build/results/06_unseen_attacks.json``; returns the path."""
     return runtime.save_results(RESULTS_NAME, result)
 
@@ -445,7 +355,7 @@ def held_out_table(result: dict[str, Any], k: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def paired(held_out, family: str, a: str, b: str, k: int, steps: int) -> dict[str, float]:
+def paired(held_out: Any, family: str, a: str, b: str, k: int, steps: int) -> dict[str, float]:
     """Mean and 95% CI of the per-task robust-accuracy difference ``a - b`` (same tasks, paired)."""
     ea, eb = held_out[family][a][k], held_out[family][b][k]
     i = ea.steps.index(steps)
@@ -469,7 +379,7 @@ def ordering(result: dict[str, Any], family: str, k: int, steps: int) -> list[tu
 # --------------------------------------------------------------------------------------------------
 # Sanity checks of the test attacks against adapted models
 # --------------------------------------------------------------------------------------------------
-def sanity_checks(method: str, init: keras.Model, family: str, tasks: Tasks, settings, *, l2_eps: float,
+def sanity_checks(method: str, init: keras.Model, family: str, tasks: Tasks, settings: Any, *, l2_eps: float,
                   steps: int, change_limit: float = 0.05, large_limit: float = 0.1) -> dict[str, Any]:
     """Does the family's test attack measure what it claims, on ``init`` adapted as ``method`` (attacked support)?
 
