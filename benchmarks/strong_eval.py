@@ -45,8 +45,9 @@ def record(correct: np.ndarray, seconds: float | None = None) -> dict[str, Any]:
     return out
 
 
-def art_apgd(model, x, y, clean: np.ndarray, *, eps: float, steps: int) -> dict[str, dict[str, Any]]:
-    """ART's AutoProjectedGradientDescent with the cross-entropy and the DLR loss, as notebook 07 runs it."""
+def art_apgd(model, x, y, clean: np.ndarray, *, eps: float, steps: int) -> tuple[dict, dict, np.ndarray]:
+    """ART's AutoProjectedGradientDescent with the cross-entropy and the DLR loss, as notebook 07 runs it: table
+    rows, per-loss correctness masks, and correctness under both (broken if either breaks an image)."""
     rows, masks = {}, {}
     for key, loss in (("ce", "cross_entropy"), ("dlr", "difference_logits_ratio")):
         attack = app._art("attacks.evasion").AutoProjectedGradientDescent(

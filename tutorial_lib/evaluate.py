@@ -266,7 +266,7 @@ class WorstCase:
     correct clean and under that attack. ``correct``: bool (n,), correct clean and under every attack (an example
     is broken if any attack, or any restart of one, breaks it). ``seconds``: attack name -> wall time.
     Accuracies are fractions in [0, 1]; each comes with the half-width of its 95 % Wilson interval
-    (:func:`accuracy_ci95`). Introduced in notebooks/07_applications.ipynb.
+    (:func:`accuracy_ci95`). Introduced in notebooks/07_applications_and_results.ipynb.
     """
 
     clean: np.ndarray
@@ -330,7 +330,7 @@ def worst_case(model: keras.Model, x: np.ndarray, y: np.ndarray, attacks: Sequen
     under every attack (and every restart of each): the worst case per example, which is at most each
     per-attack number. ``batch_size``: images per call of an attack (None: all at once, the spec's own
     ``batch_size`` bounding memory). Returns a :class:`WorstCase` (``print`` it for a table; ``to_dict()`` for
-    JSON). Introduced in notebooks/07_applications.ipynb.
+    JSON). Introduced in notebooks/07_applications_and_results.ipynb.
     """
     if callable(attacks) or isinstance(attacks, (str, bytes)) or not isinstance(attacks, Sequence):
         raise TypeError("attacks must be a list of attack specs, e.g. tl.evaluate.strong_attacks(0.3) or "
@@ -373,7 +373,7 @@ def strong_attacks(eps: float, *, norm: str | int = "inf", steps: int = 100, res
     PGD-``steps`` x ``restarts`` (step 2.5 eps / steps, random starts, broken if any restart breaks it), then APGD
     with the cross-entropy and APGD with the DLR loss (Croce & Hein 2020), ``steps`` iterations each from a random
     start (100: the paper's and AutoAttack's default; notebook 07's ART comparison ran 50). ``norm``: "inf" or 2.
-    ``seed`` fixes the random starts. Introduced in notebooks/07_applications.ipynb.
+    ``seed`` fixes the random starts. Introduced in notebooks/07_applications_and_results.ipynb.
     """
     eps = check_eps(eps, positive=True)
     steps = check_positive_int("steps", steps)
@@ -389,7 +389,7 @@ def worst_case_record(result: WorstCase, art_apgd: Any = None) -> dict[str, Any]
 
     ``art_apgd``: per-example correctness under ART's APGD on the same images (bools (n,), e.g.
     ``peer_comparison(...)["correct"]["art_apgd"]``), or None when the ``peers`` extra is missing.
-    Introduced in notebooks/07_applications.ipynb.
+    Introduced in notebooks/07_applications_and_results.ipynb.
     """
     if not isinstance(result, WorstCase):
         raise TypeError(f"result must be the WorstCase of tl.evaluate.worst_case, got {type(result).__name__}")
@@ -397,8 +397,8 @@ def worst_case_record(result: WorstCase, art_apgd: Any = None) -> dict[str, Any]
     if art_apgd is not None:
         mask = np.asarray(art_apgd)
         if mask.shape != result.correct.shape:
-            raise ValueError(f"art_apgd must hold one bool per example ({result.correct.shape}), got shape {mask.shape}: "
-                             "pass ART's per-example correctness on the same images")
+            raise ValueError(f"art_apgd must hold one bool per example ({result.correct.shape}), got shape "
+                             f"{mask.shape}: pass ART's per-example correctness on the same images")
         art = _record(mask)
     return {"attacks": result.attacks, "combined": _record(result.correct),
             "per_attack": {k: _record(v) for k, v in result.per_attack.items()}, "art_apgd": art}
@@ -609,13 +609,17 @@ def masking_checks(numbers: dict[str, float], *, probabilities: bool, restarts: 
         Check("nonzero_gradients", f"{_pct(zero)} of {unit} have an all-zero gradient",
               zero <= zero_grad_limit, "gradient attacks have nothing to follow (masking)"),
         Check("pgd_beats_fgsm", f"PGD {_pct(num['pgd'])} vs FGSM {_pct(num['fgsm'])}",
-              num["pgd"] <= num["fgsm"] + fgsm_margin + 1e-9, "the iterative attack is stuck (masked or broken gradients)"),
+              num["pgd"] <= num["fgsm"] + fgsm_margin + 1e-9,
+              "the iterative attack is stuck (masked or broken gradients)"),
         Check("large_eps_breaks_model", f"PGD at eps {large_eps:g}: {_pct(num['pgd_large_eps'])}",
-              num["pgd_large_eps"] <= chance_margin + 1e-9, "the attack cannot succeed even when it could erase the digit"),
+              num["pgd_large_eps"] <= chance_margin + 1e-9,
+              "the attack cannot succeed even when it could erase the digit"),
         Check("attack_beats_noise", f"PGD {_pct(num['pgd'])} vs random noise {_pct(num['noise'])}",
               num["pgd"] < num["noise"], "the gradient is no better a direction than a random one"),
-        Check("restarts_change_little", f"1 restart {_pct(num['pgd'])} vs {restarts} restarts {_pct(num['pgd_restarts'])}",
-              num["pgd"] - num["pgd_restarts"] <= restart_gain_limit + 1e-9, "single-run numbers depend on luck: report restarts"),
+        Check("restarts_change_little",
+              f"1 restart {_pct(num['pgd'])} vs {restarts} restarts {_pct(num['pgd_restarts'])}",
+              num["pgd"] - num["pgd_restarts"] <= restart_gain_limit + 1e-9,
+              "single-run numbers depend on luck: report restarts"),
     ]
 
 

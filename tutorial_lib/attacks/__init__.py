@@ -1,7 +1,8 @@
 """Adversarial attacks on logits models, as specs (values) that evaluation, training and meta-learning take.
 
 ``gradient``: FGSM, BIM, PGD, MIM (PGD's math first); ``apgd``: Auto-PGD; ``spatial``: rotations and shifts;
-``pool``: an attack drawn per task; ``patch``: a universal sticker. They share one private runner (checks, compiled cache, batches).
+``pool``: an attack drawn per task; ``patch``: a universal sticker. They share one private runner (checks,
+compiled cache, batches).
 """
 
 from __future__ import annotations

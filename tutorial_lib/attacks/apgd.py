@@ -85,20 +85,23 @@ def apgd_ascent(
     best point found (with the gradient stored there). eta starts at ``step_size`` (2 eps in the paper).
 
     Where it differs from the authors' code (auto-attack's ``autopgd_base.py``), it follows the paper: condition 1
-    counts the first step against f(x^(0)) (the code compares with 0), condition 2 can hold at the first
-    checkpoint (the code starts with "halved"), and after moving to the best point the next step's increase is
-    counted against the best loss. For 100 steps the checkpoints are the code's.
+    is "fewer than" (the code: "at most") and counts the first step against f(x^(0)) (the code compares with 0),
+    condition 2 can hold at the first checkpoint (the code starts as if just halved), and after moving to the best
+    point the next step's increase is counted against the best loss. For 100 steps the checkpoints are the code's.
+    Like the code (and unlike ART, which keeps only the last iterate), any iterate that fools the model is kept.
 
     Returns ``(x_adv, success, best_loss, eta)``: per example the last point that fooled the model if any did
     (the start included), else the point of highest loss; whether one did; the highest loss; the final step size.
     ``steps + 1`` gradient evaluations. Graph-compatible TensorFlow; the steps run in the package's chunked
-    ``tf.while_loop`` (:func:`~tutorial_lib.attacks.gradient.repeat`). Introduced in notebooks/07_applications.ipynb.
+    ``tf.while_loop`` (:func:`~tutorial_lib.attacks.gradient.repeat`).
+    Introduced in notebooks/07_applications_and_results.ipynb.
     """
     norm = check_norm(norm)
     steps = check_positive_int("steps", steps)
     x = tf.stop_gradient(tf.convert_to_tensor(x))
     eps = tf.cast(eps, x.dtype)
-    per_pixel = lambda v: tf.reshape(v, tf.concat([tf.shape(v), tf.ones([x.shape.rank - 1], tf.int32)], 0))  # noqa: E731
+    pixel_ones = tf.ones([x.shape.rank - 1], tf.int32)
+    per_pixel = lambda v: tf.reshape(v, tf.concat([tf.shape(v), pixel_ones], 0))  # noqa: E731  (B,) -> (B, 1, 1, 1)
     where = lambda cond, a, b: tf.where(per_pixel(cond), a, b)  # noqa: E731
 
     def evaluate(x_adv: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -153,6 +156,7 @@ def apgd_ascent(
     return tf.stop_gradient(x_adv), state["success"], state["best_loss"], state["eta"]
 
 
+@tf.autograph.experimental.do_not_convert  # plain Python control flow on purpose: nothing to convert
 def _apgd(
     model: Any, x: tf.Tensor, y: tf.Tensor, *, eps: Any, step_size: Any, steps: int, norm: str | int, loss: str,
     restarts: int, target_classes: int, random_start: bool, rho: float, momentum: float, targeted: bool,
@@ -192,7 +196,8 @@ def _apgd(
         start = x
         if random_start:
             seed_r = None if seed is None else tf.random.experimental.stateless_fold_in(seed, r)
-            start = _project(x + _random_delta(x, tf.cast(eps, x.dtype), norm, seed_r), x, eps, norm, clip_min, clip_max)
+            delta = _random_delta(x, tf.cast(eps, x.dtype), norm, seed_r)
+            start = _project(x + delta, x, eps, norm, clip_min, clip_max)
         target = None if ranked is None else tf.gather(ranked, r // restarts + 1, axis=1)
         x_adv, success, best_loss, _ = apgd_ascent(loss_fn(target), x, start, eps=eps, step_size=step_size,
                                                    steps=steps, norm=norm, rho=rho, momentum=momentum,
@@ -241,7 +246,7 @@ class APGD(_GradientAttack):
     ``jit_compile``, ``clip_min``/``clip_max`` as in :class:`~tutorial_lib.attacks.PGD`.
 
     Cost: ``steps + 1`` gradients per run and example (PGD-``steps`` costs ``steps``).
-    Introduced in notebooks/07_applications.ipynb.
+    Introduced in notebooks/07_applications_and_results.ipynb.
     """
 
     label: ClassVar[str] = "APGD"
@@ -275,10 +280,11 @@ class APGD(_GradientAttack):
         object.__setattr__(self, "random_start", check_bool("random_start", self.random_start))
         object.__setattr__(self, "restarts", check_restarts(self.restarts, self.random_start))
         object.__setattr__(self, "target_classes", check_positive_int("target_classes", self.target_classes))
-        object.__setattr__(self, "rho", check_number("rho", self.rho, low=0.0, high=1.0,
-                                                     hint="It is the fraction of steps that must raise the loss; 0.75 in the paper."))
+        rho_hint = "It is the fraction of steps that must raise the loss; 0.75 in the paper."
+        momentum_hint = "It weighs the new step against the last move; 0.75 in the paper."
+        object.__setattr__(self, "rho", check_number("rho", self.rho, low=0.0, high=1.0, hint=rho_hint))
         object.__setattr__(self, "momentum", check_number("momentum", self.momentum, low=0.0, high=1.0,
-                                                          hint="It weighs the new step against the last move; 0.75 in the paper."))
+                                                          hint=momentum_hint))
 
     def _name(self) -> str:
         name = f"{self.label}-{'T' if self.loss == 'dlr-targeted' else self.loss.upper()}-{self.steps}"
