@@ -64,9 +64,9 @@ tutorials: $(VENV)/.installed
 ## test: unit tests, notebook format check, the browser tests, then the notebooks under nbval (quick profile)
 test: unit nbcheck uitest nbval
 
-## unit: the unit tests (tests/, without the browser tests)
+## unit: the unit tests (tests/, without the browser tests and the nbgrader test: make uitest, make assignments-test)
 unit: $(VENV)/.installed
-	$(PY) -m pytest tests -q --ignore=tests/ui
+	$(PY) -m pytest tests -q --ignore=tests/ui --ignore=tests/test_assignments.py
 
 ## uitest: browser tests: JupyterLab runs notebook 01 in headless Chromium, and the book (skipped without chromium)
 uitest: $(VENV)/.installed
