@@ -46,7 +46,7 @@ lock:
 	$(PY) -m pip install --quiet 'uv>=0.4'
 	$(PY) -m uv pip compile pyproject.toml --extra test --extra peers --extra docs --extra teach \
 	  --python-version 3.11.5 --python-platform x86_64-unknown-linux-gnu --generate-hashes \
-	  --custom-compile-command "make lock" $(if $(filter 1,$(UPGRADE)),--upgrade) -o $(LOCK)
+	  --custom-compile-command "make lock" $(if $(filter 1,$(UPGRADE)),--upgrade) --quiet -o $(LOCK)
 
 ## tutorials: run the notebooks (TUTORIAL_PROFILE, default quick; NB=notebooks/05_... for one) into build/, render HTML, gather results
 tutorials: $(VENV)/.installed
