@@ -46,7 +46,7 @@ lock:
 	$(PY) -m pip install --quiet 'uv>=0.4'
 	$(PY) -m uv pip compile pyproject.toml --extra test --extra peers --extra docs --extra teach \
 	  --python-version 3.11.5 --python-platform x86_64-unknown-linux-gnu --generate-hashes \
-	  --custom-compile-command "make lock" $(if $(filter 1,$(UPGRADE)),--upgrade) -o $(LOCK)
+	  --custom-compile-command "make lock" $(if $(filter 1,$(UPGRADE)),--upgrade) --quiet -o $(LOCK)
 
 ## tutorials: run the notebooks (TUTORIAL_PROFILE, default quick; NB=notebooks/05_... for one) into build/, render HTML, gather results
 tutorials: $(VENV)/.installed
@@ -64,9 +64,9 @@ tutorials: $(VENV)/.installed
 ## test: unit tests, notebook format check, the browser tests, then the notebooks under nbval (quick profile)
 test: unit nbcheck uitest nbval
 
-## unit: the unit tests (tests/, without the browser tests)
+## unit: the unit tests (tests/, without the browser tests and the nbgrader test: make uitest, make assignments-test)
 unit: $(VENV)/.installed
-	$(PY) -m pytest tests -q --ignore=tests/ui
+	$(PY) -m pytest tests -q --ignore=tests/ui --ignore=tests/test_assignments.py
 
 ## uitest: browser tests: JupyterLab runs notebook 01 in headless Chromium, and the book (skipped without chromium)
 uitest: $(VENV)/.installed

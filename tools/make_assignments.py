@@ -303,12 +303,15 @@ def make_course(course: Path, prefixes: list[str] | None, *, release: bool = Tru
     return stems
 
 
-def submit(course: Path, student: str, *, fill: bool, wrong: dict[str, str] | None = None) -> None:
+def submit(course: Path, student: str, *, fill: bool, wrong: dict[str, str] | None = None,
+           only: list[str] | None = None) -> None:
     """Put a submission into submitted/<student>/: the release with every answer from the key (``fill``) or
-    unchanged, and ``wrong`` = {answer grade_id: code} replacing single answers."""
+    unchanged, and ``wrong`` = {answer grade_id: code} replacing single answers; ``only``: these assignments."""
     course = course.resolve()
     keys = json.loads((course / "answer_key.json").read_text())
     for stem, exercises in keys.items():
+        if only is not None and stem not in only:
+            continue
         by_id = {e["answer_id"]: e["solution"] for e in exercises}
         release = course / "release" / stem / f"{stem}.ipynb"
         nb = nbformat.read(release, as_version=4)
