@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--old-path", default="/work/main")
-    parser.add_argument("--settings", default="50x4,50x8,100x16",
+    parser.add_argument("--settings", default="50x4,50x8",
                         help="new-path settings, chunk x parallel map width, comma-separated")
     parser.add_argument("--child", choices=("old", "new"))
     parser.add_argument("--chunk", type=int, default=50)
