@@ -206,11 +206,10 @@ def test_adapt_and_attack_bad_input():
 
 
 # ---- results ------------------------------------------------------------------------------------------
-def _fake_adaptation(rng, steps=(0, 1, 3), n=4):
-    clean = rng.uniform(0.5, 1, (n, len(steps)))
-    robust = clean * rng.uniform(0, 1, (n, len(steps)))
-    return ua.Adaptation(steps=steps, clean=clean, robust=robust, per_attack=robust[..., None], attacks=("x",),
-                         clean_mask=np.ones((n, len(steps), 2), bool), attacked_mask=np.ones((n, len(steps), 1, 2), bool))
+def _fake_adaptation(rng, steps=(0, 1, 3), n=4, queries=10):
+    clean = rng.uniform(size=(n, len(steps), queries)) < 0.8
+    attacked = rng.uniform(size=(n, len(steps), 1, 1, queries)) < 0.5
+    return ua.Adaptation(checkpoints=steps, clean_mask=clean, attacked_runs=attacked, attacks=("x",))
 
 
 def test_results_schema_table_and_figures(settings, rng):

@@ -40,6 +40,9 @@ __all__ = ["SUPPORTS", "AdaptationResult", "adapt_and_evaluate", "run_with_seeds
 SUPPORTS = ("clean", "attacked", "clean+attacked")
 #: Tasks mapped in parallel inside one compiled call (tf.map_fn's parallel_iterations; benchmarks/adaptation.py).
 PARALLEL_TASKS = 8
+#: Adaptations of at most this many steps are written out step by step in the graph (measured faster than a
+#: tf.while_loop on notebook 06's 10 steps, benchmarks/adaptation.py); longer ones run in a loop.
+UNROLL_STEPS = 20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,7 +341,11 @@ def _evaluator(model: keras.Model, plan: _Plan):
                         else:
                             def body(i, *p):
                                 return (i + 1, *[tf.stop_gradient(w) for w in step(list(p), x_fit, y_fit, i)])
-                        _, *p = tf.while_loop(lambda i, *_: i < c, body, (tf.constant(done), *p))
+                        if plan.checkpoints[-1] <= UNROLL_STEPS:  # steps written out: faster for short runs
+                            for i in range(done, c):
+                                _, *p = body(i, *p)
+                        else:
+                            _, *p = tf.while_loop(lambda i, *_: i < c, body, (tf.constant(done), *p))
                         done = c
                     frozen = [tf.stop_gradient(w) for w in p]
                     ok = tf.equal(tf.argmax(_meta.forward(m, frozen, qx_t), -1, output_type=tf.int32), qy_t)

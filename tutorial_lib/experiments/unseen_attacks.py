@@ -19,7 +19,6 @@ import tensorflow as tf
 
 from .. import adaptation, attacks, evaluate, meta, models, runtime
 from ..checks import check_number
-from .. import meta_adversarial as mad
 from ..meta_adversarial import PoolQuerying
 from ..tasks import FewShotSampler, Tasks, digit_splits
 from . import robust_few_shot as rfs
