@@ -404,9 +404,9 @@ def test_attacked_support_sets_differ_from_clean_ones_for_a_zero_head_learner(sp
     assert ev_adv.support == "adversarial" and not np.array_equal(ev_adv.clean, ev_clean.clean)
 
 
-def test_robust_evaluate_takes_l2_and_spatial_attacks_with_their_own_eps_rules(splits):
-    # the L-inf rule "eps below the pixel range" is not theirs: L2 radii above 1 are common, Spatial's eps is a
-    # grid scale (1 = the grid as given)
+def test_robust_evaluate_takes_l2_and_spatial_attacks_with_their_own_budget_rules(splits):
+    # the L-inf rule "eps below the pixel range" is not theirs: L2 radii above 1 are common, Spatial has no
+    # radius, its scale multiplies the grid (1 = the grid as given)
     _, te = splits
     model, batch = cnn(5), te.sample(2, seed=5)
     l2 = A.PGD(eps=1.5, norm=2, steps=3, step_size=0.5)
@@ -418,9 +418,9 @@ def test_robust_evaluate_takes_l2_and_spatial_attacks_with_their_own_eps_rules(s
     with pytest.raises(ValueError, match="eps must be > 0"):
         MA.check_attack(A.PGD(eps=0.0, norm=2, steps=3, step_size=0.5))
     with pytest.raises(ValueError, match="must lie in \\(0, 1\\]"):
-        MA.check_attack(spatial.with_eps(1.5))
-    with pytest.raises(ValueError, match="eps must be > 0"):
-        MA.robust_evaluate(model, batch, steps=1, lr=0.4, attack=spatial.with_eps(0.0))
+        MA.check_attack(spatial.with_scale(1.5))
+    with pytest.raises(ValueError, match="scale"):
+        MA.robust_evaluate(model, batch, steps=1, lr=0.4, attack=spatial.with_scale(0.0))
     with pytest.raises(ValueError, match="not smaller than the pixel range"):
         MA.robust_evaluate(model, batch, steps=1, lr=0.4, attack=A.PGD(eps=1.5, steps=3, step_size=0.5))
 

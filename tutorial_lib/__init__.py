@@ -52,7 +52,8 @@ _import_tensorflow_quietly()
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "checks", "runtime", "data", "models", "attacks", "evaluate", "training", "tasks", "meta",
+    "checks", "compiled", "profiles", "runtime", "data", "models", "attacks", "evaluate", "adaptation", "training",
+    "tasks", "meta",
     "meta_adversarial", "viz", "experiments", "exercises", "report",
 )
 

@@ -49,16 +49,21 @@ UNROLL_STEPS = 20
 # Attacks against adapted weights: the one code path the learners and the evaluator use
 # --------------------------------------------------------------------------------------------------
 def check_attack(attack: Any, name: str = "attack") -> _attacks.Attack:
-    """Return ``attack`` if it is an attack spec whose eps makes sense for its threat model (``attack.family``).
+    """Return ``attack`` if it is an attack spec whose budget makes sense for its threat model (``attack.family``).
 
-    Every eps must be > 0: eps = 0 is no attack at all (use plain ``meta.MAML`` instead). L-inf: eps must also be
-    smaller than the pixel range, since an L-inf ball as wide as the range contains every image (the attack can
-    paint any picture) and no classifier can be robust in it. L2: eps > 0 is all (radii above 1 are common).
-    Spatial: eps scales the rotation/shift grid, so it lies in (0, 1].
+    A radius ``eps`` must be > 0: eps = 0 is no attack at all (use plain ``meta.MAML`` instead). L-inf: eps must
+    also be smaller than the pixel range, since an L-inf ball as wide as the range contains every image (the
+    attack can paint any picture) and no classifier can be robust in it. L2: eps > 0 is all (radii above 1 are
+    common). Spatial attacks have no radius: their ``scale`` multiplies the rotation/shift grid and lies in (0, 1].
     """
     if not isinstance(attack, _attacks.Attack):
         raise TypeError(f"{name} must be an attack spec from tutorial_lib.attacks (e.g. attacks.PGD(eps=0.1, "
                         f"steps=3, step_size=0.083)), got {type(attack).__name__}")
+    if attack.family == "spatial":
+        if not 0 < attack.scale <= 1:
+            raise ValueError(f"{name}.scale = {attack.scale} multiplies the spatial grid (max_angle, max_shift) and "
+                             "must lie in (0, 1]; for a larger budget raise max_angle / max_shift instead")
+        return attack
     if not attack.eps > 0:
         raise ValueError(f"{name}.eps must be > 0, got {attack.eps}; for no attack use meta.MAML")
     if attack.family == "linf":
@@ -67,9 +72,6 @@ def check_attack(attack: Any, name: str = "attack") -> _attacks.Attack:
             raise ValueError(f"{name}.eps = {attack.eps} is not smaller than the pixel range [{attack.clip_min}, "
                              f"{attack.clip_max}]: the L-inf eps ball would contain every image. Use eps well "
                              f"below {span} (0.1-0.3 for MNIST in [0, 1])")
-    elif attack.family == "spatial" and attack.eps > 1:
-        raise ValueError(f"{name}.eps = {attack.eps} scales the spatial grid (max_angle, max_shift) and must lie "
-                         "in (0, 1]; for a larger budget raise max_angle / max_shift instead")
     return attack
 
 
@@ -590,7 +592,7 @@ def robust_evaluate(model: keras.Model, tasks: Tasks, *, params: Sequence[Any] |
     robust = (clean_ok & runs[:, 0]).mean(axis=1)
     robust_restarts = (clean_ok & runs.all(axis=1)).mean(axis=1) if restarts > 1 else None
     return RobustEvaluation(clean=clean_ok.mean(axis=1), robust=robust, robust_restarts=robust_restarts,
-                            restarts=restarts, attack=attack.name, eps=float(attack.eps), steps=steps, lr=float(lr),
+                            restarts=restarts, attack=attack.name, eps=float(getattr(attack, "eps", getattr(attack, "scale", 0.0))), steps=steps, lr=float(lr),
                             support=support)
 
 
@@ -696,8 +698,11 @@ def _zero_gradient_fraction(model, tasks: Tasks, params, *, steps: int, lr: floa
 
 def adapted_sanity_checks(model: keras.Model, tasks: Tasks, *, eps: float, steps: int, lr: float,
                           params: Sequence[Any] | None = None, attack_steps: int = 20, restarts: int = 5,
-                          large_eps: float = 0.5, chance_margin: float = 0.1, restart_gain_limit: float = 0.03,
-                          fgsm_margin: float = 0.01, zero_grad_limit: float = 0.01,
+                          large_eps: float = _evaluate.MASKING_LIMITS["large_eps"],
+                          chance_margin: float = _evaluate.MASKING_LIMITS["chance_margin"],
+                          restart_gain_limit: float = _evaluate.MASKING_LIMITS["restart_gain_limit"],
+                          fgsm_margin: float = _evaluate.MASKING_LIMITS["fgsm_margin"],
+                          zero_grad_limit: float = _evaluate.MASKING_LIMITS["zero_grad_limit"],
                           transfer_params: Sequence[Any] | None = None, seed: int = 0,
                           chunk: int = 50) -> _evaluate.SanityReport:
     """The gradient-masking checks of ``evaluate.sanity_checks``, applied to adapted models.
@@ -732,12 +737,7 @@ def adapted_sanity_checks(model: keras.Model, tasks: Tasks, *, eps: float, steps
     adapted = _meta.inner_loop(model, params, tf.constant(tasks.support_x[0], params[0].dtype),
                                tf.constant(tasks.support_y[0], tf.int32), steps=steps, lr=lr, first_order=True)
     probs = _evaluate.looks_like_probabilities(_meta.forward(model, adapted, tf.constant(tasks.query_x[0], params[0].dtype)).numpy())
-    report.checks.append(_evaluate.Check("logits_not_probabilities", "rows sum to 1" if probs else "unnormalised logits",
-                                         not probs, "the model returns a softmax: losses saturate and gradients vanish"))
-    zero = _zero_gradient_fraction(model, tasks, params, steps=steps, lr=float(lr), chunk=chunk)
-    num["zero_gradient_fraction"] = zero
-    report.checks.append(_evaluate.Check("nonzero_gradients", f"{100 * zero:.1f}% of queries have an all-zero gradient",
-                                         zero <= zero_grad_limit, "gradient attacks have nothing to follow (masking)"))
+    num["zero_gradient_fraction"] = _zero_gradient_fraction(model, tasks, params, steps=steps, lr=float(lr), chunk=chunk)
     main = robust_evaluate(model, tasks, attack=pgd, restarts=restarts, **common)
     num["clean"] = float(main.clean.mean())
     num["pgd"] = float(main.robust.mean())
@@ -748,21 +748,11 @@ def adapted_sanity_checks(model: keras.Model, tasks: Tasks, *, eps: float, steps
     clean_ok, noisy = _robust_masks(model, tasks, attack=_SignNoise(float(eps), pgd.clip_min, pgd.clip_max),
                                     restarts=1, support="clean", support_attack=None, head_only=False, **common)
     num["noise"] = float((clean_ok & noisy[:, 0]).mean(axis=1).mean())
+    report.checks += _evaluate.masking_checks(
+        num, probabilities=probs, restarts=restarts, large_eps=large_eps, chance_margin=chance_margin,
+        restart_gain_limit=restart_gain_limit, fgsm_margin=fgsm_margin, zero_grad_limit=zero_grad_limit,
+        unit="queries")
     pct = lambda a: f"{100 * a:.1f}%"  # noqa: E731
-    report.checks += [
-        _evaluate.Check("pgd_beats_fgsm", f"PGD {pct(num['pgd'])} vs FGSM {pct(num['fgsm'])}",
-                        num["pgd"] <= num["fgsm"] + fgsm_margin + 1e-9,
-                        "the iterative attack is stuck (masked or broken gradients)"),
-        _evaluate.Check("large_eps_breaks_model", f"PGD at eps {large_eps:g}: {pct(num['pgd_large_eps'])}",
-                        num["pgd_large_eps"] <= chance_margin + 1e-9,
-                        "the attack cannot succeed even when it could erase the digit"),
-        _evaluate.Check("attack_beats_noise", f"PGD {pct(num['pgd'])} vs random noise {pct(num['noise'])}",
-                        num["pgd"] < num["noise"], "the gradient is no better a direction than a random one"),
-        _evaluate.Check("restarts_change_little",
-                        f"1 restart {pct(num['pgd'])} vs {restarts} restarts {pct(num['pgd_restarts'])}",
-                        num["pgd"] - num["pgd_restarts"] <= restart_gain_limit + 1e-9,
-                        "single-run numbers depend on luck: report restarts"),
-    ]
     if transfer_params is not None:
         num["transfer"] = transfer_accuracy(model, tasks, [tf.convert_to_tensor(p) for p in transfer_params],
                                             attack=pgd, **common)
