@@ -106,6 +106,64 @@ def our_number(entry: dict[str, Any], results_dir: Path) -> dict[str, Any] | Non
     return None
 
 
+def accuracy_text(accuracy: float, n: int) -> str:
+    """``"61.5% ± 6.9"``: an accuracy (fraction) measured on ``n`` images with its 95 % Wilson half-width in points.
+
+    For accuracies known only as a fraction and a count; with one boolean per image use
+    :func:`tutorial_lib.evaluate.accuracy_ci95`. Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n (the number of images behind the accuracy) must be >= 1, got {n}")
+    if not 0.0 <= float(accuracy) <= 1.0:
+        raise ValueError(f"accuracy must be a fraction in [0, 1], got {accuracy}")
+    return f"{100 * float(accuracy):.1f}% ± {100 * _wilson_half(float(accuracy), n):.1f}"
+
+
+def sweep_table(sweeps: Any, n: int) -> str:
+    """Markdown: accuracy (with its 95 % Wilson interval over ``n`` images) at each eps of one or more sweeps.
+
+    ``sweeps``: a :class:`~tutorial_lib.evaluate.SweepResult` or a list of them over the same eps values (one
+    column each). Introduced in notebooks/01_fgsm.ipynb.
+    """
+    import numpy as np
+
+    sweeps = [sweeps] if hasattr(sweeps, "accuracy") else list(sweeps)
+    if not sweeps:
+        raise ValueError("sweeps is empty: pass a SweepResult or a list of them")
+    eps = np.asarray(sweeps[0].eps)
+    if any(len(s.eps) != len(eps) or not np.allclose(s.eps, eps) for s in sweeps):
+        raise ValueError("every sweep must use the same eps values to share one table")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n (the number of images behind each accuracy) must be >= 1, got {n}")
+    head = "| eps | " + " | ".join(f"{s.label} accuracy (95% interval)" for s in sweeps) + " |"
+    rows = [f"| {e:.3g} | " + " | ".join(_pct(float(s.accuracy[i]), _wilson_half(float(s.accuracy[i]), n))
+                                       for s in sweeps) + " |" for i, e in enumerate(eps)]
+    return "\n".join([head, "|---" * (len(sweeps) + 1) + "|", *rows])
+
+
+#: The accuracies a sanity report measures, in the order of its table.
+_SANITY_ACCURACIES = (("clean", "clean"), ("fgsm", "FGSM"), ("pgd", "PGD, 1 run"), ("pgd_restarts", "PGD, restarts"),
+                      ("pgd_large_eps", "PGD at the large eps"), ("noise", "random noise"),
+                      ("transfer", "transfer attack"))
+
+
+def sanity_intervals(report: Any, n: int) -> str:
+    """One Markdown line: each accuracy of a sanity report with its 95 % Wilson interval over ``n`` examples.
+
+    ``report``: a :class:`~tutorial_lib.evaluate.SanityReport`; accuracies it did not measure are skipped.
+    The check verdicts compare point values; this line says how far each could move from sampling alone.
+    Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    numbers = getattr(report, "numbers", None)
+    if not isinstance(numbers, dict):
+        raise TypeError("report must be a SanityReport (from tl.evaluate.sanity_checks)")
+    parts = [f"{title} {_pct(float(numbers[key]), _wilson_half(float(numbers[key]), int(n)))}"
+             for key, title in _SANITY_ACCURACIES if isinstance(numbers.get(key), (int, float))]
+    return f"95% intervals over {int(n)} examples: " + "; ".join(parts) + "."
+
+
 def _differences(entry: dict[str, Any], data: dict[str, Any] | None, profile: Any) -> str:
     """How our setting differs from the paper's, from the profile our number was produced with."""
     if profile is None:
@@ -119,7 +177,7 @@ def _differences(entry: dict[str, Any], data: dict[str, Any] | None, profile: An
             train = f"PGD-{s.train_pgd_steps} training for {s.epochs} epochs"
         else:
             train = f"FGSM with a random start (step {s.fast_alpha} eps) for {s.fast_epochs} epochs"
-        return (f"{size}; the seed CNN (two 3x3 conv layers, no hidden dense layer); {train}; "
+        return (f"{size}; the article's CNN (two 3x3 conv layers, no hidden dense layer); {train}; "
                 f"PGD-{s.eval_strong_steps} x {s.eval_restarts} restarts on {s.eval_size:,} test images")
     if key.startswith("finn_maml"):
         m = profile.meta
