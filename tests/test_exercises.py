@@ -29,7 +29,7 @@ def test_answer_key_passes_the_checks(capsys):
     class S:
         eps = 0.3
 
-    assert ex.check_seed_perturbation(_run("03.1", x=x, s=S)["x_seed"], x, 0.3)
+    assert ex.check_seed_perturbation(_run("03.1", x_500=x, s=S)["x_seed"], x[:8], 0.3)
     assert ex.check_trades_loss(_run("03.2")["trades_loss"])
     assert ex.check_ramp_value(_run("03.3")["answer_ramp"], eps=0.3, ramp_epochs=4, epoch=1)
     assert ex.check_pgd_cost(_run("03.4")["answer_cost"], steps=40)

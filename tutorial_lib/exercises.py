@@ -486,7 +486,7 @@ SOLUTIONS: dict[str, str] = {
     "02.2": "mild = tl.evaluate.saturated_model(model, temperature=10.0)\n"
             "answer_2 = tl.evaluate.sanity_checks(mild, x, y, 0.3, steps=a.pgd_steps, step_size=a.pgd_step_size,\n"
             "                                     restarts=a.restarts).failed()",
-    "03.1": "x_seed = np.clip(x[:8] + s.eps, 0, 1)",
+    "03.1": "x_seed = np.clip(x_500[:8] + s.eps, 0, 1)",
     "03.2": "def trades_loss(logits_clean, logits_adv, y, beta):\n"
             "    log_p = tf.nn.log_softmax(logits_clean)\n"
             "    log_q = tf.nn.log_softmax(logits_adv)\n"
