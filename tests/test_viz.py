@@ -190,3 +190,9 @@ def test_meta_losses_legend_sits_below_the_axes():
     legend = fig.axes[0].get_legend()
     fig.canvas.draw()
     assert legend.get_window_extent().y1 <= fig.axes[0].get_window_extent().y0 + 1
+
+
+def test_tradeoff_draws_a_run_that_did_not_learn_at_the_bottom_edge():
+    rows = {"a": {"clean": 0.96, "pgd40": 0.8}, "b": {"clean": 0.95, "pgd40": 0.0}, "c": {"clean": 0.11, "pgd40": 0.08}}
+    ax = viz.plot_tradeoff(rows, n=1000).axes[0]
+    assert ax.get_ylim()[0] > 11 and "below the axis" in ax.get_legend().get_texts()[2].get_text()

@@ -306,28 +306,61 @@ _SERIES_STYLES = tuple(zip([*(f"C{i}" for i in range(10)), "black"], "osD^v<>pXh
 
 def plot_tradeoff(rows: Mapping[str, Mapping[str, float]], *, n: int, labels: Mapping[str, str] | None = None,
                   x_key: str = "pgd40", y_key: str = "clean", x_label: str = "PGD-40 accuracy (%)",
-                  y_label: str = "clean accuracy (%)") -> Figure:
+                  y_label: str = "clean accuracy (%)", outlier_gap: float = 0.3) -> Figure:
     """Clean against robust accuracy, one point per model with 95 % interval error bars (``n`` test images).
 
     ``rows``: ``{model: {x_key: fraction, y_key: fraction}}`` (e.g. robustness_summary rows). Each series gets its
     own colour and marker (up to 11), points are numbered on the plot and named in a legend beside the axes, so
-    labels never collide even where points overlap. Returns the Figure.
-    Introduced in notebooks/03_adversarial_training.ipynb.
+    labels never collide even where points overlap. A model whose ``y_key`` lies more than ``outlier_gap`` below
+    all the others (a run that did not learn) is drawn at the bottom edge, its value written beside it, so it does
+    not squeeze the rest. Returns the Figure. Introduced in notebooks/03_adversarial_training.ipynb.
     """
     if not rows:
         raise ValueError("rows is empty: pass {model: {x_key: fraction, y_key: fraction}}")
     if len(rows) > len(_SERIES_STYLES):
         raise ValueError(f"at most {len(_SERIES_STYLES)} series have distinct styles, got {len(rows)}")
     labels = dict(labels or {})
+    ys = sorted(100 * float(r[y_key]) for r in rows.values())
+    gaps = np.diff(ys)
+    cut = None   # values below the largest jump, if that jump is big enough, are outliers
+    if len(ys) > 2 and gaps.max() > 100 * outlier_gap:
+        cut = ys[int(np.argmax(gaps)) + 1]
+    bottom = None if cut is None else max(0.0, cut - 8.0)
     fig, ax = plt.subplots(figsize=(10, 4.6), dpi=DPI)
+    drawn: list[tuple[float, float, str]] = []
     for i, ((m, row), (color, marker)) in enumerate(zip(rows.items(), _SERIES_STYLES)):
         xv, yv = 100 * float(row[x_key]), 100 * float(row[y_key])
-        ax.errorbar(xv, yv, xerr=100 * _ci95_half_width(row[x_key], n), yerr=100 * _ci95_half_width(row[y_key], n),
-                    fmt=marker, color=color, markersize=7, capsize=2, label=f"{i + 1}  {labels.get(m, m)}")
-        # numbers fan out around overlapping points: offsets by index, in points
-        angle = 2 * np.pi * i / len(rows)
-        ax.annotate(str(i + 1), (xv, yv), xytext=(11 * np.cos(angle), 11 * np.sin(angle)), textcoords="offset points",
-                    fontsize=8, ha="center", va="center", color=color)
+        label = f"{i + 1}  {labels.get(m, m)}"
+        if bottom is not None and yv < bottom:
+            label += f" (clean {yv:.1f}%, below the axis)"
+            yv = bottom + 0.6
+            ax.errorbar(xv, yv, xerr=100 * _ci95_half_width(row[x_key], n), fmt="v", color=color, markersize=8,
+                        capsize=2, label=label)
+        else:
+            ax.errorbar(xv, yv, xerr=100 * _ci95_half_width(row[x_key], n), yerr=100 * _ci95_half_width(row[y_key], n),
+                        fmt=marker, color=color, markersize=7, capsize=2, label=label)
+        drawn.append((xv, yv, color))
+    if bottom is not None:
+        ax.set_ylim(bottom, 100)
+    ax.autoscale_view()
+    # number each point where no other point or number sits (in screen pixels): eight directions, then farther out
+    to_px = ax.transData.transform
+    points_px = [to_px((xv, yv)) for xv, yv, _ in drawn]
+    taken: list[np.ndarray] = list(points_px)
+    for i, ((xv, yv, color), p) in enumerate(zip(drawn, points_px)):
+        choice = None
+        for radius in (16, 28, 40):
+            for angle in np.linspace(0.25 * np.pi, 2.25 * np.pi, 8, endpoint=False):
+                off = radius * np.array([np.cos(angle), np.sin(angle)])
+                if all(np.linalg.norm(p + off - q) > 14 for q in taken):
+                    choice = off
+                    break
+            if choice is not None:
+                break
+        choice = np.array([16.0, 16.0]) if choice is None else choice
+        taken.append(p + choice)
+        ax.annotate(str(i + 1), (xv, yv), xytext=(choice[0] * 72 / fig.dpi, choice[1] * 72 / fig.dpi),
+                    textcoords="offset points", fontsize=9, ha="center", va="center", color=color, fontweight="bold")
     ax.set_xlabel(x_label, fontsize=11)
     ax.set_ylabel(y_label, fontsize=11)
     ax.tick_params(labelsize=10)
