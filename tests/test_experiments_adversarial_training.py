@@ -106,3 +106,45 @@ def test_n_fgsm_recipe_has_fast_at_budget_and_the_paper_defaults():
     assert kw["epochs"] == exp.recipe("fgsm_rs", s)["epochs"] == s.fast_epochs and kw["decay_epochs"] == 0
     assert kw["noise"] == s.nfgsm_noise == 2.0 and kw["step_size"] == pytest.approx(s.eps)  # k = 2, alpha = eps
     assert exp.fast_at_remedies(s)["n_fgsm"] == kw
+
+
+def test_cyclic_rate_matches_their_np_interp_schedule():
+    epochs, steps, lr_max = 10, 40, 5e-3
+    schedule = exp.CyclicLearningRate(lr_max, epochs, steps)
+    for step in (0, 1, 50, 159, 160, 161, 300, 399):
+        t = epoch_progress = (step + 1) / steps   # their lr_schedule(epoch + (i + 1) / len(loader))
+        expected = np.interp([epoch_progress], [0, epochs * 2 // 5, epochs], [0, lr_max, 0])[0]
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9), t
+    with pytest.raises(ValueError, match="lr_max"):
+        exp.CyclicLearningRate(0.0, 10, 5)
+
+
+def test_overfitting_summary_reads_peak_onset_and_the_largest_drop():
+    pgd = [0.2, 0.3, 0.27, 0.22, 0.15, 0.1]
+    fgsm = [0.4, 0.5, 0.55, 0.6, 0.7, 0.8]
+    out = exp.overfitting_summary([{"pgd": p, "fgsm": f} for p, f in zip(pgd, fgsm)])
+    assert out["peak"] == 1 and out["onset"] == 4          # 0.15 < 2/3 * 0.3 and FGSM above its value at the peak
+    assert out["largest_drop"] == pytest.approx(0.07) and out["largest_drop_epoch"] == 3
+    assert out["total_drop"] == pytest.approx(0.2) and out["sudden"] is False
+    flat = exp.overfitting_summary([{"pgd": 0.5, "fgsm": 0.5}])
+    assert flat["onset"] is None and flat["total_drop"] == 0
+    with pytest.raises(ValueError, match="history is empty"):
+        exp.overfitting_summary([])
+
+
+def test_robustness_table_with_intervals():
+    table = exp.robustness_table({"pgd": {"clean": 0.97, "pgd40": 0.815, "seconds_per_epoch": 2.5}}, n=1000)
+    assert "97.0% ± 1.3" in table and "81.5% ± 2.5" in table   # Wilson, as notebook 03 prints them and "| 2.5 |" in table
+
+
+def test_wong_recipe_trains_once_and_validates(mnist_subset):
+    data = types.SimpleNamespace(source="subset", x_train=mnist_subset.x_train[::40], y_train=mnist_subset.y_train[::40])
+    clf, info = exp.train_wong_recipe("03_test_wong", data, recipe_settings={"epochs": 2, "batch_size": 50},
+                                      verbose=False)
+    _, again = exp.train_wong_recipe("03_test_wong", data, recipe_settings={"epochs": 2, "batch_size": 50},
+                                     verbose=False)
+    assert not info["cached"] and again["cached"] and len(info["epoch_seconds"]) == 2
+    with pytest.raises(ValueError, match="lr_type"):
+        exp.train_wong_recipe("03_test_wong", data, recipe_settings={"lr_type": "cosine"}, verbose=False)
+    with pytest.raises(ValueError, match="unknown recipe settings"):
+        exp.train_wong_recipe("03_test_wong", data, recipe_settings={"lr": 1.0}, verbose=False)

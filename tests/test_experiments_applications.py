@@ -228,3 +228,27 @@ def test_plot_patch_curves_draws_one_panel_per_model_and_rejects_empty_input():
     assert len(fig.axes[0].lines) == 3 and len(fig.axes[1].lines) == 1
     with pytest.raises(ValueError, match="untargeted"):
         tl.viz.plot_patch_curves({"sizes": [6]})
+
+
+def test_cost_rows_include_fast_at_remedies_and_lslr(tmp_path):
+    quick, full = tl.runtime.get_profile("quick"), tl.runtime.get_profile("full")
+    write(tmp_path, "00_setup_and_data", {"train_images": 4000})
+    write(tmp_path, "03_adversarial_training", {"methods": {}, "fast_at_remedies": {
+        "gradalign": {"train_seconds": 20.0}, "stop_restore": {"train_seconds": 5.0}}})
+    write(tmp_path, "04_meta_learning", {"meta_steps": 500, "train_seconds": {},
+                                         "lslr": {"5shot": {"train_seconds": 25.0}}})
+    by = {(r["notebook"], r["method"]): r for r in app.cost_rows(quick, results_dir=tmp_path)[0]}
+    epochs = quick.adv_training.fast_epochs
+    assert by[("03", "gradalign")]["seconds"] == pytest.approx(20.0 / epochs)
+    assert by[("03", "gradalign")]["full_seconds"] == pytest.approx(20.0 / epochs * 15 * full.adv_training.fast_epochs)
+    assert ("03", "stop_restore") not in by   # fast AT's own run cut short: no cost of its own
+    assert by[("04", "lslr_5shot")]["seconds"] == pytest.approx(0.05)
+
+
+def test_patch_gaps_say_where_the_intervals_are_apart():
+    patch = {"sizes": [6, 14], "untargeted": {"m": [0.11, 0.70]}, "random_patch": {"m": [0.07, 0.40]},
+             "n_eval": {"m": 400}}
+    gaps = app.patch_gaps(patch)["m"]
+    assert [g["size"] for g in gaps] == [6, 14]
+    assert gaps[0]["gap"] == pytest.approx(0.04) and not gaps[0]["apart"]
+    assert gaps[1]["gap"] == pytest.approx(0.30) and gaps[1]["apart"]

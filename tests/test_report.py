@@ -49,3 +49,52 @@ def test_results_markdown_starts_with_the_published_table(tmp_path):
     assert md.index("## Ours vs published") < md.index("## 01_fgsm")
     out = tmp_path / "out.md"
     assert report.main([str(tmp_path), str(out)]) == 0 and out.read_text() == md
+
+
+def test_wong_row_reads_their_recipe_and_says_whether_the_headline_reproduces(tmp_path):
+    write(tmp_path, "00_setup_and_data", {"train_images": 4000, "profile": "quick"})
+    write(tmp_path, "03_adversarial_training", {
+        "profile": "quick", "eval_size": 1000, "methods": {"pgd": {"pgd100_restarts5": 0.76}},
+        "wong_recipe": {"wong_cyclic": {"pgd100_restarts5": 0.05, "vs_pgd_at": -1}}})
+    row = {r["entry"]["key"]: r for r in report.published_rows(tmp_path)}["wong_fast_at"]
+    assert row["ours"]["mean"] == 0.05 and row["ours"]["n"] == 1000
+    assert "below PGD-AT in the same setting" in row["differences"]
+    table = report.published_table(tmp_path)
+    assert "as robust as PGD training" in table and "number not checked here" in table  # Goldblum's row keeps it
+
+
+def test_accuracy_text_sweep_table_and_sanity_intervals():
+    half = tl.evaluate.accuracy_ci95([True] * 615 + [False] * 385)[1]
+    assert report.accuracy_text(0.615, 1000) == f"61.5% ± {100 * half:.1f}"
+
+    class Sweep:
+        def __init__(self, label, acc):
+            self.label, self.eps, self.accuracy = label, [0.0, 0.1], acc
+
+    table = report.sweep_table([Sweep("FGSM", [0.9, 0.5]), Sweep("PGD", [0.9, 0.2])], 100)
+    assert table.splitlines()[0] == "| eps | FGSM accuracy (95% interval) | PGD accuracy (95% interval) |"
+    half50 = tl.evaluate.accuracy_ci95([True] * 50 + [False] * 50)[1]
+    assert f"50.0 ± {100 * half50:.1f}%" in table
+    rep = type("R", (), {"numbers": {"pgd": 0.5, "fgsm": 0.6, "zero_gradient_fraction": 0.0}})()
+    line = report.sanity_intervals(rep, 100)
+    assert line.startswith("95% intervals over 100 examples") and "PGD, 1 run 50.0" in line and "zero" not in line
+    for bad in (lambda: report.accuracy_text(1.5, 10), lambda: report.sweep_table([], 10),
+                lambda: report.sanity_intervals(object(), 10)):
+        try:
+            bad()
+        except (ValueError, TypeError):
+            continue
+        raise AssertionError("bad input was accepted")
+
+
+def test_lever_table_is_none_without_the_file(tmp_path):
+    assert report.lever_table(tmp_path / "missing.json") is None
+    (tmp_path / "lv.json").write_text(json.dumps({
+        "config": {"shots": [1]}, "step_seconds": {"maml_500": {"5": 0.03}, "lslr": {"5": 0.045}},
+        "rows": {"maml_500": {"description": "MAML", "meta_steps": 500, "inner_steps": 1,
+                              "shots": {"1": {"mean": 0.6, "ci95": 0.01}}},
+                 "lslr": {"description": "LSLR", "meta_steps": 500, "inner_steps": 2,
+                          "shots": {"1": {"mean": 0.62, "ci95": 0.01, "difference_to_baseline": 0.02,
+                                          "difference_ci95": 0.005}}}}}))
+    table = report.lever_table(tmp_path / "lv.json")
+    assert "| LSLR | 500 | 2 | 62.0 ± 1.0% (+2.0 ± 0.5) | 0.045 (1.5x) |" in table

@@ -125,7 +125,9 @@ def test_training_figures_return_figures():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["standard", "mine"]
     long = viz.plot_robustness(results, labels={"pgd": "fast AT, stop + restore best"})
-    assert long.axes[0].get_xticklabels()[1].get_text() == "fast AT, stop +\nrestore best"
+    assert long.axes[0].get_xticklabels()[1].get_text() == "fast AT, stop\n+ restore best"
+    hyphen = viz.plot_robustness(results, labels={"pgd": "fast AT (FGSM-RS)"})
+    assert "FGSM-RS" in hyphen.axes[0].get_xticklabels()[1].get_text()   # never broken at the hyphen
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["clean", "FGSM", "PGD-40"]
     assert len(ax.patches) == 6 and max(p.get_height() for p in ax.patches) == pytest.approx(99.0)
     fig = viz.plot_robustness(results, n=1000)   # with 95% error bars
@@ -149,6 +151,8 @@ def test_meta_learning_figures_return_figures(mnist_subset):
                               "curve_ci95": np.array([0.05, 0.04, 0.03]), "mean": 0.7, "ci95": 0.03})()
     fig = viz.plot_step_curves({"maml": ev})
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [20, 60, 70])
+    assert fig.axes[0].get_xscale() == "linear"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0", "1", "5"]   # the step numbers
     fig = viz.plot_few_shot_results({"maml": {"1shot": ev, "5shot": ev}, "scratch": {"1shot": ev, "5shot": ev}})
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["5-way 1-shot", "5-way 5-shot"]
 
@@ -167,3 +171,28 @@ def test_notebook_05_figures_share_one_axis_style():
         assert ax.xaxis.get_gridlines()[0].get_visible()
         plt.close(fig)
     assert figs[1].axes[0].get_ylim() == (0, 100)
+
+
+def test_tradeoff_scatter_gives_every_series_its_own_style():
+    rows = {f"m{i}": {"clean": 0.9 + 0.005 * i, "pgd40": 0.05 * i} for i in range(11)}
+    fig = viz.plot_tradeoff(rows, n=1000, labels={"m0": "standard"})
+    ax = fig.axes[0]
+    styles = {(line.get_color(), line.get_marker()) for line in ax.lines if line.get_marker() not in (None, "None", "", "_", "|")}
+    assert len(styles) == 11
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts[0] == "1  standard" and len(texts) == 11 and texts[0] and ax.get_legend().get_texts()[0].get_fontsize() >= 9
+    with pytest.raises(ValueError, match="at most 11"):
+        viz.plot_tradeoff({f"m{i}": {"clean": 0.5, "pgd40": 0.5} for i in range(12)}, n=10)
+
+
+def test_meta_losses_legend_sits_below_the_axes():
+    fig = viz.plot_meta_losses({"a": np.linspace(2, 1, 30)}, reference=1.6, reference_label="ln 5")
+    legend = fig.axes[0].get_legend()
+    fig.canvas.draw()
+    assert legend.get_window_extent().y1 <= fig.axes[0].get_window_extent().y0 + 1
+
+
+def test_tradeoff_draws_a_run_that_did_not_learn_at_the_bottom_edge():
+    rows = {"a": {"clean": 0.96, "pgd40": 0.8}, "b": {"clean": 0.95, "pgd40": 0.0}, "c": {"clean": 0.11, "pgd40": 0.08}}
+    ax = viz.plot_tradeoff(rows, n=1000).axes[0]
+    assert ax.get_ylim()[0] > 11 and "below the axis" in ax.get_legend().get_texts()[2].get_text()

@@ -26,14 +26,19 @@ PUBLISHED: tuple[dict[str, Any], ...] = (
                 "1,024-unit dense layer; trained with PGD-40 (step 0.01, random start) for 100,000 steps of 50 images; "
                 "attacked with PGD-100 and 50 random restarts at eps = 0.3",
      "ours": ("03_adversarial_training", ("methods", "pgd", "pgd100_restarts5"), "eval_size"),
-     "ours_what": "PGD-AT, PGD-100 x 5 restarts"},
+     "ours_what": "PGD-AT, PGD-100 x 5 restarts; an upper bound: notebook 07's worst case over more attacks, "
+                  "APGD included, is lower"},
     {"key": "wong_fast_at", "what": "fast adversarial training (FGSM with a random start), MNIST, eps = 0.3",
      "value": None,
+     "claim": "their headline: FGSM with a random start trains models as robust as PGD training (their MNIST "
+              "figure not checked here)",
      "source": "Wong, Rice and Kolter 2020, Fast is better than free: Revisiting adversarial training (ICLR), MNIST "
-               "experiments",
-     "setting": "full MNIST; FGSM adversarial training with a random start; evaluated with PGD with restarts",
-     "ours": ("03_adversarial_training", ("methods", "fgsm_rs", "pgd100_restarts5"), "eval_size"),
-     "ours_what": "fast AT, PGD-100 x 5 restarts"},
+               "experiments, run with their public MNIST script (locuslab/fast_adversarial, MNIST/train_mnist.py)",
+     "setting": "full MNIST (60,000 images); a 4-layer CNN (two stride-2 convolutions of 16 and 32 filters, a "
+                "100-unit layer); FGSM with a random start, alpha 0.375, eps 0.3; Adam with a cyclic learning rate "
+                "up to 0.005; 10 epochs of batches of 100; evaluated with PGD-50 (step 0.01) and 10 restarts",
+     "ours": ("03_adversarial_training", ("wong_recipe", "wong_cyclic", "pgd100_restarts5"), "eval_size"),
+     "ours_what": "their recipe (cyclic lr) on our data and CNN, PGD-100 x 5 restarts"},
     {"key": "finn_maml_1shot", "what": "MAML, 5-way 1-shot accuracy on held-out classes",
      "value": 0.987, "ci95": 0.004,
      "source": "Finn, Abbeel and Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks "
@@ -106,7 +111,94 @@ def our_number(entry: dict[str, Any], results_dir: Path) -> dict[str, Any] | Non
     return None
 
 
-def _differences(entry: dict[str, Any], data: dict[str, Any] | None, profile: Any) -> str:
+def accuracy_text(accuracy: float, n: int) -> str:
+    """``"61.5% ± 6.9"``: an accuracy (fraction) measured on ``n`` images with its 95 % Wilson half-width in points.
+
+    For accuracies known only as a fraction and a count; with one boolean per image use
+    :func:`tutorial_lib.evaluate.accuracy_ci95`. Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n (the number of images behind the accuracy) must be >= 1, got {n}")
+    if not 0.0 <= float(accuracy) <= 1.0:
+        raise ValueError(f"accuracy must be a fraction in [0, 1], got {accuracy}")
+    return f"{100 * float(accuracy):.1f}% ± {100 * _wilson_half(float(accuracy), n):.1f}"
+
+
+def sweep_table(sweeps: Any, n: int) -> str:
+    """Markdown: accuracy (with its 95 % Wilson interval over ``n`` images) at each eps of one or more sweeps.
+
+    ``sweeps``: a :class:`~tutorial_lib.evaluate.SweepResult` or a list of them over the same eps values (one
+    column each). Introduced in notebooks/01_fgsm.ipynb.
+    """
+    import numpy as np
+
+    sweeps = [sweeps] if hasattr(sweeps, "accuracy") else list(sweeps)
+    if not sweeps:
+        raise ValueError("sweeps is empty: pass a SweepResult or a list of them")
+    eps = np.asarray(sweeps[0].eps)
+    if any(len(s.eps) != len(eps) or not np.allclose(s.eps, eps) for s in sweeps):
+        raise ValueError("every sweep must use the same eps values to share one table")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n (the number of images behind each accuracy) must be >= 1, got {n}")
+    head = "| eps | " + " | ".join(f"{s.label} accuracy (95% interval)" for s in sweeps) + " |"
+    rows = [f"| {e:.3g} | " + " | ".join(_pct(float(s.accuracy[i]), _wilson_half(float(s.accuracy[i]), n))
+                                       for s in sweeps) + " |" for i, e in enumerate(eps)]
+    return "\n".join([head, "|---" * (len(sweeps) + 1) + "|", *rows])
+
+
+#: The accuracies a sanity report measures, in the order of its table.
+_SANITY_ACCURACIES = (("clean", "clean"), ("fgsm", "FGSM"), ("pgd", "PGD, 1 run"), ("pgd_restarts", "PGD, restarts"),
+                      ("pgd_large_eps", "PGD at the large eps"), ("noise", "random noise"),
+                      ("transfer", "transfer attack"))
+
+
+def sanity_intervals(report: Any, n: int) -> str:
+    """One Markdown line: each accuracy of a sanity report with its 95 % Wilson interval over ``n`` examples.
+
+    ``report``: a :class:`~tutorial_lib.evaluate.SanityReport`; accuracies it did not measure are skipped.
+    The check verdicts compare point values; this line says how far each could move from sampling alone.
+    Introduced in notebooks/02_iterative_attacks.ipynb.
+    """
+    numbers = getattr(report, "numbers", None)
+    if not isinstance(numbers, dict):
+        raise TypeError("report must be a SanityReport (from tl.evaluate.sanity_checks)")
+    parts = [f"{title} {_pct(float(numbers[key]), _wilson_half(float(numbers[key]), int(n)))}"
+             for key, title in _SANITY_ACCURACIES if isinstance(numbers.get(key), (int, float))]
+    return f"95% intervals over {int(n)} examples: " + "; ".join(parts) + "."
+
+
+def lever_table(path: Path) -> str | None:
+    """Markdown table of ``benchmarks/meta_levers.py``'s measurements (``build/bench/meta_levers.json``), or None
+    when that file does not exist.
+
+    One row per lever: meta-steps, inner steps, accuracy per shot with its 95 % interval and the paired difference
+    to the notebook's MAML (when recorded), and seconds per 5-shot meta-step with its ratio to MAML's.
+    Introduced in notebooks/04_meta_learning.ipynb.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    lv = json.loads(path.read_text())
+    shots = lv["config"]["shots"]
+    steps = lv.get("step_seconds", {})
+    base = steps.get("maml_500", {}).get("5")
+    lines = ["| lever | meta-steps | inner steps | " + " | ".join(f"{k}-shot (vs MAML 500, paired)" for k in shots)
+             + " | s / meta-step, 5-shot (vs MAML 500) |", "|---|---|---|" + "---|" * (len(shots) + 1)]
+    for name, row in lv["rows"].items():
+        cells = [_pct(c["mean"], c["ci95"]) + (f" ({100 * c['difference_to_baseline']:+.1f} ± "
+                                                f"{100 * c['difference_ci95']:.1f})" if "difference_to_baseline" in c else "")
+                 for c in row["shots"].values()]
+        step = steps.get(name, {}).get("5")
+        cost = f"{step:.3f} ({step / base:.1f}x)" if step and base else ""
+        lines.append(f"| {row['description']} | {row['meta_steps']} | {row['inner_steps']} | " + " | ".join(cells)
+                     + f" | {cost} |")
+    return "\n".join(lines)
+
+
+def _differences(entry: dict[str, Any], data: dict[str, Any] | None, profile: Any,
+                 results_dir: Path | None = None) -> str:
     """How our setting differs from the paper's, from the profile our number was produced with."""
     if profile is None:
         return "-"
@@ -118,9 +210,12 @@ def _differences(entry: dict[str, Any], data: dict[str, Any] | None, profile: An
         if key == "madry_pgd_at":
             train = f"PGD-{s.train_pgd_steps} training for {s.epochs} epochs"
         else:
-            train = f"FGSM with a random start (step {s.fast_alpha} eps) for {s.fast_epochs} epochs"
-        return (f"{size}; the seed CNN (two 3x3 conv layers, no hidden dense layer); {train}; "
+            train = "their recipe otherwise (attack, step, learning-rate schedule, epochs, batch size)"
+        text = (f"{size}; the article's CNN (two 3x3 conv layers, no hidden dense layer); {train}; "
                 f"PGD-{s.eval_strong_steps} x {s.eval_restarts} restarts on {s.eval_size:,} test images")
+        if key == "wong_fast_at" and results_dir is not None:
+            text += _wong_verdict(Path(results_dir), s)
+        return text
     if key.startswith("finn_maml"):
         m = profile.meta
         return (f"MNIST digits: 5 meta-training digits x {len(m.rotations)} rotations, tested on digits 5-9; "
@@ -131,6 +226,23 @@ def _differences(entry: dict[str, Any], data: dict[str, Any] | None, profile: An
                 f"meta-steps of {a.meta_batch} tasks; PGD-{a.eval_pgd_steps} x {a.eval_restarts} restarts against "
                 "the adapted weights")
     return "-"
+
+
+def _wong_verdict(results_dir: Path, s: Any) -> str:
+    """How their recipe compares with PGD-AT trained and attacked the same way on our data (notebook 03)."""
+    path = results_dir / "03_adversarial_training.json"
+    if not path.is_file():
+        return ""
+    r03 = json.loads(path.read_text())
+    ours, pgd_at = _dig(r03, ("wong_recipe", "wong_cyclic")), _dig(r03, ("methods", "pgd"))
+    n = r03.get("eval_size")
+    key = f"pgd{s.eval_strong_steps}_restarts{s.eval_restarts}"
+    if not isinstance(ours, dict) or not isinstance(pgd_at, dict) or key not in pgd_at or not isinstance(n, int):
+        return ""
+    words = {1: "above", -1: "below", 0: "within the intervals of"}
+    side = words.get(ours.get("vs_pgd_at"), "?")
+    return (f". Does the headline reproduce here? Their recipe is {side} PGD-AT in the same setting "
+            f"({_pct(pgd_at[key], _wilson_half(pgd_at[key], n))}, same attack)")
 
 
 def published_rows(results_dir: Path) -> list[dict[str, Any]]:
@@ -145,7 +257,7 @@ def published_rows(results_dir: Path) -> list[dict[str, Any]]:
         profile = None
         if ours is not None and ours.get("profile") in runtime.PROFILES:
             profile = runtime.get_profile(ours["profile"])
-        rows.append({"entry": entry, "ours": ours, "differences": _differences(entry, data00, profile),
+        rows.append({"entry": entry, "ours": ours, "differences": _differences(entry, data00, profile, results_dir),
                      "missing": None if ours is not None else f"run notebooks/{entry['ours'][0]}.ipynb"})
     return rows
 
@@ -164,7 +276,7 @@ def published_table(results_dir: Path) -> str:
         e, ours = row["entry"], row["ours"]
         ours_cell = (f"{_pct(ours['mean'], ours['ci95'])} ({e['ours_what']}; profile {ours['profile']})"
                      if ours else f"not yet: {row['missing']}")
-        pub = "number not checked here" if e["value"] is None else _pct(e["value"], e.get("ci95"))
+        pub = (e.get("claim") or "number not checked here") if e["value"] is None else _pct(e["value"], e.get("ci95"))
         lines.append(f"| {e['what']} | {ours_cell} | {pub} | {e['source']}: {e['setting']} | {row['differences']} |")
     return "\n".join(lines)
 

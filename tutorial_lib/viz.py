@@ -216,8 +216,12 @@ class AttackExplorer:
         _image(axes[1], self._x_adv[0], f"{s['attack']} eps {s['eps']:.2f}:\npred {s['adv_pred']} ({s['adv_prob'].max():.0%})")
         im = _image(axes[2], delta, f"perturbation (max {s['linf']:.2f})", cmap="seismic", vmin=-bound, vmax=bound)
         cbar = fig.colorbar(im, ax=axes[2], shrink=0.85)
-        cbar.ax.tick_params(labelsize=7)
-        plot_probabilities(s["adv_prob"], axes[3], true_label=s["label"], title="adversarial probabilities")
+        cbar.ax.tick_params(labelsize=9)
+        cbar.set_label("pixel change", fontsize=9)
+        plot_probabilities(s["adv_prob"], axes[3], true_label=s["label"], title="adversarial image: probabilities")
+        axes[3].set_xlabel("class (true class in green)", fontsize=9)
+        axes[3].tick_params(labelsize=9)
+        axes[3].set_ylabel("probability", fontsize=9)
         return fig
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
@@ -278,7 +282,7 @@ def plot_robustness(results: Mapping[str, Mapping[str, float]], *, labels: Mappi
     if not results:
         raise ValueError("results is empty: pass {method: robustness_summary(...)}")
     keys = [k for k in next(iter(results.values())) if k not in ("seconds_per_epoch", "train_seconds")]
-    fig, ax = plt.subplots(figsize=(8, 3.4), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.35 * len(results)), 3.6), dpi=DPI)
     width = 0.8 / len(keys)
     for i, k in enumerate(keys):
         values = [r[k] for r in results.values()]
@@ -287,10 +291,81 @@ def plot_robustness(results: Mapping[str, Mapping[str, float]], *, labels: Mappi
                error_kw={"linewidth": 0.8}, label=evaluate.summary_column_title(k))
     ax.set_xticks(np.arange(len(results)) + 0.4 - width / 2)
     names = [(labels or {}).get(m, training.METHOD_TITLES.get(m, m)) for m in results]
-    ax.set_xticklabels([textwrap.fill(name, 16) for name in names], fontsize=8)   # long names on two lines
+    # long names on two or three lines, broken at spaces only ("FGSM-RS" stays whole)
+    ax.set_xticklabels([textwrap.fill(name, 14, break_on_hyphens=False) for name in names], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, ncol=len(keys), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+#: Eleven distinguishable (colour, marker) pairs for scatter plots with many series (tab10 plus black).
+_SERIES_STYLES = tuple(zip([*(f"C{i}" for i in range(10)), "black"], "osD^v<>pXh*"))
+
+
+def plot_tradeoff(rows: Mapping[str, Mapping[str, float]], *, n: int, labels: Mapping[str, str] | None = None,
+                  x_key: str = "pgd40", y_key: str = "clean", x_label: str = "PGD-40 accuracy (%)",
+                  y_label: str = "clean accuracy (%)", outlier_gap: float = 0.3) -> Figure:
+    """Clean against robust accuracy, one point per model with 95 % interval error bars (``n`` test images).
+
+    ``rows``: ``{model: {x_key: fraction, y_key: fraction}}`` (e.g. robustness_summary rows). Each series gets its
+    own colour and marker (up to 11), points are numbered on the plot and named in a legend beside the axes, so
+    labels never collide even where points overlap. A model whose ``y_key`` lies more than ``outlier_gap`` below
+    all the others (a run that did not learn) is drawn at the bottom edge, its value written beside it, so it does
+    not squeeze the rest. Returns the Figure. Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    if not rows:
+        raise ValueError("rows is empty: pass {model: {x_key: fraction, y_key: fraction}}")
+    if len(rows) > len(_SERIES_STYLES):
+        raise ValueError(f"at most {len(_SERIES_STYLES)} series have distinct styles, got {len(rows)}")
+    labels = dict(labels or {})
+    ys = sorted(100 * float(r[y_key]) for r in rows.values())
+    gaps = np.diff(ys)
+    cut = None   # values below the largest jump, if that jump is big enough, are outliers
+    if len(ys) > 2 and gaps.max() > 100 * outlier_gap:
+        cut = ys[int(np.argmax(gaps)) + 1]
+    bottom = None if cut is None else max(0.0, cut - 8.0)
+    fig, ax = plt.subplots(figsize=(10, 4.6), dpi=DPI)
+    drawn: list[tuple[float, float, str]] = []
+    for i, ((m, row), (color, marker)) in enumerate(zip(rows.items(), _SERIES_STYLES)):
+        xv, yv = 100 * float(row[x_key]), 100 * float(row[y_key])
+        label = f"{i + 1}  {labels.get(m, m)}"
+        if bottom is not None and yv < bottom:
+            label += f" (clean {yv:.1f}%, below the axis)"
+            yv = bottom + 0.6
+            ax.errorbar(xv, yv, xerr=100 * _ci95_half_width(row[x_key], n), fmt="v", color=color, markersize=8,
+                        capsize=2, label=label)
+        else:
+            ax.errorbar(xv, yv, xerr=100 * _ci95_half_width(row[x_key], n), yerr=100 * _ci95_half_width(row[y_key], n),
+                        fmt=marker, color=color, markersize=7, capsize=2, label=label)
+        drawn.append((xv, yv, color))
+    if bottom is not None:
+        ax.set_ylim(bottom, 100)
+    ax.autoscale_view()
+    # number each point where no other point or number sits (in screen pixels): eight directions, then farther out
+    to_px = ax.transData.transform
+    points_px = [to_px((xv, yv)) for xv, yv, _ in drawn]
+    taken: list[np.ndarray] = list(points_px)
+    for i, ((xv, yv, color), p) in enumerate(zip(drawn, points_px)):
+        choice = None
+        for radius in (16, 28, 40):
+            for angle in np.linspace(0.25 * np.pi, 2.25 * np.pi, 8, endpoint=False):
+                off = radius * np.array([np.cos(angle), np.sin(angle)])
+                if all(np.linalg.norm(p + off - q) > 14 for q in taken):
+                    choice = off
+                    break
+            if choice is not None:
+                break
+        choice = np.array([16.0, 16.0]) if choice is None else choice
+        taken.append(p + choice)
+        ax.annotate(str(i + 1), (xv, yv), xytext=(choice[0] * 72 / fig.dpi, choice[1] * 72 / fig.dpi),
+                    textcoords="offset points", fontsize=9, ha="center", va="center", color=color, fontweight="bold")
+    ax.set_xlabel(x_label, fontsize=11)
+    ax.set_ylabel(y_label, fontsize=11)
+    ax.tick_params(labelsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -368,17 +443,22 @@ def plot_histories(histories: Mapping[str, Any], *, window: int = 50) -> Figure:
 def plot_step_curves(curves: Mapping[str, Any], *, title: str = "") -> Figure:
     """Mean query accuracy (with its 95 % CI band) against the number of adaptation steps, one line per
     :class:`~tutorial_lib.meta.Evaluation`. Returns the Figure. Introduced in notebooks/04_meta_learning.ipynb."""
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=DPI)
+    fig, ax = plt.subplots(figsize=(6.5, 3.2), dpi=DPI)
+    all_steps: set[int] = set()
     for name, ev in curves.items():
-        steps = ev.curve_steps
+        steps = np.asarray(ev.curve_steps)
+        all_steps.update(int(v) for v in steps)
         ax.plot(steps, 100 * ev.curve, marker=".", label=name)
         ax.fill_between(steps, 100 * (ev.curve - ev.curve_ci95), 100 * (ev.curve + ev.curve_ci95), alpha=0.2)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("adaptation steps on the support set")
-    ax.set_ylabel("query accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    # the steps are few and uneven (0, 1, 2, 3, 5, 10, 20): an even axis whose ticks are the measured steps
+    ticks = sorted(all_steps)
+    ax.set_xticks(ticks, [str(v) for v in ticks])
+    ax.set_xlabel("adaptation steps on the support set", fontsize=10)
+    ax.set_ylabel("query accuracy (%)", fontsize=10)
+    ax.tick_params(labelsize=9)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -493,7 +573,9 @@ def plot_meta_losses(losses: Mapping[str, Sequence[float]], *, window: int = 20,
         ax.plot(np.arange(w, len(values) + 1), np.convolve(values, np.ones(w) / w, mode="valid"), label=name)
     if reference is not None:
         ax.axhline(reference, color="black", ls="--", lw=1, label=reference_label or f"{reference:.3f}")
-    return _finish_axes(fig, ax, "meta-step", ylabel, title)
+    # below the axes: inside, the legend can cover the reference line the figure is about
+    return _finish_axes(fig, ax, "meta-step", ylabel, title, loc="upper center", bbox_to_anchor=(0.5, -0.18),
+                        ncol=2, frameon=False)
 
 
 def plot_adaptation_by_family(held_out: Mapping[str, Mapping[str, Mapping[str, Any]]], steps: Sequence[int], *,

@@ -7,10 +7,12 @@ Introduced in notebooks/03_adversarial_training.ipynb.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from .. import attacks, evaluate, models, runtime, training
 
@@ -168,12 +170,14 @@ def _stop_restore(name: str, config: dict[str, Any], monitor: training.Catastrop
     return model, stop_info
 
 
-def robustness_table(results: dict[str, dict[str, float]], *, labels: dict[str, str] | None = None) -> str:
+def robustness_table(results: dict[str, dict[str, float]], *, labels: dict[str, str] | None = None,
+                     n: int | None = None) -> str:
     """A Markdown table of :func:`tutorial_lib.evaluate.robustness_summary` results keyed by row name.
 
     Fractions are shown as percents, ``seconds_per_epoch`` and ``train_seconds`` in seconds; columns are the
     union of the result keys in first-seen order. Rows are labelled by ``labels``, else by
-    :data:`tutorial_lib.training.METHOD_TITLES`, else by their key.
+    :data:`tutorial_lib.training.METHOD_TITLES`, else by their key. ``n``: the number of test images behind each
+    accuracy; if given, every accuracy carries its 95 % interval (Wilson, :func:`tutorial_lib.evaluate.accuracy_ci95`).
     Introduced in notebooks/03_adversarial_training.ipynb.
     """
     if not isinstance(results, dict) or not results:
@@ -186,7 +190,12 @@ def robustness_table(results: dict[str, dict[str, float]], *, labels: dict[str, 
     def cell(c: str, v: Any) -> str:
         if v is None:
             return "-"
-        return f"{v:.1f}" if c in ("seconds_per_epoch", "train_seconds") else f"{100 * v:.1f}%"
+        if c in ("seconds_per_epoch", "train_seconds"):
+            return f"{v:.1f}"
+        if n is None:
+            return f"{100 * v:.1f}%"
+        half = evaluate.accuracy_ci95(np.arange(n) < round(float(v) * n))[1]
+        return f"{100 * v:.1f}% ± {100 * half:.1f}"
 
     heads = [names.get(c) or evaluate.summary_column_title(c) for c in columns]
     lines = ["| method | " + " | ".join(heads) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -194,3 +203,99 @@ def robustness_table(results: dict[str, dict[str, float]], *, labels: dict[str, 
         label = (labels or {}).get(key, training.METHOD_TITLES.get(key, key))
         lines.append(f"| {label} | " + " | ".join(cell(c, row.get(c)) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def overfitting_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Read catastrophic overfitting off a monitor's per-epoch ``history`` (``{"fgsm", "pgd", ...}`` per epoch).
+
+    Returns ``peak`` (0-based epoch of the best PGD accuracy), ``onset`` (the first epoch after the peak at which
+    PGD accuracy has lost a third of its peak while FGSM accuracy is at least its value at the peak; None if
+    never), ``pgd`` and ``fgsm`` (arrays), ``total_drop`` (peak minus last PGD accuracy), ``largest_drop`` and
+    ``largest_drop_epoch`` (the biggest fall between two consecutive epochs after the peak, and the epoch it
+    starts from), and ``sudden`` (True when that one fall is at least half of the total).
+    Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    if not history:
+        raise ValueError("history is empty: pass the monitor's record, info['monitor']['history']")
+    pgd = np.array([float(h["pgd"]) for h in history])
+    fgsm = np.array([float(h["fgsm"]) for h in history])
+    peak = int(np.argmax(pgd))
+    onset = next((e for e in range(peak + 1, len(pgd)) if pgd[e] < 2 / 3 * pgd[peak] and fgsm[e] >= fgsm[peak]), None)
+    drops = -np.diff(pgd[peak:]) if peak + 1 < len(pgd) else np.zeros(1)
+    big = int(np.argmax(drops))
+    total = float(pgd[peak] - pgd[-1])
+    return {"peak": peak, "onset": onset, "pgd": pgd, "fgsm": fgsm, "total_drop": total,
+            "largest_drop": float(drops[big]), "largest_drop_epoch": peak + big,
+            "sudden": bool(total > 0 and drops[big] >= 0.5 * total)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Wong, Rice and Kolter (2020): their MNIST fast-AT recipe, run on our data and model
+# ------------------------------------------------------------------------------------------------
+#: The settings of ``MNIST/train_mnist.py`` in github.com/locuslab/fast_adversarial (commit 54f7287), the code
+#: behind the paper's MNIST experiments: FGSM with a uniform random start in the eps-ball, step alpha = 0.375
+#: (1.25 eps), Adam with a "cyclic" learning rate (linear from 0 up to lr_max at 2/5 of training, then down to 0,
+#: updated every batch), 10 epochs of batches of 100, no early stopping. ``lr_type="flat"`` is the script's other
+#: option (lr_max throughout). Their evaluation (``evaluate_mnist.py``) is PGD-50, step 0.01, 10 restarts.
+WONG_MNIST: dict[str, Any] = {"eps": 0.3, "alpha": 0.375, "epochs": 10, "batch_size": 100, "lr_max": 5e-3,
+                              "lr_type": "cyclic"}
+
+
+class CyclicLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """Wong et al.'s "cyclic" rate: piecewise linear in training progress t (in epochs), 0 at t = 0, ``lr_max`` at
+    ``epochs * 2 // 5``, 0 at ``epochs``; t = (step + 1) / steps_per_epoch, as ``np.interp`` in their script."""
+
+    def __init__(self, lr_max: float, epochs: int, steps_per_epoch: int) -> None:
+        self.lr_max, self.epochs, self.steps_per_epoch = float(lr_max), int(epochs), int(steps_per_epoch)
+        if self.lr_max <= 0 or self.epochs < 1 or self.steps_per_epoch < 1:
+            raise ValueError(f"need lr_max > 0, epochs >= 1 and steps_per_epoch >= 1, got {lr_max}, {epochs}, "
+                             f"{steps_per_epoch}")
+
+    def __call__(self, step: Any) -> tf.Tensor:
+        t = (tf.cast(step, tf.float32) + 1.0) / self.steps_per_epoch
+        peak = float(self.epochs * 2 // 5)
+        up = self.lr_max * t / peak if peak > 0 else tf.constant(self.lr_max)
+        down = self.lr_max * (self.epochs - t) / (self.epochs - peak)
+        return tf.clip_by_value(tf.where(t <= peak, up, down), 0.0, self.lr_max)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"lr_max": self.lr_max, "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch}
+
+
+def train_wong_recipe(name: str, data: Any, *, recipe_settings: dict[str, Any] | None = None, seed: int = 0,
+                      save: bool = True, verbose: bool = True) -> tuple[keras.Model, dict[str, Any]]:
+    """Fast AT with Wong et al.'s MNIST recipe (:data:`WONG_MNIST`, overridable by ``recipe_settings``) on our
+    data and our CNN, cached like :func:`train_cached` (a config of its own, so no other cache entry changes).
+
+    What differs from their script is stated in notebook 03: our model (the article's CNN, not their
+    4-layer ``mnist_net``), our training images, and our FGSM-RS step, which clips the random start to [0, 1]
+    before taking the gradient (theirs takes it at the unclipped point). Returns ``(classifier, info)`` with
+    ``history``, ``epoch_seconds`` and ``seconds_per_epoch``. Introduced in notebooks/03_adversarial_training.ipynb.
+    """
+    settings = {**WONG_MNIST, **(recipe_settings or {})}
+    unknown = set(settings) - set(WONG_MNIST)
+    if unknown:
+        raise ValueError(f"unknown recipe settings {sorted(unknown)}; known: {sorted(WONG_MNIST)}")
+    if settings["lr_type"] not in ("cyclic", "flat"):
+        raise ValueError(f"lr_type must be 'cyclic' or 'flat' (their script's options), got {settings['lr_type']!r}")
+    config = {"model": "seed_cnn", "data": f"{data.source}:{len(data.x_train)}", "seed": seed,
+              "recipe": "wong2020_mnist_fast_at", **settings}
+
+    def train() -> tuple[keras.Model, dict[str, Any]]:
+        runtime.set_seed(seed)
+        clf = models.seed_cnn()
+        trainer = training.AdversarialTrainer(clf, method="fgsm_rs", eps=settings["eps"], step_size=settings["alpha"])
+        steps = math.ceil(len(data.x_train) / settings["batch_size"])
+        lr = (CyclicLearningRate(settings["lr_max"], settings["epochs"], steps) if settings["lr_type"] == "cyclic"
+              else settings["lr_max"])
+        trainer.compile(optimizer=keras.optimizers.Adam(lr))
+        timer = training.EpochTimer()
+        hist = trainer.fit(data.x_train, data.y_train, batch_size=settings["batch_size"], epochs=settings["epochs"],
+                           callbacks=[timer], shuffle=True, verbose=2 if verbose else 0)
+        return clf, {"history": hist.history, "epoch_seconds": timer.seconds,
+                     "seconds_per_epoch": float(np.median(timer.seconds))}
+
+    model, info = models.load_or_train(name, config, train, verbose=verbose)
+    if save:
+        _save(name, model, info)
+    return model, info

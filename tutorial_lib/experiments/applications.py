@@ -505,6 +505,19 @@ def cost_rows(profile, *, results_dir: Path | None = None, full=None,
             rows.append({"notebook": "03", "method": method, "unit": "epoch", "seconds": float(sec),
                          "units": rec["epochs"], "full_units": rec_full["epochs"],
                          "full_seconds": per_epoch_full * rec_full["epochs"]})
+        # the remedies of fast AT record their total training time over fast AT's epochs; stop + restore is fast
+        # AT's own run cut short, so it has no cost of its own
+        remedies = adversarial_training.fast_at_remedies(at)
+        remedies_full = adversarial_training.fast_at_remedies(fa)
+        for name, row in r03.get("fast_at_remedies", {}).items():
+            total = row.get("train_seconds")
+            if not total or name not in remedies or name == "stop_restore":
+                continue
+            epochs, full_epochs = remedies[name]["epochs"], remedies_full[name]["epochs"]
+            sec = float(total) / epochs
+            rows.append({"notebook": "03", "method": name, "unit": "epoch", "seconds": sec, "units": epochs,
+                         "full_units": full_epochs,
+                         "full_seconds": sec * (60000 / n_train if n_train else 1.0) * full_epochs})
     r04 = _load("04_meta_learning", results_dir)
     if r04 is None:
         missing.append("04_meta_learning.json (run notebooks/04_meta_learning.ipynb)")
@@ -514,6 +527,10 @@ def cost_rows(profile, *, results_dir: Path | None = None, full=None,
         for key, sec in r04.get("train_seconds", {}).items():
             if sec:
                 rows.append(_meta_row("04", key, sec / steps, steps, full.meta.meta_steps, scale))
+        for shot, row in (r04.get("lslr") or {}).items():   # MAML++'s learned per-layer per-step rates (section 9)
+            if row.get("train_seconds"):
+                rows.append(_meta_row("04", f"lslr_{shot}", row["train_seconds"] / steps, steps, full.meta.meta_steps,
+                                      scale))
     r05 = _load("05_meta_adversarial", results_dir)
     if r05 is None:
         missing.append("05_meta_adversarial.json (run notebooks/05_meta_adversarial.ipynb)")
@@ -559,6 +576,21 @@ def _rows_06(r06: dict[str, Any], profile, full) -> list[dict[str, Any]]:
 def _train_images(results_dir: Path) -> int | None:
     r00 = _load("00_setup_and_data", results_dir)
     return int(r00["train_images"]) if r00 and "train_images" in r00 else None
+
+
+def patch_gaps(patch: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per model and patch size: the trained (untargeted) patch's success minus the random patch's, and whether
+    their 95 % intervals are apart. ``{model: [{"size", "gap", "apart"}, ...]}`` in the order of ``patch["sizes"]``.
+    Introduced in notebooks/07_applications_and_results.ipynb.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name in patch["untargeted"]:
+        rows = []
+        for i, size in enumerate(patch["sizes"]):
+            (m_t, h_t), (m_r, h_r) = success_ci(patch, name, "untargeted", i), success_ci(patch, name, "random_patch", i)
+            rows.append({"size": int(size), "gap": m_t - m_r, "apart": m_t - h_t > m_r + h_r})
+        out[name] = rows
+    return out
 
 
 def cost_table(rows: list[dict[str, Any]]) -> str:
