@@ -1,4 +1,4 @@
-"""Benchmark: our FGSM and PGD-40 against the 40-pass floor, the seed's eager loop, CleverHans and ART, in one run.
+"""Benchmark: our FGSM and PGD-40 against the 40-pass floor, the article's eager loop, CleverHans and ART, in one run.
 
 Usage: python benchmarks/attacks.py [--out DIR] [--n N] [--repeats R] [--skip-restarts] [--xla-pgd]
 Writes DIR/attacks.json and DIR/attacks.md (default DIR: build/bench). Every method attacks the same
@@ -92,7 +92,7 @@ def floor_pass(model, *, jit_compile: bool = False):
 
 
 def eager_loop(model, x, y, *, steps: int, step_size: float, batch: int = 100) -> np.ndarray:
-    """The seed article's style: an eager Python loop, one GradientTape per step and batch (with clipping)."""
+    """The article's style: an eager Python loop, one GradientTape per step and batch (with clipping)."""
     import tensorflow as tf
 
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -165,7 +165,7 @@ def mixed_precision_copy(model):
     old = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        copy = tl.models.seed_cnn()
+        copy = tl.models.article_cnn()
     finally:
         keras.mixed_precision.set_global_policy(old)
     copy.set_weights(model.get_weights())

@@ -3,7 +3,7 @@
 Usage: python benchmarks/strong_eval.py [--out DIR] [--n N] [--profile NAME] [--skip-art]
 Writes DIR/strong_eval.json and DIR/strong_eval.md (default DIR: build/bench). The model is notebook 03's PGD-AT
 CNN (loaded from the model cache, trained if missing), attacked at the profile's eps (0.3) on N (1,000) test
-images with classes interleaved (``tl.evaluate.test_subset``, as notebook 07). Every attack is traced once on a
+images with classes interleaved (``tl.evaluate.eval_subset``, as notebook 07). Every attack is traced once on a
 few images first, so the times are attack time, not tracing. Read:
 
 * the worst case over ``tl.evaluate.strong_attacks`` next to ART's APGD (cross-entropy and DLR, broken if either
@@ -73,7 +73,7 @@ def main() -> None:
     s = profile.adv_training
     data = tl.data.load_mnist(profile.data_source)
     model, _ = at.train_cached("03_pgd", data, at.recipe("pgd", s), verbose=True)
-    x, y = tl.evaluate.test_subset(data, args.n)
+    x, y = tl.evaluate.eval_subset(data, args.n)
     eps = float(s.eps)
     ours = tl.evaluate.strong_attacks(eps)
     ours_50 = [tl.attacks.APGD(eps=eps, steps=50, loss=loss, seed=0) for loss in ("ce", "dlr")]

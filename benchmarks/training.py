@@ -1,7 +1,7 @@
 """Benchmark: seconds per epoch of each adversarial-training method relative to standard training, in one run.
 
 Usage: python benchmarks/training.py [--out DIR] [--train-size N] [--epochs E] [--repeats R]
-Writes DIR/training.json and DIR/training.md (default DIR: build/bench). Each method trains the seed CNN
+Writes DIR/training.json and DIR/training.md (default DIR: build/bench). Each method trains the article's CNN
 on the same images; the first epoch (tracing) is dropped. The methods are timed in interleaved rounds so a
 change in machine load hits them alike, and each method's fastest epoch is reported (as timeit does: on a
 shared machine the minimum is the least disturbed measurement; the median is in the JSON). Ratios are what to read.
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         for label, options in METHODS.items():
             tl.runtime.set_seed(0)
-            _, info = tl.training.adversarial_fit(tl.models.seed_cnn(), x, y, eps=s.eps, epochs=args.epochs,
+            _, info = tl.training.adversarial_fit(tl.models.article_cnn(), x, y, eps=s.eps, epochs=args.epochs,
                                                   batch_size=s.batch_size, verbose=0, **options)
             seconds[label].extend(info["epoch_seconds"][1:])
             print(f"{label:22s} {min(info['epoch_seconds'][1:]):6.2f} s/epoch", flush=True)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
              "expected": EXPECTED.get(label, "1x")} for label, v in seconds.items()]
     result = {"benchmark": "training", "train_size": args.train_size, "batch_size": s.batch_size, "eps": s.eps,
               "epochs_timed": (args.epochs - 1) * args.repeats, "machine": _results.machine(), "rows": rows}
-    lines = [f"Seconds per epoch, seed CNN, {args.train_size} MNIST images, batch {s.batch_size}, eps {s.eps}, "
+    lines = [f"Seconds per epoch, article's CNN, {args.train_size} MNIST images, batch {s.batch_size}, eps {s.eps}, "
              f"{os.cpu_count()} CPU cores (fastest of {result['epochs_timed']} epochs per method; medians in brackets)", "",
              "| method | s / epoch | x standard | expected |", "|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['seconds_per_epoch']:.2f} ({r['median_seconds_per_epoch']:.2f}) | "

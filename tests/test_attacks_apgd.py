@@ -38,7 +38,7 @@ def small(mnist_subset):
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     pick = np.random.default_rng(0).permutation(len(mnist_subset.y_train))[:3000]  # the split is sorted by class
     model.fit(mnist_subset.x_train[pick], mnist_subset.y_train[pick], epochs=4, batch_size=64, verbose=0)
-    return (model, *evaluate.test_subset(mnist_subset, 200))
+    return (model, *evaluate.eval_subset(mnist_subset, 200))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -116,17 +116,17 @@ def test_saturated_model_keeps_predictions_but_zeroes_gradients(small):
             > evaluate.robust_accuracy(model, x, y, _stand_in_fgsm(0.2)) + 0.3)
 
 
-def test_seed_fgsm_does_not_clip_and_loses_gradients_on_probabilities(small):
+def test_article_fgsm_does_not_clip_and_loses_gradients_on_probabilities(small):
     model, x, y = small
     onehot = keras.utils.to_categorical(y, 10)
-    x_adv = evaluate.seed_fgsm(evaluate.softmax_model(model), x, onehot, 0.1)
+    x_adv = evaluate.article_fgsm(evaluate.softmax_model(model), x, onehot, 0.1)
     assert x_adv.shape == x.shape
     assert x_adv.min() < 0.0 or x_adv.max() > 1.0  # no clipping: invalid images
     # a confident model (logits x5): the probability-space loss is clipped and its gradient vanishes
     confident = evaluate.softmax_model(evaluate.saturated_model(model, temperature=5.0))
     unchanged = lambda xa: np.all(xa == x, axis=(1, 2, 3)).mean()
-    plain = unchanged(evaluate.seed_fgsm(confident, x, onehot, 0.1, keras_logits_rescue=False))
-    rescued = unchanged(evaluate.seed_fgsm(confident, x, onehot, 0.1))
+    plain = unchanged(evaluate.article_fgsm(confident, x, onehot, 0.1, keras_logits_rescue=False))
+    rescued = unchanged(evaluate.article_fgsm(confident, x, onehot, 0.1))
     assert rescued < plain
 
 
@@ -171,15 +171,15 @@ def test_sanity_checks_rejects_bad_settings(small):
         evaluate.sanity_checks(model, x, y, 0.5, large_eps=0.4)
 
 
-def test_test_subset_interleaves_classes(mnist_subset):
-    x, y = evaluate.test_subset(mnist_subset, 30)
+def test_eval_subset_interleaves_classes(mnist_subset):
+    x, y = evaluate.eval_subset(mnist_subset, 30)
     assert x.shape == (30, 28, 28, 1) and np.bincount(y, minlength=10).tolist() == [3] * 10
-    x2, y2 = evaluate.test_subset(mnist_subset, 30)
+    x2, y2 = evaluate.eval_subset(mnist_subset, 30)
     np.testing.assert_array_equal(y, y2)  # fixed by the seed
-    full_x, full_y = evaluate.test_subset(mnist_subset, len(mnist_subset.y_test))
+    full_x, full_y = evaluate.eval_subset(mnist_subset, len(mnist_subset.y_test))
     assert sorted(full_y.tolist()) == sorted(mnist_subset.y_test.tolist())  # a permutation of the whole split
     with pytest.raises(ValueError, match="n must be"):
-        evaluate.test_subset(mnist_subset, 0)
+        evaluate.eval_subset(mnist_subset, 0)
 
 
 def test_pgd_sweep_is_monotone_and_below_fgsm(small):

@@ -29,7 +29,7 @@ def test_answer_key_passes_the_checks(capsys):
     class S:
         eps = 0.3
 
-    assert ex.check_seed_perturbation(_run("03.1", x_500=x, s=S)["x_seed"], x[:8], 0.3)
+    assert ex.check_article_perturbation(_run("03.1", x_500=x, s=S)["x_article"], x[:8], 0.3)
     assert ex.check_trades_loss(_run("03.2")["trades_loss"])
     assert ex.check_ramp_value(_run("03.3")["answer_ramp"], eps=0.3, ramp_epochs=4, epoch=1)
     assert ex.check_pgd_cost(_run("03.4")["answer_cost"], steps=40)
@@ -61,7 +61,7 @@ def test_answer_key_for_chapter_00():
 
 def test_missing_answers_get_a_reminder_not_the_answer(capsys):
     x = np.zeros((2, 4, 4, 1))
-    assert ex.check_seed_perturbation(None, x, 0.3) is False
+    assert ex.check_article_perturbation(None, x, 0.3) is False
     assert ex.check_most_ink(None, x, np.arange(2)) is False
     out = capsys.readouterr().out
     assert "No answer yet" in out and "np.clip" not in out and "eps" not in out
@@ -91,7 +91,7 @@ def test_every_check_treats_none_as_no_answer_yet(capsys):
         lambda: ex.check_linear_change(None, np.ones(3), 0.1), lambda: ex.check_fgsm_step(None, np.zeros(3), np.ones(3), 0.1),
         lambda: ex.check_first_eps_below(None, Sweep), lambda: ex.check_linf_projection(None, np.zeros(3), np.ones(3), 0.1),
         lambda: ex.check_masking_diagnosis(None, None, x, y, 0.3, temperature=10.0),
-        lambda: ex.check_seed_perturbation(None, x, 0.3), lambda: ex.check_trades_loss(None),
+        lambda: ex.check_article_perturbation(None, x, 0.3), lambda: ex.check_trades_loss(None),
         lambda: ex.check_ramp_value(None), lambda: ex.check_pgd_cost(None),
         lambda: ex.check_interval_verdict(None, None, {"pgd40": 0.5}, n=100),
         lambda: ex.check_interval_verdict(None, {"pgd40": 0.5}, {"pgd40": 0.5}, n=100),
@@ -117,7 +117,7 @@ def test_hints_do_not_contain_the_answer_key(capsys):
     ex.check_linf_projection(np.zeros(4), np.array([0.0, 0.5, 0.95, 0.3]), np.array([-0.2, 0.7, 1.2, 0.35]), eps=0.1)
     ex.check_fgsm_step(np.zeros(4), np.array([0.0, 0.5, 0.95, 1.0]), np.array([-0.3, 2.0, 0.1, -1e-3]), eps=0.2)
     ex.check_ci95(0.5, np.linspace(0, 1, 20))
-    ex.check_seed_perturbation(np.zeros((2, 4, 4, 1)), np.ones((2, 4, 4, 1)) * 0.5, 0.3)
+    ex.check_article_perturbation(np.zeros((2, 4, 4, 1)), np.ones((2, 4, 4, 1)) * 0.5, 0.3)
     out = capsys.readouterr().out
     assert out.count("Not yet") == 4
     assert "np.clip" not in out and "np.sign" not in out and "np.std" not in out and "ddof=1" not in out

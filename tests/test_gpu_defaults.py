@@ -6,7 +6,7 @@ the CPU). So whatever the package compiles by default on a GPU must run with det
 (op determinism cannot be turned off once on, so it must not leak into other tests) calls ``setup()``, makes
 TensorFlow's device lists report a GPU (what ``tutorial_lib.compiled.use_xla`` and Keras' ``jit_compile="auto"``
 ask), and runs each entry point with the jit setting the code then chooses, on the series' real models
-(``models.seed_cnn``, with max-pooling, and ``models.few_shot_cnn``). A control case forces XLA and must fail,
+(``models.article_cnn``, with max-pooling, and ``models.few_shot_cnn``). A control case forces XLA and must fail,
 so the emulation is known to expose the problem.
 Run directly (``python tests/test_gpu_defaults.py``) it prints one JSON line of results.
 """
@@ -60,7 +60,7 @@ def run_cases() -> dict[str, Any]:
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, 8)
-    cnn = tl.models.seed_cnn()  # max-pooling: the layer whose gradient XLA refuses under determinism
+    cnn = tl.models.article_cnn()  # max-pooling: the layer whose gradient XLA refuses under determinism
     A = tl.attacks
     spatial = A.Spatial(max_angle=10, max_shift=1, angle_steps=3, shift_steps=3)
     pool = A.AttackPool([A.FGSM(eps=0.1), A.PGD(eps=0.1, steps=2, step_size=0.05), spatial])
@@ -72,13 +72,13 @@ def run_cases() -> dict[str, Any]:
             fn(tf.constant(x), tf.constant(y), tf.constant(i)).numpy()
 
     def trainer_jit() -> None:  # what the trainer's own compile chooses (Keras' "auto" would ask for XLA on a GPU)
-        trainer = tl.training.AdversarialTrainer(tl.models.seed_cnn(), method="pgd", eps=0.1, steps=2)
+        trainer = tl.training.AdversarialTrainer(tl.models.article_cnn(), method="pgd", eps=0.1, steps=2)
         trainer.compile(optimizer="adam")
         if trainer.jit_compile:
             raise ValueError(f"AdversarialTrainer.compile chose jit_compile={trainer.jit_compile!r}")
 
     def fit(method: str) -> None:
-        tl.training.adversarial_fit(tl.models.seed_cnn(), x, y, epochs=1, batch_size=4, method=method, eps=0.1,
+        tl.training.adversarial_fit(tl.models.article_cnn(), x, y, epochs=1, batch_size=4, method=method, eps=0.1,
                                     steps=2, verbose=0)
 
     # 5-way tasks of 28x28 images, for the meta-learners (labels only need 5 classes with enough images)
@@ -87,7 +87,7 @@ def run_cases() -> dict[str, Any]:
     tasks = tl.tasks.FewShotSampler(task_x, task_y, n_way=5, k_shot=1, q_queries=2, classes=range(5)).sample(2)
 
     def meta_step(make: Callable[[Any], Any]) -> None:
-        for model in (tl.models.seed_cnn(num_classes=5), tl.models.few_shot_cnn(5)):
+        for model in (tl.models.article_cnn(num_classes=5), tl.models.few_shot_cnn(5)):
             loss, _ = make(model).meta_step(tasks)
             if not np.isfinite(loss):
                 raise ValueError(f"meta-step loss {loss}")

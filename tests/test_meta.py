@@ -1,5 +1,5 @@
 """Tests for tutorial_lib.meta against independent references (finite differences, Hessian-vector
-products, a numpy Reptile), the seed's step shown not to be MAML, the compiled step, bad input, memory."""
+products, a numpy Reptile), the article's step shown not to be MAML, the compiled step, bad input, memory."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_compiled_meta_step_equals_mean_of_task_gradients():
         np.testing.assert_allclose(v.numpy(), b - g, rtol=1e-9, atol=1e-12)
 
 
-def test_seed_meta_train_step_is_not_the_maml_gradient():
+def test_article_meta_step_is_not_the_maml_gradient():
     """The seed updates the weights in place inside the outer tape: its 'meta-gradient' is the sum of plain
     gradients at the sequentially updated weights / tasks, not d L(theta') / d theta."""
     model, lr = tiny_mlp(), 0.5
@@ -139,9 +139,9 @@ def test_seed_meta_train_step_is_not_the_maml_gradient():
     # the true MAML gradient on the same data (support = query = the task's images, as the seed has no query set)
     maml = [np.mean([M.maml_task_gradient(model, theta, x[i], y[i], x[i], y[i], steps=1, lr=lr)[0][j].numpy()
                      for i in range(3)], axis=0) for j in range(len(theta))]
-    _, seed_grads = M.seed_meta_train_step(model, x, y, optimizer=keras.optimizers.SGD(lr),
+    _, article_grads = M.article_meta_step(model, x, y, optimizer=keras.optimizers.SGD(lr),
                                            meta_optimizer=keras.optimizers.SGD(0.0))
-    seed = np.concatenate([g.numpy().ravel() for g in seed_grads])
+    seed = np.concatenate([g.numpy().ravel() for g in article_grads])
     true = np.concatenate([g.ravel() for g in maml])
     assert np.linalg.norm(seed - true) / np.linalg.norm(true) > 0.1
     # what it actually computes: plain gradients at theta, theta_1, theta_2 (sequential SGD), averaged
@@ -279,11 +279,11 @@ def test_head_only_adaptation_changes_only_the_last_layer():
     assert not np.allclose(head.per_task, full.per_task)  # adapting everything gives other answers here
 
 
-def test_seed_vs_maml_gradients():
+def test_article_vs_maml_gradients():
     model, lr = tiny_mlp(), 0.5
     batch = _tiny_batch(range(3))
     before = [v.numpy().copy() for v in model.trainable_variables]
-    out = M.seed_vs_maml(model, batch, inner_lr=lr)
+    out = M.article_vs_maml(model, batch, inner_lr=lr)
     assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))  # untouched
     flat = lambda gs: np.concatenate([np.ravel(g) for g in gs])
     tasks = [tuple(tf.constant(a[i]) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
@@ -292,9 +292,9 @@ def test_seed_vs_maml_gradients():
     np.testing.assert_allclose(out["maml"], maml, rtol=1e-10)
     terms = [_hessian_term(model, [tf.constant(b) for b in before], *t, lr) for t in tasks]
     np.testing.assert_allclose(out["fomaml"], np.mean([flat(t[0]) for t in terms], axis=0), rtol=1e-8, atol=1e-12)
-    # the seed's step computes sequential SGD gradients (in float32 inside Keras' optimizers)
-    np.testing.assert_allclose(out["seed"], out["sequential_sgd"], rtol=1e-5, atol=1e-8)
-    assert np.linalg.norm(out["seed"] - out["maml"]) > 0.1 * np.linalg.norm(out["maml"])
+    # the article's step computes sequential SGD gradients (in float32 inside Keras' optimizers)
+    np.testing.assert_allclose(out["article"], out["sequential_sgd"], rtol=1e-5, atol=1e-8)
+    assert np.linalg.norm(out["article"] - out["maml"]) > 0.1 * np.linalg.norm(out["maml"])
 
 
 def test_refuses_batch_norm_softmax_and_bad_options():

@@ -333,15 +333,15 @@ def test_adml_outer_loss_and_gradient_match_a_hand_computation():
     np.testing.assert_allclose(flat(grads), central_differences(hand, w, b), rtol=1e-5, atol=1e-8)
 
 
-def test_seed_step_is_sequential_fgsm_training_not_the_corrected_meta_gradient():
+def test_article_step_is_sequential_fgsm_training_not_the_corrected_meta_gradient():
     model = tiny_mlp()
     before = [w.copy() for w in model.get_weights()]
-    grads = MA.compare_seed_step(model, tiny_batch(3), inner_lr=0.5, eps=0.1)
+    grads = MA.compare_article_step(model, tiny_batch(3), inner_lr=0.5, eps=0.1)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the model is not changed
-    # what the seed's step really computes: plain FGSM training gradients at sequentially moved weights
-    np.testing.assert_allclose(grads["seed"], grads["sequential_fgsm_sgd"], rtol=1e-5, atol=1e-9)
-    cosine = MA.gradient_cosine(grads["seed"], grads["adversarial_maml"])
-    rel = np.linalg.norm(grads["seed"] - grads["adversarial_maml"]) / np.linalg.norm(grads["adversarial_maml"])
+    # what the article's step really computes: plain FGSM training gradients at sequentially moved weights
+    np.testing.assert_allclose(grads["article"], grads["sequential_fgsm_sgd"], rtol=1e-5, atol=1e-9)
+    cosine = MA.gradient_cosine(grads["article"], grads["adversarial_maml"])
+    rel = np.linalg.norm(grads["article"] - grads["adversarial_maml"]) / np.linalg.norm(grads["adversarial_maml"])
     assert cosine < 0.9 and rel > 0.1, (cosine, rel)
     # and the corrected step is not plain MAML either (the attacks matter)
     assert MA.gradient_cosine(grads["adversarial_maml"], grads["maml"]) < 0.999

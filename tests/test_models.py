@@ -9,8 +9,8 @@ import keras
 from tutorial_lib import models, runtime
 
 
-def test_seed_cnn_shape_and_logits():
-    m = models.seed_cnn()
+def test_article_cnn_shape_and_logits():
+    m = models.article_cnn()
     out = m(np.zeros((2, 28, 28, 1), np.float32))
     assert out.shape == (2, 10)
     assert m.layers[-1].activation is keras.activations.linear
@@ -38,7 +38,7 @@ def test_not_a_model():
 def test_mixed_precision_keeps_float32_logits():
     try:
         runtime.set_mixed_precision(True)
-        m = models.seed_cnn()
+        m = models.article_cnn()
         assert m(np.zeros((1, 28, 28, 1), np.float32)).dtype == "float32"
     finally:
         runtime.set_mixed_precision(False)

@@ -45,7 +45,7 @@ _FIRST_EPOCH_LOSS = textwrap.dedent(
     import tutorial_lib as tl
     tl.runtime.setup(seed=int(os.environ["SEED"]), verbose=False)
     d = tl.data.load_subset()
-    m = tl.models.seed_cnn()
+    m = tl.models.article_cnn()
     h = tl.models.train_classifier(m, d.x_train[:512], d.y_train[:512], epochs=1, batch_size=64, verbose=0)
     print(repr(h.history["loss"][0]))
     """

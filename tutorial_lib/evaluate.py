@@ -26,7 +26,7 @@ def _batches(n: int, batch_size: int):
         yield slice(start, min(start + batch_size, n))
 
 
-def test_subset(data: Any, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def eval_subset(data: Any, n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` test images and labels from ``data`` (a :class:`~tutorial_lib.data.MNIST`), classes interleaved.
 
     The bundled subset's test split is sorted by class, so ``data.x_test[:n]`` would hold only the first
@@ -682,7 +682,7 @@ def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, 
 
 
 # --------------------------------------------------------------------------------------------------
-# Models that fool weak evaluations, and the seed's naive FGSM (for side-by-side comparisons)
+# Models that fool weak evaluations, and the article's naive FGSM (for side-by-side comparisons)
 # --------------------------------------------------------------------------------------------------
 def saturated_model(model: keras.Model, *, temperature: float = 1000.0) -> keras.Model:
     """A deliberately gradient-masked copy of ``model``: its logits multiplied by ``temperature``.
@@ -700,7 +700,7 @@ def saturated_model(model: keras.Model, *, temperature: float = 1000.0) -> keras
 
 
 def softmax_model(model: keras.Model) -> keras.Model:
-    """``model`` followed by a softmax, as the seed article builds its CNN (probabilities out).
+    """``model`` followed by a softmax, as the article builds its CNN (probabilities out).
 
     Only for showing what goes wrong; tutorial_lib attacks refuse such models.
     Introduced in notebooks/01_fgsm.ipynb.
@@ -710,9 +710,9 @@ def softmax_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"{model.name}_softmax")
 
 
-def seed_fgsm(model: keras.Model, images: np.ndarray, labels: np.ndarray, epsilon: float, *,
+def article_fgsm(model: keras.Model, images: np.ndarray, labels: np.ndarray, epsilon: float, *,
               keras_logits_rescue: bool = True) -> np.ndarray:
-    """The seed article's ``fgsm_attack``, reproduced faithfully, flaws included; do not use it.
+    """The article's ``fgsm_attack``, reproduced faithfully, flaws included; do not use it.
 
     ``model`` outputs probabilities (see :func:`softmax_model`), ``labels`` are one-hot (n, 10), the loss is
     ``CategoricalCrossentropy()`` on probabilities, the whole array goes through one eager tape (no

@@ -184,13 +184,13 @@ def check_masking_diagnosis(answer: Any, model: Any, x: np.ndarray, y: np.ndarra
 # ---------------------------------------------------------------------------------------------
 # 03 adversarial training
 # ---------------------------------------------------------------------------------------------
-def check_seed_perturbation(x_seed: Any, x: np.ndarray, eps: float) -> bool:
+def check_article_perturbation(x_article: Any, x: np.ndarray, eps: float) -> bool:
     """Exercise 03.1: the input the article's formula L(x + eps, y) evaluates, as the model would see it."""
-    if _missing(x_seed, "an array shaped like x"):
+    if _missing(x_article, "an array shaped like x"):
         return False
     expected = np.clip(np.asarray(x, dtype=np.float64) + eps, 0.0, 1.0)
     return report(
-        close(x_seed, expected, atol=1e-6),
+        close(x_article, expected, atol=1e-6),
         "the article's formula adds eps to every pixel: one fixed corner of the eps-ball, the same for every image and "
         "chosen without looking at the loss; clipped to [0, 1] it barely changes the bright strokes.",
         "the formula adds the same number to every pixel, and the model only ever sees valid images.",
@@ -486,7 +486,7 @@ SOLUTIONS: dict[str, str] = {
     "02.2": "mild = tl.evaluate.saturated_model(model, temperature=10.0)\n"
             "answer_2 = tl.evaluate.sanity_checks(mild, x, y, 0.3, steps=a.pgd_steps, step_size=a.pgd_step_size,\n"
             "                                     restarts=a.restarts).failed()",
-    "03.1": "x_seed = np.clip(x_500[:8] + s.eps, 0, 1)",
+    "03.1": "x_article = np.clip(x_500[:8] + s.eps, 0, 1)",
     "03.2": "def trades_loss(logits_clean, logits_adv, y, beta):\n"
             "    log_p = tf.nn.log_softmax(logits_clean)\n"
             "    log_q = tf.nn.log_softmax(logits_adv)\n"

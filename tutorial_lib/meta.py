@@ -241,7 +241,7 @@ class Evaluation:
         return Evaluation(float(mean), float(ci), acc, int(steps), self.lr, self.curve_steps[: j + 1], self.per_task[:, : j + 1])
 
     def __str__(self) -> str:
-        return f"{100 * self.mean:.1f} +- {100 * self.ci95:.1f}% ({len(self.accuracies)} tasks, {self.steps} step{'' if self.steps == 1 else 's'})"
+        return f"{100 * self.mean:.1f} ± {100 * self.ci95:.1f}% ({len(self.accuracies)} tasks, {self.steps} step{'' if self.steps == 1 else 's'})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary; ``inner_lr`` is None when adaptation used learned rates."""
@@ -626,13 +626,13 @@ class LSLR(LearnedRateMAML):
 
 
 # --------------------------------------------------------------------------------------------------
-# The seed article's step, kept for teaching and as a regression test. Do not use it to train.
+# The article's step, kept for teaching and as a regression test. Do not use it to train.
 # --------------------------------------------------------------------------------------------------
-def seed_meta_train_step(model: keras.Model, task_x, task_y, *, optimizer: keras.optimizers.Optimizer,
+def article_meta_step(model: keras.Model, task_x, task_y, *, optimizer: keras.optimizers.Optimizer,
                          meta_optimizer: keras.optimizers.Optimizer,
                          perturb: Callable[[keras.Model, tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
                          ) -> tuple[tf.Tensor, list[tf.Tensor]]:
-    """The seed article's ``meta_train_step`` (without its FGSM part), made to run on real task tensors.
+    """The article's ``meta_train_step`` (without its FGSM part), made to run on real task tensors.
 
     ``task_x``: float (tasks, n, H, W, C); ``task_y``: int (tasks, n). For each task in turn, under one outer
     tape, it takes a gradient step on the task *in place* (``optimizer.apply_gradients`` on the shared
@@ -644,7 +644,7 @@ def seed_meta_train_step(model: keras.Model, task_x, task_y, *, optimizer: keras
     whatever weights the previous task left (divided by the number of tasks): sequential SGD plus a second,
     mis-scaled step. The true meta-gradient differentiates the query loss *through* the adaptation
     (:func:`maml_task_gradient`). ``perturb(model, x, y)``, when given, replaces each task's images before its
-    step (the seed's FGSM: :func:`tutorial_lib.meta_adversarial.seed_meta_adversarial_step`).
+    step (the article's FGSM: :func:`tutorial_lib.meta_adversarial.article_adversarial_meta_step`).
     Introduced in notebooks/04_meta_learning.ipynb.
     """
     variables = model.trainable_variables
@@ -664,12 +664,12 @@ def seed_meta_train_step(model: keras.Model, task_x, task_y, *, optimizer: keras
     return meta_loss, meta_grads
 
 
-def seed_vs_maml(model: keras.Model, tasks: Tasks, *, inner_lr: float) -> dict[str, np.ndarray]:
+def article_vs_maml(model: keras.Model, tasks: Tasks, *, inner_lr: float) -> dict[str, np.ndarray]:
     """Flattened "meta-gradients" on one meta-batch, for comparison (the model is not changed).
 
-    ``seed``: the seed's :func:`seed_meta_train_step` (inner SGD at ``inner_lr`` on each task's support set,
+    ``seed``: the article's :func:`article_meta_step` (inner SGD at ``inner_lr`` on each task's support set,
     run on a copy of the model); ``sequential_sgd``: the mean of plain support-set gradients taken one task
-    after another from the weights the previous task left (what the seed's step really computes);
+    after another from the weights the previous task left (what the article's step really computes);
     ``maml``: the true second-order MAML gradient (one inner step on the support set, loss on the query set);
     ``fomaml``: the same without the second-order term. All averaged over the tasks.
     """
@@ -677,7 +677,7 @@ def seed_vs_maml(model: keras.Model, tasks: Tasks, *, inner_lr: float) -> dict[s
     clone.set_weights(model.get_weights())
     sx = tf.constant(tasks.support_x)
     sy = tf.constant(tasks.support_y)
-    _, seed_grads = seed_meta_train_step(clone, sx, sy, optimizer=keras.optimizers.SGD(inner_lr),
+    _, article_grads = article_meta_step(clone, sx, sy, optimizer=keras.optimizers.SGD(inner_lr),
                                          meta_optimizer=keras.optimizers.SGD(0.0))
     params, seq = params_of(model), []
     for i in range(len(tasks)):
@@ -687,7 +687,7 @@ def seed_vs_maml(model: keras.Model, tasks: Tasks, *, inner_lr: float) -> dict[s
         grads = tape.gradient(loss, params)
         seq.append(grads)
         params = [p - inner_lr * g for p, g in zip(params, grads)]
-    out = {"seed": seed_grads, "sequential_sgd": [tf.add_n(list(g)) / len(tasks) for g in zip(*seq)]}
+    out = {"article": article_grads, "sequential_sgd": [tf.add_n(list(g)) / len(tasks) for g in zip(*seq)]}
     for name, first_order in (("maml", False), ("fomaml", True)):
         per_task = [maml_task_gradient(model, params_of(model), sx[i], sy[i], tf.constant(tasks.query_x[i]),
                                        tf.constant(tasks.query_y[i]), steps=1, lr=inner_lr, first_order=first_order)[0]

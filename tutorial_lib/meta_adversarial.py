@@ -3,7 +3,7 @@
 Built on :mod:`tutorial_lib.meta` (its inner loop, forward pass and ``MetaLearner``) and the attack specs of
 :mod:`tutorial_lib.attacks` (run through ``.generate`` against a model evaluated at adapted weights). Holds
 Adversarial Querying (AQ, with an eps ramp, a clean-query mix and a TRADES outer loss), AQ with an attack pool
-(``PoolQuerying``), ADML and the seed's adversarial meta-step as written and corrected. Evaluating adapted learners
+(``PoolQuerying``), ADML and the article's adversarial meta-step as written and corrected. Evaluating adapted learners
 (``robust_evaluate``, ``epsilon_curve``, masking checks) is :mod:`tutorial_lib.adaptation`'s; the names notebook 05
 calls here are re-exported from there.
 Introduced in notebooks/05_meta_adversarial.ipynb.
@@ -29,7 +29,7 @@ from .tasks import FewShotSampler, Tasks
 
 __all__ = ["LEARNERS", "OUTER_LOSSES", "default_attack", "query_loss", "aq_task_gradient", "adml_task_gradient",
            "adversarial_maml_task_gradient", "AdversarialMetaLearner", "AdversarialQuerying", "PoolQuerying", "ADML",
-           "AdversarialMAML", "make_learner", "seed_meta_adversarial_step", "compare_seed_step", "gradient_cosine",
+           "AdversarialMAML", "make_learner", "article_adversarial_meta_step", "compare_article_step", "gradient_cosine",
            # attacks on adapted weights and the evaluation of adapted learners, from tutorial_lib.adaptation
            "adapted_logits_fn", "attack_adapted", "attack_support", "check_attack", "check_data_range",
            "epsilon_curve", "robust_evaluate", "scaled_step", "support_surrogate"]
@@ -156,7 +156,7 @@ def adversarial_maml_task_gradient(model: keras.Model, params: Sequence[tf.Tenso
                                    query_y, *, attack: Any, steps: int, lr: float, eps: Any = None, seed: Any = None,
                                    step_size: Any = None, first_order: bool = False,
                                    zero_head: bool = False) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
-    """One task's meta-gradient of MAML on attacked support AND query sets (the seed's idea done right).
+    """One task's meta-gradient of MAML on attacked support AND query sets (the article's idea done right).
 
     The support set is attacked against :func:`support_surrogate`, theta' adapts on it, the queries are attacked
     against theta', and the query loss is differentiated through the adaptation.
@@ -419,7 +419,7 @@ class ADML(AdversarialMetaLearner):
 
 
 class AdversarialMAML(AdversarialMetaLearner):
-    """MAML with attacked support and query sets (default FGSM at eps 0.1): what the seed's adversarial
+    """MAML with attacked support and query sets (default FGSM at eps 0.1): what the article's adversarial
     ``meta_train_step`` was reaching for, done right (see :func:`adversarial_maml_task_gradient`).
 
     Introduced in notebooks/05_meta_adversarial.ipynb.
@@ -454,12 +454,12 @@ def make_learner(method: str, model: keras.Model, **options) -> _meta.MetaLearne
 
 
 # --------------------------------------------------------------------------------------------------
-# The seed article's adversarial step, as written (for teaching; do not train with it) and measured
+# The article's adversarial step, as written (for teaching; do not train with it) and measured
 # --------------------------------------------------------------------------------------------------
-def seed_meta_adversarial_step(model: keras.Model, task_x, task_y, *, optimizer: keras.optimizers.Optimizer,
+def article_adversarial_meta_step(model: keras.Model, task_x, task_y, *, optimizer: keras.optimizers.Optimizer,
                                meta_optimizer: keras.optimizers.Optimizer,
                                eps: float) -> tuple[tf.Tensor, list[tf.Tensor]]:
-    """The seed article's ``meta_train_step`` with its FGSM, made to run on real task tensors (logits model).
+    """The article's ``meta_train_step`` with its FGSM, made to run on real task tensors (logits model).
 
     ``task_x``: float (tasks, n, H, W, C) in [0, 1]; ``task_y``: int (tasks, n). Under one outer tape, for each
     task in turn: FGSM at ``eps`` against the weights as they stand, a gradient step on those adversarial images
@@ -473,16 +473,16 @@ def seed_meta_adversarial_step(model: keras.Model, task_x, task_y, *, optimizer:
     through an adaptation (compare :func:`adversarial_maml_task_gradient`).
     """
     fgsm = check_attack(_attacks.FGSM(eps=eps), "FGSM")
-    return _meta.seed_meta_train_step(model, task_x, task_y, optimizer=optimizer, meta_optimizer=meta_optimizer,
+    return _meta.article_meta_step(model, task_x, task_y, optimizer=optimizer, meta_optimizer=meta_optimizer,
                                       perturb=lambda m, x, y: fgsm.generate(m, x, y))
 
 
-def compare_seed_step(model: keras.Model, tasks: Tasks, *, inner_lr: float, eps: float) -> dict[str, np.ndarray]:
+def compare_article_step(model: keras.Model, tasks: Tasks, *, inner_lr: float, eps: float) -> dict[str, np.ndarray]:
     """Flattened "meta-gradients" on one meta-batch, for comparison (the model is not changed).
 
-    ``seed``: :func:`seed_meta_adversarial_step` (inner SGD at ``inner_lr``, on each task's support set, run on
+    ``seed``: :func:`article_adversarial_meta_step` (inner SGD at ``inner_lr``, on each task's support set, run on
     a copy of the model); ``sequential_fgsm_sgd``: the mean of FGSM adversarial-training gradients on the
-    support sets taken one task after another from the weights the previous task left (what the seed's step
+    support sets taken one task after another from the weights the previous task left (what the article's step
     really computes); ``adversarial_maml``: the corrected step, the second-order MAML gradient on FGSM-attacked
     support and query sets (:func:`adversarial_maml_task_gradient`, one inner step); ``maml``: plain MAML on
     the clean sets. All averaged over the tasks.
@@ -496,7 +496,7 @@ def compare_seed_step(model: keras.Model, tasks: Tasks, *, inner_lr: float, eps:
     clone.set_weights(model.get_weights())
     sx, sy = tf.constant(tasks.support_x, dtype), tf.constant(tasks.support_y, tf.int32)
     qx, qy = tf.constant(tasks.query_x, dtype), tf.constant(tasks.query_y, tf.int32)
-    _, seed_grads = seed_meta_adversarial_step(clone, sx, sy, optimizer=keras.optimizers.SGD(inner_lr),
+    _, article_grads = article_adversarial_meta_step(clone, sx, sy, optimizer=keras.optimizers.SGD(inner_lr),
                                                meta_optimizer=keras.optimizers.SGD(0.0), eps=eps)
     params, seq = _meta.params_of(model), []
     for i in range(len(tasks)):
@@ -507,7 +507,7 @@ def compare_seed_step(model: keras.Model, tasks: Tasks, *, inner_lr: float, eps:
         grads = tape.gradient(loss, params)
         seq.append(grads)
         params = [p - inner_lr * g for p, g in zip(params, grads)]
-    out = {"seed": seed_grads, "sequential_fgsm_sgd": [tf.add_n(list(g)) / len(tasks) for g in zip(*seq)]}
+    out = {"article": article_grads, "sequential_fgsm_sgd": [tf.add_n(list(g)) / len(tasks) for g in zip(*seq)]}
     theta = _meta.params_of(model)
     per_task = {"adversarial_maml": [], "maml": []}
     for i in range(len(tasks)):

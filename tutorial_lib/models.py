@@ -22,8 +22,8 @@ from . import runtime
 CACHE_VERSION = 1  # bump to invalidate every cached model after a change in how models are trained
 
 
-def seed_cnn(num_classes: int = 10, *, input_shape: tuple[int, int, int] = (28, 28, 1), name: str = "seed_cnn") -> keras.Model:
-    """The seed article's CNN, returning logits.
+def article_cnn(num_classes: int = 10, *, input_shape: tuple[int, int, int] = (28, 28, 1), name: str = "article_cnn") -> keras.Model:
+    """The article's CNN, returning logits.
 
     Conv 32 3x3 ReLU, max-pool 2, Conv 64 3x3 ReLU, max-pool 2, flatten, dense ``num_classes``.
     The final layer is float32 even under a mixed-precision policy, so logits and losses stay accurate.
@@ -194,7 +194,7 @@ def baseline_config(profile: runtime.Profile, data_source: str, seed: int = 0) -
 
 
 def baseline_model(data, profile: runtime.Profile | None = None, *, seed: int = 0, verbose: bool = True) -> tuple[keras.Model, dict[str, Any]]:
-    """The seed CNN trained on clean ``data`` (an :class:`~tutorial_lib.data.MNIST`), cached by config.
+    """The article's CNN trained on clean ``data`` (an :class:`~tutorial_lib.data.MNIST`), cached by config.
 
     Trained in notebook 00; later notebooks get the same weights from the cache.
     """
@@ -203,7 +203,7 @@ def baseline_model(data, profile: runtime.Profile | None = None, *, seed: int = 
 
     def train() -> tuple[keras.Model, dict[str, Any]]:
         runtime.set_seed(seed)
-        model = seed_cnn()
+        model = article_cnn()
         hist = train_classifier(model, data.x_train, data.y_train, epochs=b.epochs, batch_size=b.batch_size,
                                 learning_rate=b.learning_rate, verbose=2 if verbose else 0)
         return model, {"history": hist.history}

@@ -96,10 +96,10 @@ class MetaSettings:
     metasgd_train_steps: int = 1
     lslr_inner_lr: float = 0.3
     lslr_train_steps: int = 2  # 3 or 5 steps gave no more accuracy, at more cost (benchmarks/meta_levers.py)
-    # Reptile: inner SGD on each task's support + query images; outer step SGD(reptile_eps)
+    # Reptile: inner SGD on each task's support + query images; outer step SGD(reptile_outer_lr)
     reptile_inner_lr: float = 0.1
     reptile_train_steps: int = 5
-    reptile_eps: float = 0.5
+    reptile_outer_lr: float = 0.5
     # baselines: SGD on the support set from a random init / from a pre-trained backbone with a zero head
     scratch_steps: int = 50
     scratch_lr: float = 0.1
@@ -286,7 +286,7 @@ PROFILES: dict[str, Profile] = {
     "quick": _profile(
         "quick",
         data_source="subset",
-        description="CI and a first look: the bundled 5,000-image subset, every notebook in minutes on 2 CPU cores.",
+        description="A first look and the classroom: the bundled 5,000-image subset, every notebook in minutes on 2 CPU cores.",
         baseline=dict(epochs=10),
         attacks=dict(eval_size=1000, iterative_size=200, sweep_size=100),
         adv_training=dict(epochs=15, ramp_epochs=3, decay_epochs=3),

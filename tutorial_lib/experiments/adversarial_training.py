@@ -95,7 +95,7 @@ def train_cached(
     verbose: bool = True,
     stop_restore_name: str | None = None,
 ) -> tuple[keras.Model, dict[str, Any]]:
-    """Train a fresh seed CNN with :func:`~tutorial_lib.training.adversarial_fit` (``fit_kwargs``) on ``data``,
+    """Train a fresh article's CNN with :func:`~tutorial_lib.training.adversarial_fit` (``fit_kwargs``) on ``data``,
     cached by config hash.
 
     ``data``: an :class:`~tutorial_lib.data.MNIST`. ``callbacks`` are used only if training runs (the cache
@@ -124,7 +124,7 @@ def train_cached(
 
     def train() -> tuple[keras.Model, dict[str, Any]]:
         runtime.set_seed(seed)
-        clf = models.seed_cnn()
+        clf = models.article_cnn()
         clf, info = training.adversarial_fit(clf, data.x_train, data.y_train, callbacks=callbacks,
                                              verbose=2 if verbose else 0, **fit_kwargs)
         for cb in callbacks:
@@ -156,7 +156,7 @@ def _stop_restore(name: str, config: dict[str, Any], monitor: training.Catastrop
     def restore() -> tuple[keras.Model, dict[str, Any]]:
         if monitor.stop_weights is None:  # the run came from the cache: run it again to get the weights
             retrain()
-        clf = models.seed_cnn()
+        clf = models.article_cnn()
         clf.set_weights(monitor.stop_weights)
         onset = monitor.onset_epoch
         stopped = len(monitor.history) if onset is None else onset + 1
@@ -283,7 +283,7 @@ def train_wong_recipe(name: str, data: Any, *, recipe_settings: dict[str, Any] |
 
     def train() -> tuple[keras.Model, dict[str, Any]]:
         runtime.set_seed(seed)
-        clf = models.seed_cnn()
+        clf = models.article_cnn()
         trainer = training.AdversarialTrainer(clf, method="fgsm_rs", eps=settings["eps"], step_size=settings["alpha"])
         steps = math.ceil(len(data.x_train) / settings["batch_size"])
         lr = (CyclicLearningRate(settings["lr_max"], settings["epochs"], steps) if settings["lr_type"] == "cyclic"

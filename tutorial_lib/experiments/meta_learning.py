@@ -35,7 +35,7 @@ def method_options(method: str, settings: Any) -> dict[str, Any]:
     if method == "reptile":
         return dict(inner_lr=s.reptile_inner_lr, inner_steps=s.reptile_train_steps,
                     test_steps=s.test_steps or s.reptile_train_steps,
-                    meta_optimizer=keras.optimizers.SGD(s.reptile_eps))
+                    meta_optimizer=keras.optimizers.SGD(s.reptile_outer_lr))
     if method in meta.LEARNED_RATE_LEARNERS:
         lr, steps = (s.metasgd_inner_lr, s.metasgd_train_steps) if method == "metasgd" else (s.lslr_inner_lr, s.lslr_train_steps)
         return dict(inner_lr=lr, inner_steps=steps, test_steps=s.test_steps or steps, zero_head=s.zero_head,
@@ -152,14 +152,14 @@ def accuracy_table(results: dict[str, dict[str, meta.Evaluation]]) -> str:
     lines = ["| method | " + " | ".join(f"5-way {s[:-4]}-shot" for s in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for method, row in results.items():
-        cells = [f"{100 * row[s].mean:.1f} ± {100 * row[s].ci95:.1f}% ({row[s].steps} steps, "
+        cells = [f"{100 * row[s].mean:.1f} ± {100 * row[s].ci95:.1f}% ({row[s].steps} step{'' if row[s].steps == 1 else 's'}, "
                  + ("learned rates)" if np.isnan(row[s].lr) else f"lr {row[s].lr:g})") if s in row else "" for s in columns]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def gradient_table(grads: dict[str, np.ndarray], reference: str = "maml") -> str:
-    """Markdown table of :func:`tutorial_lib.meta.seed_vs_maml`'s gradients: norm of each, cosine similarity and
+    """Markdown table of :func:`tutorial_lib.meta.article_vs_maml`'s gradients: norm of each, cosine similarity and
     relative difference to ``reference``. Introduced in notebooks/04_meta_learning.ipynb."""
     ref = grads[reference]
     lines = [f"| gradient | norm | cosine with {reference} | relative difference to {reference} |", "|---|---|---|---|"]

@@ -37,7 +37,7 @@ LABELS = {
     "adml": "ADML",
     "aq": "AQ",
     "aq_trades": "AQ + TRADES",
-    "seed_fgsm": "seed's idea (FGSM MAML)",
+    "seed_fgsm": "article's idea (FGSM MAML)",
 }
 RESULTS_NAME = "05_meta_adversarial"
 
@@ -86,7 +86,7 @@ def method_options(method: str, settings: Any, *, steps: int | None = None) -> d
 
     ``steps`` is the length of the run (default :func:`meta_steps`); an eps ramp covers its first
     ``ramp_fraction`` for every adversarial method (AQ, AQ + TRADES, ADML with the same PGD training
-    attack; the seed's idea with FGSM). Every method adapts with ``train_steps`` SGD steps at ``inner_lr`` from a
+    attack; the article's idea with FGSM). Every method adapts with ``train_steps`` SGD steps at ``inner_lr`` from a
     zero head and uses Adam(``meta_lr``) on the meta-gradient.
     """
     _check_method(method, META_TRAINED)
