@@ -144,3 +144,49 @@ def test_bad_types_and_rotations(toy):
     s = T.FewShotSampler(x, y, n_way=2, k_shot=1, q_queries=1, classes=range(3))
     with pytest.raises(ValueError, match="tasks must be >= 1"):
         s.sample(0)
+
+
+# --- validation split ------------------------------------------------------------------------------
+def test_split_images_is_stratified_disjoint_and_deterministic(toy):
+    x, y = toy
+    (xa, ya), (xb, yb) = T.split_images(x, y, fraction=0.2, seed=3)
+    assert len(xa) + len(xb) == len(x)
+    assert np.bincount(yb, minlength=10).tolist() == [6] * 10  # 20 % of 30 per digit
+    flat_a = {img.tobytes() for img in xa}
+    assert not any(img.tobytes() in flat_a for img in xb)  # no image in both parts
+    (xa2, _), (xb2, _) = T.split_images(x, y, fraction=0.2, seed=3)
+    assert np.array_equal(xb, xb2) and np.array_equal(xa, xa2)
+    (_, _), (xb3, _) = T.split_images(x, y, fraction=0.2, seed=4)
+    assert not np.array_equal(xb, xb3)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_split_images_refuses_bad_fraction(toy, fraction):
+    x, y = toy
+    with pytest.raises(ValueError, match="fraction"):
+        T.split_images(x, y, fraction=fraction)
+
+
+def test_split_images_refuses_bad_shapes(toy):
+    x, y = toy
+    with pytest.raises(ValueError, match="same n"):
+        T.split_images(x, y[:-1], fraction=0.2)
+    with pytest.raises(TypeError, match="fraction must be a number"):
+        T.split_images(x, y, fraction="0.2")
+
+
+def test_digit_splits_with_validation_shares_classes_not_images(toy):
+    from types import SimpleNamespace
+
+    x, y = toy
+    data = SimpleNamespace(x_train=x[::2], y_train=y[::2], x_test=x[1::2], y_test=y[1::2])
+    train, val, test = T.digit_splits_with_validation(data, n_way=3, k_shot=1, q_queries=2, validation=0.25, seed=0)
+    assert train.class_names == val.class_names and len(train.class_names) == 20  # digits 0-4 x 4 rotations
+    assert test.class_names == ["5", "6", "7", "8", "9"]
+    upright = [i for i, s in enumerate(train.specs) if s.rotation == 0]
+    seen_train = {img.tobytes() for i in upright for img in train.pool[i, :train.counts[i]]}
+    seen_val = {img.tobytes() for i in upright for img in val.pool[i, :val.counts[i]]}
+    assert seen_train and seen_val and not (seen_train & seen_val)
+    assert val.counts.sum() + train.counts.sum() == 4 * 150  # 4 rotations x 150 images of digits 0-4
+    t = val.sample(4, seed=0)
+    assert t.support_x.shape == (4, 3, 6, 6, 1)

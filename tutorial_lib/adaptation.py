@@ -34,7 +34,7 @@ __all__ = ["SUPPORTS", "AdaptationResult", "adapt_and_evaluate", "run_with_seeds
            "attack_adapted", "scaled_step", "support_surrogate", "attack_support", "check_attack", "check_data_range",
            "check_tasks", "fixed_rates", "first_adapted", "task_chunks", "task_seeds", "SUPPORT_MODES",
            "RobustEvaluation", "robust_evaluate", "EpsilonCurve", "epsilon_curve", "adapted_sanity_checks",
-           "transfer_accuracy"]
+           "transfer_accuracy", "Selection", "select_on_validation"]
 
 #: What each task adapts on: its clean support set, the support set attacked, or both together.
 SUPPORTS = ("clean", "attacked", "clean+attacked")
@@ -800,3 +800,52 @@ def transfer_accuracy(model: keras.Model, tasks: Tasks, source_params: Sequence[
     accs = [fn(params, source, *t, tf.constant([seed, 0], tf.int64)).numpy()
             for _, t in task_chunks(tasks, chunk, params[0].dtype)]
     return float(np.concatenate(accs).mean())
+
+
+# --------------------------------------------------------------------------------------------------
+# Choices made on validation tasks, before the test tasks are looked at
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of :func:`select_on_validation`: the chosen candidate and every candidate with its score.
+
+    ``chosen``: the candidate's settings (a dict, e.g. ``{"steps": 5, "recipe": "full", "lr": 0.1}``);
+    ``candidates``: every candidate's settings plus its ``"validation_robust"`` score, in the order tried.
+    ``to_dict()`` gives the ``selection`` record of a results file: the chosen settings, ``"candidates"`` and
+    ``"chosen_on": "validation"``.
+    """
+
+    chosen: dict[str, Any]
+    candidates: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.chosen, "candidates": [dict(c) for c in self.candidates], "chosen_on": "validation"}
+
+
+def select_on_validation(candidates: Sequence[dict[str, Any]], score: Callable[[dict[str, Any]], float], *,
+                         tolerance: float = 0.0) -> Selection:
+    """Choose settings (adaptation steps, rates, fine-tuning recipe, ...) by their score on validation tasks.
+
+    ``candidates``: a non-empty list of dicts of settings, cheapest first (e.g. fewer steps first);
+    ``score(candidate)``: its robust accuracy on *validation* tasks (higher is better), never on test tasks.
+    The chosen candidate is the first whose score is within ``tolerance`` of the best, so with ``tolerance > 0``
+    ties and near-ties go to the cheaper setting. Every score is kept, so a reader can see how close the choice was.
+    """
+    if isinstance(candidates, dict) or not isinstance(candidates, Sequence) or isinstance(candidates, (str, bytes)):
+        raise TypeError(f"candidates must be a list of dicts of settings, got {type(candidates).__name__}")
+    if len(candidates) == 0:
+        raise ValueError("candidates is empty; pass at least one dict of settings, e.g. [{'steps': 1}, {'steps': 5}]")
+    if not all(isinstance(c, dict) for c in candidates):
+        raise TypeError("every candidate must be a dict of settings, e.g. {'steps': 5, 'lr': 0.1}")
+    if not callable(score):
+        raise TypeError(f"score must be a function candidate -> validation accuracy, got {type(score).__name__}")
+    tolerance = check_number("tolerance", tolerance, low=0.0)
+    scored = []
+    for c in candidates:
+        value = score(dict(c))
+        value = check_number("score(candidate)", value,
+                             hint="score must return one number, the validation accuracy of that candidate.")
+        scored.append({**c, "validation_robust": value})
+    best = max(c["validation_robust"] for c in scored)
+    chosen = next(c for c in scored if c["validation_robust"] >= best - tolerance)
+    return Selection({k: v for k, v in chosen.items() if k != "validation_robust"}, scored)

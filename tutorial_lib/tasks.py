@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .checks import check_positive_int
+from .checks import check_number, check_positive_int
 
 ROTATIONS = (0, 90, 180, 270)
 
@@ -226,3 +226,58 @@ def digit_splits(data, *, n_way: int, k_shot: int, q_queries: int, meta_train: I
                            seed=seed, **common)
     test = FewShotSampler(x, y, classes=list(meta_test), seed=seed + 1, **common)
     return train, test
+
+
+def split_images(x: np.ndarray, y: np.ndarray, *, fraction: float, seed: int = 0
+                 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Split labelled images into ``((x_rest, y_rest), (x_held, y_held))``, holding out ``fraction`` of each label.
+
+    Stratified: every label keeps ``round(fraction * count)`` of its images apart (at least one, at most all but
+    one), drawn at random with ``seed``; the two parts share no image and keep the input order within each part.
+    Used to hold out *validation* images of the meta-training classes (see :func:`digit_splits_with_validation`).
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"x must be (n, ...) images and y (n,) labels with the same n, got x {x.shape} and y {y.shape}")
+    fraction = check_number("fraction", fraction, low=0.0, high=1.0, low_inclusive=False,
+                            hint="It is the share of each label's images held out, e.g. 0.2.")
+    if fraction == 1.0:
+        raise ValueError(f"fraction must be strictly between 0 and 1 (a share of each label's images), got {fraction}")
+    rng = np.random.default_rng(int(seed))
+    held = np.zeros(len(y), bool)
+    for label in np.unique(y):
+        idx = np.flatnonzero(y == label)
+        if len(idx) < 2:
+            raise ValueError(f"label {label} has {len(idx)} image; each label needs at least 2 to split")
+        n = min(max(1, int(round(fraction * len(idx)))), len(idx) - 1)
+        held[rng.choice(idx, n, replace=False)] = True
+    return (x[~held], y[~held]), (x[held], y[held])
+
+
+def digit_splits_with_validation(data, *, n_way: int, k_shot: int, q_queries: int, validation: float = 0.2,
+                                 meta_train: Iterable[int] = range(5), meta_test: Iterable[int] = range(5, 10),
+                                 rotations: Sequence[int] = ROTATIONS, flips: bool = False, seed: int = 0
+                                 ) -> tuple[FewShotSampler, FewShotSampler, FewShotSampler]:
+    """(meta-train, validation, meta-test) samplers: :func:`digit_splits` with validation tasks.
+
+    The images of the ``meta_train`` digits (train and test images pooled) are split by :func:`split_images`:
+    ``validation`` of each digit's images go to the validation sampler, the rest to the meta-train sampler. Both
+    draw tasks from the same classes (the digits under every rotation), so validation tasks measure the
+    learner on *unseen images* of the training classes without touching the meta-test digits: adaptation steps,
+    fine-tuning rates and recipes are chosen on them, then evaluated once on the test digits. An image is never in
+    both samplers, under any rotation. The meta-test sampler is :func:`digit_splits`' (seed ``seed + 1``); the
+    validation sampler uses seed ``seed + 2``.
+    """
+    check_disjoint(meta_train, meta_test)
+    x = np.concatenate([data.x_train, data.x_test])
+    y = np.concatenate([data.y_train, data.y_test])
+    train_digits = sorted({int(d) for d in meta_train})
+    mine = np.isin(y, train_digits)
+    (x_fit, y_fit), (x_val, y_val) = split_images(x[mine], y[mine], fraction=validation, seed=seed)
+    common = dict(n_way=n_way, k_shot=k_shot, q_queries=q_queries)
+    classes = transformed_classes(train_digits, rotations=rotations, flips=flips)
+    train = FewShotSampler(x_fit, y_fit, classes=classes, seed=seed, **common)
+    val = FewShotSampler(x_val, y_val, classes=classes, seed=seed + 2, **common)
+    test = FewShotSampler(x, y, classes=list(meta_test), seed=seed + 1, **common)
+    return train, val, test
