@@ -471,3 +471,78 @@ def test_callbacks_reject_bad_input():
     plain.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(TypeError, match="eps variable"):
         plain.fit(x, y, epochs=1, verbose=0, callbacks=[training.EpsilonRamp(0.3, 2)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Union (multi-perturbation) adversarial training: each example trains on the pool member with the highest loss
+# ----------------------------------------------------------------------------------------------
+def _union_pool():
+    return attacks.AttackPool([attacks.FGSM(eps=EPS),
+                               attacks.PGD(eps=0.5, steps=3, step_size=0.3, norm=2, random_start=False)])
+
+
+def test_union_batch_is_the_highest_loss_member_per_example():
+    clf, (x, y) = tiny_model(), tiny_data(64)
+    pool = _union_pool()
+    trainer = training.AdversarialTrainer(clf, method="union", attack=pool)
+    got = trainer.adversarial_batch(tf.constant(x), tf.constant(y)).numpy()
+    cands = [spec(clf, x, y) for spec in pool]
+    losses = np.stack([ce(y, clf(c)).numpy() for c in cands])  # (members, n)
+    pick = np.argmax(losses, axis=0)
+    want = np.stack([cands[k][i] for i, k in enumerate(pick)])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert 0 < (pick == 0).sum() < len(pick)  # both members win somewhere, so the test tells them apart
+
+
+def test_union_train_step_equals_manual_step_on_the_worst_batch():
+    clf, (x, y) = tiny_model(), tiny_data()
+    ref = clone(clf)
+    trainer = training.AdversarialTrainer(clf, method="union", attack=_union_pool())
+    x_worst = trainer.adversarial_batch(tf.constant(x), tf.constant(y))
+    trainer.compile(optimizer=keras.optimizers.SGD(0.5))
+    trainer.train_on_batch(x, y)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(ce(y, ref(x_worst)))
+    grads = tape.gradient(loss, ref.trainable_variables)
+    for got, w, g in zip(clf.get_weights(), ref.get_weights(), grads):
+        np.testing.assert_allclose(got, w - 0.5 * g.numpy(), atol=1e-5)
+
+
+def test_union_ramp_scales_every_budget():
+    clf, (x, y) = tiny_model(), tiny_data()
+    trainer = training.AdversarialTrainer(clf, method="union", attack=attacks.AttackPool([attacks.FGSM(eps=EPS)]))
+    assert trainer.eps_max == 1.0
+    trainer.eps.assign(0.5)
+    got = trainer.adversarial_batch(tf.constant(x), tf.constant(y)).numpy()
+    np.testing.assert_allclose(got, attacks.FGSM(eps=EPS / 2)(clf, x, y), atol=1e-6)
+
+
+def test_union_config_round_trip_keeps_the_pool():
+    pool = attacks.AttackPool([attacks.FGSM(eps=EPS), attacks.Spatial(max_angle=10.0, max_shift=1.0, angle_steps=3, shift_steps=3)],
+                              weights=[1.0, 2.0])
+    trainer = training.AdversarialTrainer(tiny_model(), method="union", attack=pool)
+    config = json.loads(json.dumps(trainer.get_config()))  # JSON-able
+    again = training.AdversarialTrainer.from_config(config)
+    assert again.method == "union" and again.attack == pool
+
+
+def test_union_refuses_bad_input():
+    with pytest.raises(TypeError, match="AttackPool"):
+        training.AdversarialTrainer(tiny_model(), method="union")
+    with pytest.raises(TypeError, match="AttackPool"):
+        training.AdversarialTrainer(tiny_model(), method="union", attack=attacks.FGSM(eps=EPS))
+    with pytest.raises(ValueError, match="budgets from the pool"):
+        training.AdversarialTrainer(tiny_model(), method="union", attack=_union_pool(), eps=0.1)
+    with pytest.raises(TypeError, match="no default attack"):
+        training.training_attack("union", 0.1)
+
+
+def test_union_fit_with_a_spatial_member_trains_in_the_compiled_step():
+    clf, (x, y) = tiny_model(), tiny_data(32)
+    pool = attacks.AttackPool([attacks.FGSM(eps=EPS), attacks.Spatial(max_angle=10.0, max_shift=1.0, angle_steps=3,
+                                                                      shift_steps=3)])
+    before = clf.get_weights()[0].copy()
+    _, info = training.adversarial_fit(clf, x, y, epochs=2, batch_size=16, ramp_epochs=1, verbose=0,
+                                       method="union", attack=pool)
+    assert info["eps_per_epoch"] == [1.0, 1.0] and np.isfinite(info["history"]["loss"]).all()
+    assert not np.allclose(clf.get_weights()[0], before)

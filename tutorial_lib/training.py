@@ -9,6 +9,7 @@ Introduced in notebooks/03_adversarial_training.ipynb.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -21,7 +22,10 @@ import tensorflow as tf
 from . import attacks, compiled, evaluate, models
 from .checks import check_bool, check_count, check_eps, check_images_and_labels, check_number, check_positive_int
 
+#: Methods that train against one threat model (notebook 03's comparison).
 METHODS = ("none", "fgsm", "fgsm_rs", "n_fgsm", "pgd", "trades")
+#: Methods that train against an :class:`~tutorial_lib.attacks.AttackPool` of threat models.
+POOL_METHODS = ("union",)
 METHOD_TITLES = {
     "none": "standard",
     "fgsm": "FGSM-AT",
@@ -29,6 +33,7 @@ METHOD_TITLES = {
     "n_fgsm": "N-FGSM",
     "pgd": "PGD-AT",
     "trades": "TRADES",
+    "union": "union AT (worst of a pool)",
 }
 
 
@@ -37,9 +42,10 @@ METHOD_TITLES = {
 # --------------------------------------------------------------------------------------------------
 def _check_method(method: Any) -> str:
     if not isinstance(method, str):
-        raise TypeError(f"method must be a string, one of {', '.join(METHODS)}; got {type(method).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)} (none = standard training)")
+        raise TypeError(f"method must be a string, one of {', '.join(METHODS + POOL_METHODS)}; got {type(method).__name__}")
+    if method not in METHODS + POOL_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS + POOL_METHODS)} (none = "
+                         "standard training)")
     return method
 
 
@@ -50,6 +56,7 @@ def training_attack(method: str, eps: float, steps: int | None = None,
     ``fgsm``: ``FGSM(eps)``; ``fgsm_rs``: one step of ``step_size`` (default 1.25 eps) from a uniform random
     start, ``PGD(steps=1)``; ``pgd`` and ``trades``: ``PGD(steps, step_size)`` from a random start (default
     7 steps of 2.5 eps / steps; TRADES maximises the KL divergence instead of the cross-entropy with it).
+    ``union`` trains against an :class:`~tutorial_lib.attacks.AttackPool` the caller builds (no default).
     ``n_fgsm``: no spec expresses N-FGSM (noise beyond the ball, no projection back onto it); the one-step spec
     ``PGD(steps=1, step_size, random_start=False)`` (default step eps) carries its radius and step, and the
     trainer crafts the batch with :func:`n_fgsm`.
@@ -58,6 +65,9 @@ def training_attack(method: str, eps: float, steps: int | None = None,
     method = _check_method(method)
     if method == "none":
         return None
+    if method == "union":
+        raise TypeError("method='union' has no default attack: pass attack=tl.attacks.AttackPool([...]) with the "
+                        "specs of every threat model to train against")
     eps = check_eps(eps, positive=True)
     if steps is not None and method in ("fgsm", "fgsm_rs", "n_fgsm") and steps != 1:
         raise ValueError(f"method {method!r} takes one step; got steps={steps}. Use method='pgd' for several steps.")
@@ -120,6 +130,11 @@ class AdversarialTrainer(keras.Model):
     - ``"pgd"``: PGD adversarial training (Madry et al. 2018): ``steps`` projected steps from a random start.
     - ``"trades"``: TRADES (Zhang et al. 2019): clean cross-entropy + ``beta`` x KL(p(x) || p(x')), with
       x' maximising that KL by ``steps`` projected steps.
+    - ``"union"``: multi-perturbation adversarial training (the "max" strategy of Tramer & Boneh 2019 and
+      Maini et al. 2020): ``attack`` is an :class:`~tutorial_lib.attacks.AttackPool`; every spec of the pool
+      attacks every batch and each example trains on the attacked copy with the highest loss. Costs the sum of
+      the specs' attack steps per batch. An :class:`EpsilonRamp` then ramps a budget *scale* from 0 to 1
+      (``eps_max`` is 1.0), applied to every spec's budget (see ``AttackPool.generate``).
 
     The training attack is ``attack``, an FGSM or PGD spec (L-inf), or, when it is None, the spec
     :func:`training_attack` builds from ``eps`` (default 0.3), ``steps`` and ``step_size``; it is stored as
@@ -162,7 +177,16 @@ class AdversarialTrainer(keras.Model):
         if method == "n_fgsm" and attack is not None:
             raise TypeError("method='n_fgsm' crafts its own batch (noise, then an unprojected step): pass eps, "
                             "step_size and noise instead of an attack spec")
-        if attack is None:
+        if method == "union":
+            if isinstance(attack, dict):  # from get_config
+                attack = _pool_from_config(attack)
+            if not isinstance(attack, attacks.AttackPool):
+                raise TypeError(f"method='union' needs attack=tl.attacks.AttackPool([...]) (the threat models to "
+                                f"train against), got {type(attack).__name__}")
+            if eps is not None or steps is not None or step_size is not None:
+                raise ValueError("method='union' takes its budgets from the pool's specs; do not pass eps, steps or "
+                                 "step_size")
+        elif attack is None:
             attack = training_attack(method, 0.3 if eps is None else eps, steps, step_size)
         elif eps is not None or steps is not None or step_size is not None:
             raise ValueError("pass either attack (a spec) or eps/steps/step_size, not both")
@@ -171,9 +195,10 @@ class AdversarialTrainer(keras.Model):
             raise TypeError(f"attack must be an untargeted L-inf FGSM or PGD spec with one restart (and method not "
                             f"'none'), got {attack!r}")
         self.attack = attack
-        self.eps_max = 0.0 if attack is None else attack.eps
-        self.steps = 1 if attack is None else getattr(attack, "steps", 1)
-        self.step_size = 0.0 if attack is None else float(attack._step_size(attack.eps))
+        union = method == "union"
+        self.eps_max = 0.0 if attack is None else 1.0 if union else attack.eps
+        self.steps = 1 if attack is None or union else getattr(attack, "steps", 1)
+        self.step_size = 0.0 if attack is None or union else float(attack._step_size(attack.eps))
         self.beta = check_number("beta", beta, low=0.0, hint="TRADES uses beta in 1..6.")
         self.clean_weight = check_number("clean_weight", clean_weight, low=0.0, high=1.0)
         self.align_weight = check_number("align_weight", align_weight, low=0.0)
@@ -212,6 +237,8 @@ class AdversarialTrainer(keras.Model):
         """The classifier (serialised), the method and its settings: enough for :meth:`from_config`."""
         config = super().get_config()
         attack = {} if self.attack is None else dict(eps=self.eps_max, steps=self.steps, step_size=self.step_size)
+        if self.method == "union":
+            attack = {"attack": _pool_config(self.attack)}
         if self.method == "n_fgsm":
             attack["noise"] = self.noise
         config.update(classifier=keras.saving.serialize_keras_object(self.classifier), method=self.method,
@@ -250,6 +277,8 @@ class AdversarialTrainer(keras.Model):
         if self.method == "none":
             return x
         eps = tf.cast(self.eps, tf.float32)
+        if self.method == "union":
+            return self._worst_of_pool(x, y, scale=eps)
         step = self.step_size * eps / self.eps_max
         if self.method == "n_fgsm":
             return n_fgsm(self.classifier, x, y, eps=eps, step_size=step, noise=self.noise)
@@ -258,6 +287,17 @@ class AdversarialTrainer(keras.Model):
         p_clean = tf.stop_gradient(tf.nn.softmax(self._logits(x)))
         return attacks.gradient_ascent(lambda xa: _kl(p_clean, self._logits(xa)), x, eps=eps, step_size=step,
                                        steps=self.steps, norm="inf", random_start=self.attack.random_start)
+
+    def _worst_of_pool(self, x, y, *, scale):
+        """Per example, the pool member's attacked copy with the highest cross-entropy (gradient stopped)."""
+        best, best_loss = x, tf.fill(tf.shape(y), -float("inf"))
+        for spec in self.attack:
+            cand = tf.stop_gradient(tf.cast(spec.generate(self.classifier, x, y, **spec._scaled(scale)), x.dtype))
+            loss = self._ce(y, self._logits(cand))
+            higher = loss > best_loss
+            best = tf.where(tf.reshape(higher, [-1, 1, 1, 1]), cand, best)
+            best_loss = tf.where(higher, loss, best_loss)
+        return best
 
     def _input_gradient(self, x, y):
         with tf.GradientTape() as tape:
@@ -317,6 +357,24 @@ class AdversarialTrainer(keras.Model):
             x_adv = self.eval_attack.generate(self.classifier, x, y)
             self._robust_acc.update_state(tf.cast(_correct(y, logits) & _correct(y, self._logits(x_adv)), tf.float32))
         return {m.name: m.result() for m in self.metrics}
+
+
+def _pool_config(pool: attacks.AttackPool) -> dict[str, Any]:
+    """A JSON-able description of ``pool``: each spec's class name and fields, the weights."""
+    return {"specs": [{"class": type(spec).__name__, **dataclasses.asdict(spec)} for spec in pool],
+            "weights": list(pool.weights), "held_out": pool.held_out}
+
+
+def _pool_from_config(config: dict[str, Any]) -> attacks.AttackPool:
+    """The pool of :func:`_pool_config` (classes looked up by name in ``tutorial_lib.attacks``; nothing unpickled)."""
+    specs = []
+    for entry in config["specs"]:
+        fields = dict(entry)
+        cls = getattr(attacks, fields.pop("class"), None)
+        if not (isinstance(cls, type) and issubclass(cls, attacks.Attack)):
+            raise ValueError(f"unknown attack class in a saved pool: {entry.get('class')!r}")
+        specs.append(cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}))
+    return attacks.AttackPool(specs, config["weights"], held_out=config["held_out"])
 
 
 def _correct(y, logits):
