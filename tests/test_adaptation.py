@@ -152,3 +152,40 @@ def test_bad_input_is_refused_with_clear_errors():
         AD.adapt_and_evaluate(model, tasks.support_x, checkpoints=(1,), lr=0.1)
     with pytest.raises(ValueError, match="not 2"):
         AD.adapt_and_evaluate(model, tasks, checkpoints=(1,), lr=0.1).at(2)
+
+
+# --- the prototype head (nearest class mean as a linear head) --------------------------------------
+def _features(model, x):
+    body = tf.keras.Sequential(model.layers[:-1])
+    return body(x).numpy().astype(np.float64)
+
+
+def test_prototype_head_is_the_nearest_class_mean_classifier():
+    model, tasks = tiny_cnn(4), tiny_tasks(1, seed=4, shots=3)
+    sx, sy, qx = tasks.support_x[0], tasks.support_y[0], tasks.query_x[0]
+    kernel, bias = AD.prototype_head(model, M.params_of(model), tf.constant(sx), tf.constant(sy))
+    f = _features(model, sx)
+    mu = np.stack([f[sy == c].mean(0) for c in range(N_WAY)])  # (classes, features)
+    np.testing.assert_allclose(kernel.numpy(), 2 * mu.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), -(mu ** 2).sum(1), rtol=1e-5, atol=1e-6)
+    fq = _features(model, qx)
+    logits = fq @ kernel.numpy() + bias.numpy()
+    dist = ((fq[:, None, :] - mu[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(logits - logits.mean(1, keepdims=True), -dist + dist.mean(1, keepdims=True),
+                               rtol=1e-4, atol=1e-5)  # -|f - mu_c|^2 up to a per-image shift
+
+
+def test_head_init_prototype_matches_hand_steps_from_the_prototype_head():
+    model, tasks = tiny_cnn(5), tiny_tasks(3, seed=5)
+    res = AD.adapt_and_evaluate(model, tasks, checkpoints=(0, 2), lr=0.3, head_only=True, head_init="prototype")
+    for t in range(len(tasks)):
+        params = M.params_of(model)
+        sx, sy = tf.constant(tasks.support_x[t]), tf.constant(tasks.support_y[t])
+        params = params[:-2] + AD.prototype_head(model, params, sx, sy)
+        ok0 = np.argmax(M.forward(model, params, tasks.query_x[t]).numpy(), -1) == tasks.query_y[t]
+        lrs = [0.0] * (len(params) - 2) + [0.3, 0.3]
+        adapted = M.inner_loop(model, params, sx, sy, steps=2, lr=lrs)
+        ok2 = np.argmax(M.forward(model, adapted, tasks.query_x[t]).numpy(), -1) == tasks.query_y[t]
+        assert np.array_equal(res.clean_mask[t, 0], ok0) and np.array_equal(res.clean_mask[t, 1], ok2)
+    with pytest.raises(ValueError, match="head_init"):
+        AD.adapt_and_evaluate(model, tasks, checkpoints=(1,), lr=0.3, head_init="mean")

@@ -30,7 +30,7 @@ from .checks import check_bool, check_count, check_number, check_positive_int
 from .compiled import compiled, count_trace, use_xla
 from .tasks import Tasks
 
-__all__ = ["SUPPORTS", "AdaptationResult", "adapt_and_evaluate", "run_with_seeds", "adapted_logits_fn",
+__all__ = ["SUPPORTS", "HEAD_INITS", "prototype_head", "AdaptationResult", "adapt_and_evaluate", "run_with_seeds", "adapted_logits_fn",
            "attack_adapted", "scaled_step", "support_surrogate", "attack_support", "check_attack", "check_data_range",
            "check_tasks", "fixed_rates", "first_adapted", "task_chunks", "task_seeds", "SUPPORT_MODES",
            "RobustEvaluation", "robust_evaluate", "EpsilonCurve", "epsilon_curve", "adapted_sanity_checks",
@@ -38,6 +38,8 @@ __all__ = ["SUPPORTS", "AdaptationResult", "adapt_and_evaluate", "run_with_seeds
 
 #: What each task adapts on: its clean support set, the support set attacked, or both together.
 SUPPORTS = ("clean", "attacked", "clean+attacked")
+#: How each task's last layer starts: the given weights, or the prototype head of the support set.
+HEAD_INITS = ("given", "prototype")
 #: Tasks mapped in parallel inside one compiled call (tf.map_fn's parallel_iterations; benchmarks/adaptation.py).
 PARALLEL_TASKS = 8
 #: Adaptations of at most this many steps are written out step by step in the graph (measured faster than a
@@ -282,6 +284,7 @@ class _Plan:
     scale_step: bool  # query attacks at the radius given to the call, step size scaled with it
     parallel: int
     rate_shapes: tuple
+    head_init: str = "given"  # or "prototype": the last layer set from the support's class means first
 
 
 def _evaluator(model: keras.Model, plan: _Plan):
@@ -327,6 +330,8 @@ def _evaluator(model: keras.Model, plan: _Plan):
             def one(task):
                 sx_t, sy_t, qx_t, qy_t, s_seed, q_seeds = task
                 p = list(params)
+                if plan.head_init == "prototype":
+                    p = p[:-2] + prototype_head(m, p, sx_t, sy_t)
                 if plan.support != "clean" and not plan.recraft:  # crafted once, against one clean step
                     surrogate = [tf.stop_gradient(w) for w in step(p, sx_t, sy_t, 0)]
                     x_fit, y_fit = fit_set(surrogate, sx_t, sy_t, s_seed)
@@ -399,7 +404,8 @@ def adapt_and_evaluate(model: keras.Model, tasks: Tasks, *, checkpoints: Sequenc
                        rates: Sequence[Any] | None = None, head_only: bool = False, support: str = "clean",
                        support_attack: _attacks.Attack | None = None, recraft: bool = False,
                        query_attacks: Sequence[_attacks.Attack] = (), restarts: int = 1, seed: int = 0,
-                       chunk: int = 50, parallel_tasks: int = PARALLEL_TASKS) -> AdaptationResult:
+                       chunk: int = 50, parallel_tasks: int = PARALLEL_TASKS,
+                       head_init: str = "given") -> AdaptationResult:
     """Adapt an initialisation on each task's support set; record clean and attacked query accuracy at checkpoints.
 
     ``model`` gives the architecture and, unless ``params`` is given, the initial weights. Each task takes
@@ -413,7 +419,10 @@ def adapt_and_evaluate(model: keras.Model, tasks: Tasks, *, checkpoints: Sequenc
     ``query_attacks``: attacks run against the ADAPTED weights at every checkpoint, each ``restarts`` times with
     different random starts; a query counts as robust only if it is correct clean and no attack or restart
     breaks it. ``seed`` fixes every random start through :func:`task_seeds` (per task, so ``chunk``, the number
-    of tasks per compiled call, changes memory but not results). Returns an :class:`AdaptationResult`.
+    of tasks per compiled call, changes memory but not results). ``head_init="prototype"`` starts each task's
+    last layer at :func:`prototype_head` of its clean support set (a nearest-class-mean classifier on the
+    model's features: the fine-tuning start of a pre-trained, non-meta-learned model); ``"given"`` keeps
+    ``params``' last layer. Returns an :class:`AdaptationResult`.
     Introduced in notebooks/05_meta_adversarial.ipynb.
     """
     _meta.check_meta_model(model)
@@ -435,9 +444,11 @@ def adapt_and_evaluate(model: keras.Model, tasks: Tasks, *, checkpoints: Sequenc
     query_seeds = np.stack([np.stack([_fold(_fold(seeds, 1 + j), r) for r in range(restarts)], 1)
                             for j in range(len(query_attacks))], 1) if query_attacks else \
         np.zeros((len(tasks), 0, restarts, 2), np.int64)
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
     plan = _Plan(checkpoints, first_adapted(model, check_bool("head_only", head_only)), support, support_attack,
-                 bool(recraft), query_attacks, restarts, _zero_head(params), False,
-                 check_positive_int("parallel_tasks", parallel_tasks), tuple(tuple(r.shape) for r in rates))
+                 bool(recraft), query_attacks, restarts, _zero_head(params) and head_init == "given", False,
+                 check_positive_int("parallel_tasks", parallel_tasks), tuple(tuple(r.shape) for r in rates), head_init)
     clean, attacked = _run(model, tasks, params, rates, plan, _fold(seeds, 0), query_seeds, chunk=chunk)
     return AdaptationResult(checkpoints, clean, attacked, tuple(a.name for a in query_attacks))
 
@@ -490,6 +501,29 @@ def _check_support(support: Any, support_attack: Any, recraft: bool) -> tuple[st
     if support_attack is None:
         raise ValueError(f"support={support!r} needs support_attack= (the attack that crafts the support copies)")
     return support, check_attack(support_attack, "support_attack")
+
+
+def prototype_head(model: keras.Model, params: Sequence[tf.Tensor], x: tf.Tensor, y: tf.Tensor) -> list[tf.Tensor]:
+    """The last layer that makes ``model`` (at ``params``) a nearest-class-mean classifier of ``(x, y)``.
+
+    With ``mu_c`` the mean penultimate feature of class ``c`` in ``(x, y)``, kernel column ``c`` is ``2 mu_c`` and
+    bias ``c`` is ``-|mu_c|^2``: the logits are then ``-|f - mu_c|^2`` up to a term shared by every class, the
+    prototypical-network classifier (Snell et al. 2017) written as a linear head, which Proto-MAML
+    (Triantafillou et al. 2020) fine-tunes from. The class sums come from one backward pass: the logits are
+    linear in the kernel, so d(sum_i logit[i, y_i]) / d(kernel[:, c]) is the sum of class ``c``'s features.
+    The last two weights must be the final Dense layer's kernel and bias. Classes absent from ``y`` get a zero
+    column and bias. Returns ``[kernel, bias]``. Introduced in notebooks/06_unseen_attacks.ipynb.
+    """
+    params = list(params)
+    kernel = tf.convert_to_tensor(params[-2])
+    with tf.GradientTape() as tape:
+        tape.watch(kernel)
+        logits = _meta.forward(model, params[:-2] + [kernel, params[-1]], x)
+        picked = tf.reduce_sum(logits * tf.one_hot(y, tf.shape(logits)[-1], dtype=logits.dtype))
+    sums = tf.stop_gradient(tape.gradient(picked, kernel))  # (features, classes)
+    counts = tf.reduce_sum(tf.one_hot(y, tf.shape(kernel)[-1], dtype=kernel.dtype), axis=0)
+    means = sums / tf.maximum(counts, 1.0)
+    return [tf.cast(2.0 * means, kernel.dtype), tf.cast(-tf.reduce_sum(means * means, axis=0), params[-1].dtype)]
 
 
 def _zero_head(params: Sequence[tf.Tensor]) -> bool:
