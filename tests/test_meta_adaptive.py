@@ -181,6 +181,28 @@ def test_first_meta_step_of_a_ramp_is_exactly_an_lslr_step():
     assert not np.allclose(flat(learner.meta_variables), flat(lslr.meta_variables), rtol=1e-6)
 
 
+def test_compiled_step_is_the_mean_of_task_gradients_each_with_its_drawn_attack():
+    batch, seed = tiny_batch(4), 4  # a seed whose four tasks draw both specs
+    model = tiny_mlp()
+    specs = [FGSM, A.PGD(eps=0.3, norm=2, steps=2, step_size=0.15, random_start=False)]
+    pool = A.AttackPool(specs)
+    learner = MA.AttackAdaptiveMAML(model, pool=pool, inner_lr=0.5, inner_steps=2, clean_weight=0.25, seed=seed,
+                                    meta_optimizer=keras.optimizers.SGD(1.0))
+    before = flat(learner.meta_variables)
+    params, rates = [v.numpy() for v in model.trainable_variables], [r.numpy() for r in learner.rates]
+    expected, drawn = [], []
+    for i in range(len(batch)):
+        task_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), i)
+        drawn.append(int(pool.draw(tf.random.experimental.stateless_fold_in(task_seed, 99))))
+        task = [a[i] for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)]
+        g, _, _ = MA.attack_adaptive_task_gradient(model, params, rates, *task, attack=specs[drawn[-1]], steps=2,
+                                                   seed=task_seed, clean_weight=0.25)
+        expected.append(flat(g))
+    assert set(drawn) == {0, 1}, drawn  # the meta-batch mixes both threat models
+    learner.meta_step(batch)
+    np.testing.assert_allclose(before - flat(learner.meta_variables), np.mean(expected, axis=0), rtol=1e-6, atol=1e-9)
+
+
 # ----------------------------------------------------------------------------------------------
 # The attack is re-crafted against the current inner weights at every step
 # ----------------------------------------------------------------------------------------------
