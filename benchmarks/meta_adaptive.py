@@ -12,7 +12,9 @@ compiled meta-step (second order):
 - AttackAdaptiveMAML with a pool of PGD-3 alone, ``--inner-steps`` steps: PGD-3 on the support set before every
   inner step (against the current inner weights) and on the queries after the last;
 - AttackAdaptiveMAML with notebook 06's training pool (PGD-3 L-inf, PGD-3 L2 at eps 1.5, a 3x3x3 spatial grid
-  at +-15 deg, +-2 px), each task drawing one.
+  at +-15 deg, +-2 px), each task drawing one;
+- AttackAdaptiveMAML with the spatial grid alone, its support copies re-crafted (the worst grid point per image
+  against the current inner weights) or every grid transform of each image (``spatial_support="grid"``).
 
 The learners are timed in interleaved rounds (median wall and process CPU seconds per meta-step; the machine is
 shared, so read the ratios). Writes meta_adaptive.json and meta_adaptive.md to --out.
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         f"ours_pgd_{steps}": mad.AttackAdaptiveMAML(cnn(), pool=pgd, inner_steps=steps, **common),
         f"ours_pool_{steps}": mad.AttackAdaptiveMAML(cnn(), pool=tl.attacks.AttackPool([pgd, l2, spatial]),
                                                      inner_steps=steps, **common),
+        f"ours_spatial_{steps}": mad.AttackAdaptiveMAML(cnn(), pool=spatial, inner_steps=steps, **common),
+        f"ours_grid_{steps}": mad.AttackAdaptiveMAML(cnn(), pool=spatial, inner_steps=steps, spatial_support="grid",
+                                                     **common),
     }
     labels = {
         f"lslr_{steps}": f"LSLR-MAML, {steps} inner steps, clean support",
@@ -70,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         f"aq_{steps}": f"AQ, {steps} inner steps, PGD-3 queries",
         f"ours_pgd_{steps}": f"AttackAdaptiveMAML, {steps} inner steps, pool = PGD-3",
         f"ours_pool_{steps}": f"AttackAdaptiveMAML, {steps} inner steps, pool = PGD-3 / L2 PGD-3 / spatial 27",
+        f"ours_spatial_{steps}": f"AttackAdaptiveMAML, {steps} inner steps, pool = spatial 27, re-crafted",
+        f"ours_grid_{steps}": f"AttackAdaptiveMAML, {steps} inner steps, pool = spatial 27, every grid transform",
     }
     first = {}
     for name, learner in learners.items():
