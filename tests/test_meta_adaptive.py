@@ -252,6 +252,52 @@ class FixedImages:
 
 
 # ----------------------------------------------------------------------------------------------
+# The grid alternative for a spatial pool: every grid transform of each support image
+# ----------------------------------------------------------------------------------------------
+def test_grid_support_holds_every_transform_of_every_image(mnist_subset):
+    spec = A.Spatial(max_angle=15, max_shift=2, angle_steps=3, shift_steps=3)
+    x, y = mnist_subset.x_test[:4], mnist_subset.y_test[:4].astype(np.int32)
+    images, labels = MA.grid_support(spec, x, y)
+    assert images.shape == (27 * 4, 28, 28, 1) and labels.numpy().tolist() == y.tolist() * 27
+    for g, (angle, dx, dy) in enumerate(spec.grid):
+        np.testing.assert_array_equal(images[4 * g:4 * (g + 1)].numpy(), A.spatial_transform(x, angle, dx, dy).numpy())
+    np.testing.assert_array_equal(MA.grid_support(spec, x, y, scale=0.0)[0].numpy(), np.tile(x, (27, 1, 1, 1)))
+    # identical copies are the clean support: the inner steps are LSLR's
+    model, (sx, sy, _, _) = tiny_mlp(), tiny_task(4)
+    params, rates = M.params_of(model), [tf.constant(r) for r in uneven_rates(model, 2)]
+    same = MA.attacked_support_inner_loop(model, params, sx, sy, attack=None, rates=rates, steps=2,
+                                          support_copies=(np.tile(sx, (3, 1)), np.tile(sy, 3)))
+    ref = M.learned_rate_inner_loop(model, params, sx, sy, rates=rates, steps=2)
+    np.testing.assert_allclose(flat(same), flat(ref), rtol=1e-12)
+
+
+def test_grid_learner_steps_and_refuses_what_it_cannot_do(splits):
+    tr, te = splits
+    spec = A.Spatial(max_angle=10, max_shift=1, angle_steps=3, shift_steps=3)
+    model = cnn(7)
+    learner = MA.AttackAdaptiveMAML(model, pool=spec, spatial_support="grid", inner_steps=2)
+    before = flat(learner.meta_variables)
+    loss, _ = learner.meta_step(tr.sample(2, seed=0))
+    assert np.isfinite(loss) and not np.allclose(before, flat(learner.meta_variables))
+    t = te.sample(2, seed=0)
+    adapted = learner.adapt(t.support_x[0], t.support_y[0], attack=spec)
+    by_hand = MA.attacked_support_inner_loop(model, M.params_of(model), tf.constant(t.support_x[0]),
+                                             tf.constant(t.support_y[0]), attack=None, rates=learner.rate_schedule(),
+                                             steps=2, support_copies=MA.grid_support(spec, t.support_x[0],
+                                                                                     t.support_y[0]))
+    np.testing.assert_allclose(flat(adapted), flat(by_hand), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="no grid mode"):
+        learner.adapt_and_evaluate(t, support_attack=spec)
+    with pytest.raises(ValueError, match="spatial specs only"):
+        MA.AttackAdaptiveMAML(cnn(7), pool=A.AttackPool([spec, FGSM]), spatial_support="grid")
+    with pytest.raises(ValueError, match="share one grid size"):
+        MA.AttackAdaptiveMAML(cnn(7), pool=A.AttackPool([spec, A.Spatial(max_angle=10, max_shift=1, angle_steps=5,
+                                                                          shift_steps=3)]), spatial_support="grid")
+    with pytest.raises(ValueError, match="spatial_support must be one of"):
+        MA.AttackAdaptiveMAML(cnn(7), pool=spec, spatial_support="all")
+
+
+# ----------------------------------------------------------------------------------------------
 # Evaluation adapts as training does: inner_steps steps, learned rates, attacked support re-crafted
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
