@@ -654,9 +654,9 @@ class AttackAdaptiveMAML(_meta.LearnedRates, AdversarialMetaLearner):
 
         With ``spatial_support="grid"`` and a spatial ``attack``, every grid transform of each image instead
         (:func:`grid_support`). ``support_x``: float (n, H, W, C) in the attack's pixel range; ``support_y``: int
-        (n,). ``seed`` fixes a
-        random start as :func:`tutorial_lib.adaptation.adapt_and_evaluate` does for the first task of a batch
-        with the same seed. Returns tensors in ``model.trainable_variables`` order; the model is unchanged.
+        (n,). ``seed`` fixes a random start as :func:`tutorial_lib.adaptation.adapt_and_evaluate` does for the
+        first task of a batch with the same seed. Returns tensors in ``model.trainable_variables`` order; the
+        model is unchanged.
         """
         dtype = self.model.trainable_variables[0].dtype
         sx = tf.convert_to_tensor(support_x, dtype)
@@ -693,7 +693,7 @@ class AttackAdaptiveMAML(_meta.LearnedRates, AdversarialMetaLearner):
         (the last checkpoint; default ``checkpoints=(inner_steps,)``) at the learned rates, on the clean support
         plus its copy attacked by ``support_attack`` re-crafted before every step (clean support alone when
         None); ``query_attacks`` against the adapted weights. Returns an ``AdaptationResult``."""
-        if self.spatial_support == "grid" and support_attack is not None and support_attack.family == "spatial":
+        if self.spatial_support == "grid" and getattr(support_attack, "family", None) == "spatial":
             raise ValueError("the evaluator re-crafts the support copies; it has no grid mode. Adapt this "
                              "spatial_support='grid' learner task by task with adapt(), or evaluate it with "
                              "re-crafted copies through adaptation.adapt_and_evaluate(**evaluation_options(...))")
