@@ -400,7 +400,12 @@ def test_same_seed_same_weights_other_seed_other_weights(splits):
     assert not np.allclose(first, other)
 
 
-def test_meta_fit_traces_once_and_the_learner_saves_and_loads(splits, tmp_path):
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096 / 2**20
+
+
+def test_meta_fit_traces_once_memory_stays_flat_and_the_learner_saves_and_loads(splits, tmp_path):
     from tutorial_lib import models
 
     tr, te = splits
@@ -408,7 +413,11 @@ def test_meta_fit_traces_once_and_the_learner_saves_and_loads(splits, tmp_path):
     learner = MA.AttackAdaptiveMAML(model, pool=A.AttackPool([FGSM, PGD2]), inner_steps=2, ramp_steps=3,
                                     zero_head=True)
     learner.meta_fit(tr, 5, 2, verbose=0)
+    start = _rss_mib()
+    learner.meta_fit(tr, 60, 2, verbose=0)
+    grown = _rss_mib() - start
     assert learner._step_fn.experimental_get_tracing_count() == 1  # through the ramp and beyond
+    assert grown < 30, f"resident memory grew by {grown:.1f} MiB over 60 meta-steps"
     models.save_model(model, tmp_path / "adaptive.keras")
     learner.save_rates(tmp_path / "adaptive.rates.npz")
     loaded = MA.AttackAdaptiveMAML(models.load_model(tmp_path / "adaptive.keras"), inner_steps=2)
