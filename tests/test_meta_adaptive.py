@@ -1,7 +1,8 @@
 """Tests for meta_adversarial.AttackAdaptiveMAML (adaptation practised on attacked support sets) against independent
 references: the meta-gradient against an inner loop written by hand and against central differences, eps = 0 is
 LSLR on the clean support, the attack is re-crafted at every inner step, evaluation adapts with the training
-steps and rates, bad input, determinism, save/load, one trace, tf.distribute on two logical CPUs."""
+steps and rates, the grid alternative, bad input, determinism, save/load, one trace and flat memory,
+tf.distribute on two logical CPUs."""
 
 from __future__ import annotations
 
