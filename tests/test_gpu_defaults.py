@@ -25,7 +25,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ["FGSM", "BIM", "PGD", "MIM", "Spatial", "AttackPool", "AdversarialPatch", "AdversarialTrainer.compile",
          "adversarial_fit pgd",
-         "adversarial_fit trades", "MAML meta-step", "AdversarialQuerying meta-step", "PoolQuerying meta-step"]
+         "adversarial_fit trades", "MAML meta-step", "AdversarialQuerying meta-step", "PoolQuerying meta-step",
+         "AttackAdaptiveMAML meta-step"]
 
 
 def emulate_gpu(tf: Any) -> None:
@@ -108,6 +109,8 @@ def run_cases() -> dict[str, Any]:
             m, attack=A.PGD(eps=0.1, steps=2, step_size=0.05), inner_lr=0.1, inner_steps=1)),
         "PoolQuerying meta-step": lambda: meta_step(lambda m: meta_adversarial.PoolQuerying(
             m, pool=pool, inner_lr=0.1, inner_steps=1)),
+        "AttackAdaptiveMAML meta-step": lambda: meta_step(lambda m: meta_adversarial.AttackAdaptiveMAML(
+            m, pool=pool, inner_lr=0.1, inner_steps=2)),
         # control: XLA forced, so the emulated GPU with determinism must refuse max-pooling's gradient
         "control: PGD with jit_compile=True": lambda: A.PGD(eps=0.3, steps=5, step_size=0.1, jit_compile=True)(cnn, x, y),
     }

@@ -519,7 +519,49 @@ def read_rates(path) -> list[np.ndarray]:
         return [stored[f"rate_{i}"] for i in range(len(stored.files))]
 
 
-class LearnedRateMAML(MAML):
+class LearnedRates:
+    """The rate variables of a learner with meta-learned inner learning rates (:class:`LearnedRateMAML` and
+    ``meta_adversarial.AttackAdaptiveMAML`` share them): one ``keras.Variable`` per model weight with a leading
+    step axis (:func:`step_rates`), updated by the meta-optimizer beside the weights, stored beside the model
+    (``.npz``, no pickle)."""
+
+    rates: list
+
+    @staticmethod
+    def make_rates(model: keras.Model, shapes: Sequence[tuple[int, ...]], inner_lr: float) -> list:
+        """One rate variable per model weight, of the given shapes, every entry ``inner_lr``."""
+        return [keras.Variable(np.full(shape, inner_lr, v.dtype), name=f"rate_{i}", dtype=v.dtype)
+                for i, (v, shape) in enumerate(zip(model.trainable_variables, shapes))]
+
+    @property
+    def meta_variables(self) -> list:
+        """The model's trainable weights followed by the rate variables (what the meta-optimizer updates)."""
+        return list(self.model.trainable_variables) + list(self.rates)
+
+    def rate_schedule(self) -> list[tf.Tensor]:
+        """The current rates as tensors (one per model weight, leading step axis), for :func:`evaluate_adaptation`."""
+        return [tf.convert_to_tensor(r) for r in self.rates]
+
+    def save_rates(self, path) -> None:
+        """Write the rates to ``path`` (numpy ``.npz``, arrays ``rate_0``, ``rate_1``, ... in weight order)."""
+        np.savez(path, **{f"rate_{i}": np.asarray(r) for i, r in enumerate(self.rates)})
+
+    def load_rates(self, path) -> None:
+        """Restore rates written by :meth:`save_rates` (no pickle); their shapes must match this learner's."""
+        self.set_rates(read_rates(path))
+
+    def set_rates(self, arrays: Sequence[np.ndarray]) -> None:
+        """Assign the rates from arrays (same count and shapes as :attr:`rates`)."""
+        if len(arrays) != len(self.rates):
+            raise ValueError(f"expected {len(self.rates)} rate arrays (one per model weight), got {len(arrays)}")
+        for i, (var, a) in enumerate(zip(self.rates, arrays)):
+            if tuple(np.shape(a)) != tuple(var.shape):
+                raise ValueError(f"rate {i} has shape {np.shape(a)}, this learner's has {tuple(var.shape)} "
+                                 "(a different model, method or number of inner steps)")
+            var.assign(np.asarray(a, var.dtype))
+
+
+class LearnedRateMAML(LearnedRates, MAML):
     """MAML whose inner learning rates are meta-variables, learned with the initialisation (shared machinery of
     :class:`MetaSGD` and :class:`LSLR`; use those).
 
@@ -537,24 +579,13 @@ class LearnedRateMAML(MAML):
         check_meta_model(model)
         inner_lr = check_number("inner_lr", inner_lr, low=0.0, low_inclusive=False)
         inner_steps = check_positive_int("inner_steps", inner_steps)
-        self.rates = [keras.Variable(np.full(shape, inner_lr, v.dtype), name=f"rate_{i}", dtype=v.dtype)
-                      for i, (v, shape) in enumerate(zip(model.trainable_variables,
-                                                          self._rate_shapes(model, inner_steps)))]
+        self.rates = self.make_rates(model, self._rate_shapes(model, inner_steps), inner_lr)
         super().__init__(model, inner_lr=inner_lr, inner_steps=inner_steps, test_steps=test_steps,
                          first_order=first_order, zero_head=zero_head, meta_optimizer=meta_optimizer)
         self.method = type(self).method + ("_fo" if self.first_order else "")
 
     def _rate_shapes(self, model: keras.Model, steps: int) -> list[tuple[int, ...]]:
         raise NotImplementedError
-
-    @property
-    def meta_variables(self) -> list:
-        """The model's trainable weights followed by the rate variables (what the meta-optimizer updates)."""
-        return list(self.model.trainable_variables) + list(self.rates)
-
-    def rate_schedule(self) -> list[tf.Tensor]:
-        """The current rates as tensors (one per model weight, leading step axis), for :func:`evaluate_adaptation`."""
-        return [tf.convert_to_tensor(r) for r in self.rates]
 
     def _task_update(self, params, sx, sy, qx, qy):
         return learned_rate_task_gradient(self.model, params, self.rate_schedule(), sx, sy, qx, qy,
@@ -579,24 +610,6 @@ class LearnedRateMAML(MAML):
         return evaluate_adaptation(self.model, sampler.sample(tasks, seed=seed),
                                    steps=self.test_steps if steps is None else steps, lr=lr,
                                    rates=None if lr is not None else self.rate_schedule())
-
-    def save_rates(self, path) -> None:
-        """Write the rates to ``path`` (numpy ``.npz``, arrays ``rate_0``, ``rate_1``, ... in weight order)."""
-        np.savez(path, **{f"rate_{i}": np.asarray(r) for i, r in enumerate(self.rates)})
-
-    def load_rates(self, path) -> None:
-        """Restore rates written by :meth:`save_rates` (no pickle); their shapes must match this learner's."""
-        self.set_rates(read_rates(path))
-
-    def set_rates(self, arrays: Sequence[np.ndarray]) -> None:
-        """Assign the rates from arrays (same count and shapes as :attr:`rates`)."""
-        if len(arrays) != len(self.rates):
-            raise ValueError(f"expected {len(self.rates)} rate arrays (one per model weight), got {len(arrays)}")
-        for i, (var, a) in enumerate(zip(self.rates, arrays)):
-            if tuple(np.shape(a)) != tuple(var.shape):
-                raise ValueError(f"rate {i} has shape {np.shape(a)}, this learner's has {tuple(var.shape)} "
-                                 "(a different model, method or number of inner steps)")
-            var.assign(np.asarray(a, var.dtype))
 
 
 class MetaSGD(LearnedRateMAML):

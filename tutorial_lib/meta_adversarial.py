@@ -3,7 +3,8 @@
 Built on :mod:`tutorial_lib.meta` (its inner loop, forward pass and ``MetaLearner``) and the attack specs of
 :mod:`tutorial_lib.attacks` (run through ``.generate`` against a model evaluated at adapted weights). Holds
 Adversarial Querying (AQ, with an eps ramp, a clean-query mix and a TRADES outer loss), AQ with an attack pool
-(``PoolQuerying``), ADML and the article's adversarial meta-step as written and corrected. Evaluating adapted learners
+(``PoolQuerying``), ADML, this project's ``AttackAdaptiveMAML`` (adaptation practised on support sets attacked by
+an attack drawn per task, learned per-step rates) and the article's adversarial meta-step as written and corrected. Evaluating adapted learners
 (``robust_evaluate``, ``epsilon_curve``, masking checks) is :mod:`tutorial_lib.adaptation`'s; the names notebook 05
 calls here are re-exported from there.
 Introduced in notebooks/05_meta_adversarial.ipynb.
@@ -19,23 +20,28 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from . import adaptation as _adaptation
 from . import attacks as _attacks
 from . import meta as _meta
 from .adaptation import (adapted_logits_fn, attack_adapted, attack_support, check_attack, check_data_range,
                          epsilon_curve, robust_evaluate, scaled_step, support_surrogate)
-from .checks import check_count
+from .checks import check_count, check_number, check_positive_int
 from .compiled import use_xla
 from .tasks import FewShotSampler, Tasks
 
-__all__ = ["LEARNERS", "OUTER_LOSSES", "default_attack", "query_loss", "aq_task_gradient", "adml_task_gradient",
-           "adversarial_maml_task_gradient", "AdversarialMetaLearner", "AdversarialQuerying", "PoolQuerying", "ADML",
-           "AdversarialMAML", "make_learner", "article_adversarial_meta_step", "compare_article_step", "gradient_cosine",
+__all__ = ["LEARNERS", "OUTER_LOSSES", "SPATIAL_SUPPORTS", "default_attack", "query_loss", "aq_task_gradient", "adml_task_gradient",
+           "adversarial_maml_task_gradient", "grid_support", "attacked_support_inner_loop", "attack_adaptive_task_gradient",
+           "AdversarialMetaLearner", "AdversarialQuerying", "PoolQuerying", "ADML", "AdversarialMAML",
+           "AttackAdaptiveMAML", "make_learner", "article_adversarial_meta_step", "compare_article_step", "gradient_cosine",
            # attacks on adapted weights and the evaluation of adapted learners, from tutorial_lib.adaptation
            "adapted_logits_fn", "attack_adapted", "attack_support", "check_attack", "check_data_range",
            "epsilon_curve", "robust_evaluate", "scaled_step", "support_surrogate"]
 
-LEARNERS = ("maml", "aq", "aq_trades", "adml", "seed_fgsm")
+LEARNERS = ("maml", "aq", "aq_trades", "adml", "seed_fgsm", "attack_adaptive")
 OUTER_LOSSES = ("ce", "trades")
+#: How :class:`AttackAdaptiveMAML` builds the attacked support copies of a spatial pool: re-crafted (the worst grid
+#: point per image against the current inner weights) or every grid transform of every image.
+SPATIAL_SUPPORTS = ("recraft", "grid")
 
 
 def default_attack(eps: float = 0.1) -> _attacks.PGD:
@@ -175,6 +181,95 @@ def adversarial_maml_task_gradient(model: keras.Model, params: Sequence[tf.Tenso
     return _grads_or_zeros(tape.gradient(loss, params), params), loss, acc
 
 
+def grid_support(spec: _attacks.Spatial, support_x, support_y, *, scale: Any = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Every transform of a spatial spec's grid applied to every support image, for a defender who knows the family.
+
+    Returns images (G * n, H, W, C), grid point major (the n images under the first grid point, then the next...),
+    and the labels tiled (G * n,), G = ``spec.grid_points``. ``scale`` (float or scalar tensor, e.g. a ramp)
+    multiplies the spec's own ``scale``, as ``AttackPool.generate`` does. The transforms do not depend on any
+    weights, so they are computed once per task, not at every inner step; gradient stopped.
+    """
+    x = tf.convert_to_tensor(support_x)
+    y = tf.convert_to_tensor(support_y)
+    factor = spec.scale if scale is None else spec.scale * tf.cast(scale, tf.float64)
+    points = tf.constant(spec.grid, tf.float64) * factor
+    n = tf.shape(x)[0]
+    angle, dx, dy = (tf.repeat(points[:, i], n) for i in range(3))
+    images = _attacks.spatial_transform(tf.tile(x, [spec.grid_points, 1, 1, 1]), angle, dx, dy,
+                                        interpolation=spec.interpolation, fill_value=spec.clip_min)
+    return tf.stop_gradient(images), tf.tile(y, [spec.grid_points])
+
+
+def attacked_support_inner_loop(model: keras.Model, params: Sequence[tf.Tensor], support_x, support_y, *,
+                                attack: Any, rates: Sequence[tf.Tensor], steps: int, eps: Any = None,
+                                step_size: Any = None, seed: Any = None, first_order: bool = False,
+                                support_copies: tuple[Any, Any] | None = None) -> list[tf.Tensor]:
+    """``steps`` inner steps on the support set together with its copy attacked against the CURRENT inner weights.
+
+    Step ``t`` crafts ``support_adv = attack(support_x)`` against the weights after ``t`` steps (gradient stopped
+    at the attack, as in :func:`attack_adapted`; random starts from ``stateless_fold_in(seed, t)``), then steps
+    ``p - rates[i][t] * grad`` on ``0.5 * (CE(support) + CE(support_adv))``: the mean loss over the clean and
+    attacked images together, written so that an attack that changes nothing (eps = 0) gives exactly the clean
+    loss and :func:`meta.learned_rate_inner_loop`'s steps. ``attack=None``: the clean support alone.
+    ``support_copies``: fixed ``(images, labels)`` used in place of the attacked copy at every step (e.g.
+    :func:`grid_support`; ``attack`` is then not run). ``rates``: a rate schedule (shapes of
+    :func:`meta.step_rates`); second order unless ``first_order``. Returns the adapted parameters.
+    """
+    params = list(params)
+    for t in range(int(steps)):
+        if attack is None and support_copies is None:
+            params = _meta.inner_loop(model, params, support_x, support_y, steps=1, lr=_meta.step_rates(rates, t),
+                                      first_order=first_order)
+            continue
+        if support_copies is None:
+            copies_x = attack_adapted(attack, model, params, support_x, support_y, eps=eps, seed=_fold(seed, t),
+                                      step_size=step_size)
+            copies_y = support_y
+        else:
+            copies_x, copies_y = support_copies
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            clean, _ = _meta.loss_and_accuracy(model, params, support_x, support_y)
+            attacked, _ = _meta.loss_and_accuracy(model, params, copies_x, copies_y)
+            loss = 0.5 * (clean + attacked)
+        grads = tape.gradient(loss, params)
+        if first_order:
+            grads = [tf.stop_gradient(g) for g in grads]
+        params = [p - a * g for p, a, g in zip(params, _meta.step_rates(rates, t), grads)]
+    return params
+
+
+def attack_adaptive_task_gradient(model: keras.Model, params: Sequence[tf.Tensor], rates: Sequence[tf.Tensor],
+                                  support_x, support_y, query_x, query_y, *, attack: Any, steps: int, eps: Any = None,
+                                  step_size: Any = None, seed: Any = None, clean_weight: float = 0.0,
+                                  first_order: bool = False, zero_head: bool = False,
+                                  support_copies: tuple[Any, Any] | None = None,
+                                  ) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+    """One task's meta-gradient of :class:`AttackAdaptiveMAML`, w.r.t. the initialisation and the inner rates.
+
+    theta' = :func:`attacked_support_inner_loop` (clean support + support attacked against the current inner
+    weights at every step, learned rates); the queries are attacked by the same ``attack`` against theta'; the
+    outer loss is :func:`query_loss` (``(1 - clean_weight) * CE(attacked queries) + clean_weight * CE(clean
+    queries)``), differentiated through the inner steps (second order unless ``first_order``) and never through
+    the attacks. Seeds: the support attack of step ``t`` folds ``t`` into ``fold(seed, 0)``, the query attack
+    uses ``fold(seed, 1)``. ``support_copies``: fixed images in place of the re-crafted support copies (see
+    :func:`attacked_support_inner_loop`). Returns ``(grads, outer loss, accuracy on the attacked queries)`` with
+    ``grads`` for ``params`` followed by ``rates`` (as :func:`meta.learned_rate_task_gradient`).
+    """
+    params = [tf.identity(p) for p in params]
+    rates = [tf.identity(r) for r in rates]
+    with tf.GradientTape() as tape:
+        tape.watch(params + rates)
+        adapted = attacked_support_inner_loop(model, _start(params, zero_head), support_x, support_y, attack=attack,
+                                              rates=rates, steps=steps, eps=eps, step_size=step_size,
+                                              seed=_fold(seed, 0), first_order=first_order,
+                                              support_copies=support_copies)
+        query_adv = attack_adapted(attack, model, adapted, query_x, query_y, eps=eps, seed=_fold(seed, 1),
+                                   step_size=step_size)
+        loss, acc = query_loss(model, adapted, query_x, query_adv, query_y, clean_weight=clean_weight)
+    return _grads_or_zeros(tape.gradient(loss, params + rates), params + rates), loss, acc
+
+
 # --------------------------------------------------------------------------------------------------
 # The learners: one compiled meta-step each, tasks mapped inside it, split over tf.distribute replicas
 # --------------------------------------------------------------------------------------------------
@@ -284,7 +379,7 @@ class AdversarialMetaLearner(_meta.MetaLearner):
         if len(tasks) % replicas:
             raise ValueError(f"the meta-batch of {len(tasks)} tasks does not split evenly over {replicas} replicas; "
                              f"use a meta-batch that is a multiple of {replicas}")
-        check_data_range(self.attack, tasks.support_x, tasks.query_x)
+        self._check_data(tasks)
         dtype = self.model.trainable_variables[0].dtype
         eps = tf.constant(self.eps_at(self.steps_done), tf.float32)
         seed = tf.constant([self.seed, self.steps_done], tf.int64)
@@ -294,13 +389,21 @@ class AdversarialMetaLearner(_meta.MetaLearner):
         self.steps_done += 1
         return float(loss), float(acc)
 
+    def _check_data(self, tasks: Tasks) -> None:
+        """Raise unless the tasks' images suit the training attack (its pixel range and radius)."""
+        check_data_range(self.attack, tasks.support_x, tasks.query_x)
+
+    def _full_budget(self) -> str:
+        """What the ramp grows to, for messages."""
+        return f"eps would never reach {self.attack.eps}"
+
     def meta_fit(self, sampler: FewShotSampler, meta_steps: int, meta_batch: int = 4, *, verbose: int = 1,
                  log_every: int | None = None) -> _meta.MetaHistory:
         """As ``meta.MetaLearner.meta_fit``; refuses an eps ramp longer than the meta-training it is part of."""
         if isinstance(meta_steps, int) and not isinstance(meta_steps, bool) and \
                 self.ramp_steps > self.steps_done + meta_steps:
             raise ValueError(f"ramp_steps = {self.ramp_steps} is longer than meta-training ({self.steps_done} steps done "
-                             f"+ {meta_steps} now): eps would never reach {self.attack.eps}. Use ramp_steps <= "
+                             f"+ {meta_steps} now): {self._full_budget()}. Use ramp_steps <= "
                              f"{self.steps_done + meta_steps} (e.g. half of the meta-steps)")
         return super().meta_fit(sampler, meta_steps, meta_batch, verbose=verbose, log_every=log_every)
 
@@ -437,9 +540,186 @@ class AdversarialMAML(AdversarialMetaLearner):
                                               zero_head=self.zero_head)
 
 
+def _check_pool(pool: Any) -> _attacks.AttackPool:
+    """``pool`` as an AttackPool (a single spec becomes a pool of one) whose every spec passes :func:`check_attack`."""
+    if isinstance(pool, _attacks.Attack):
+        pool = _attacks.AttackPool([pool])
+    if not isinstance(pool, _attacks.AttackPool):
+        raise TypeError(f"pool must be a tutorial_lib.attacks.AttackPool or one attack spec, got {type(pool).__name__}")
+    for i, spec in enumerate(pool):
+        check_attack(spec, f"pool[{i}]")
+    return pool
+
+
+def _check_spatial_support(spatial_support: Any, pool: _attacks.AttackPool) -> str:
+    if spatial_support not in SPATIAL_SUPPORTS:
+        raise ValueError(f"spatial_support must be one of {SPATIAL_SUPPORTS}, got {spatial_support!r}")
+    if spatial_support == "grid":
+        if any(spec.family != "spatial" for spec in pool):
+            raise ValueError(f"spatial_support='grid' adds every grid transform of the support images, so it needs a "
+                             f"pool of spatial specs only; this pool holds {list(pool.families)} (use 'recraft')")
+        if len({spec.grid_points for spec in pool}) > 1:
+            raise ValueError("spatial_support='grid' needs the pool's spatial specs to share one grid size "
+                             f"(angle_steps x shift_steps**2), got {[spec.grid_points for spec in pool]}")
+    return spatial_support
+
+
+class AttackAdaptiveMAML(_meta.LearnedRates, AdversarialMetaLearner):
+    """This project's meta-adversarial learner: MAML that practises adapting to an attack.
+
+    Each meta-training task draws an attack (family and spec) from ``pool`` (an
+    :class:`~tutorial_lib.attacks.AttackPool`, or one spec). The inner loop adapts on the task's support set
+    together with that support attacked by the drawn attack, re-crafted against the current inner weights at
+    every one of the ``inner_steps`` steps (:func:`attacked_support_inner_loop`); the outer loss is taken on the
+    queries attacked by the same attack against the adapted weights, plus Adversarial Querying's clean-query
+    share ``clean_weight`` (:func:`attack_adaptive_task_gradient`). The inner rates are MAML++'s per-layer
+    per-step rates (``meta.LSLR``), meta-learned with the initialisation; adaptation and evaluation use the
+    same ``inner_steps`` and the learned rates (:meth:`adapt`, :meth:`adapt_and_evaluate`). The attacks are
+    treated as constants w.r.t. the weights (gradient stopped, as in AQ); the gradient is second order through
+    the inner steps unless ``first_order``.
+
+    It builds on Adversarial Querying (Goldblum, Fowl and Goldstein, "Adversarially Robust Few-Shot Learning: A
+    Meta-Learning Approach", NeurIPS 2020: attacked queries against the adapted weights) and ADML (Yin et al.,
+    "Adversarial Meta-Learning", 2018: adaptation on attacked support images); combining them with a per-task
+    attack pool, re-crafting at every inner step and learned per-step rates is this project's choice, not a
+    published method. ``ramp_steps`` grows a scale 0 -> 1 of the drawn spec's budget (eps and step size; a
+    spatial grid's angles and shifts) over the first meta-steps, starting at 0 as AQ's ramp does (the first
+    step is then exactly ``meta.LSLR``'s on the clean support). With ``zero_head`` the first inner step's
+    attack sees logits that ignore the image (no gradient to follow), so only later steps are attacked.
+    ``spatial_support="grid"`` (a pool of spatial specs only, sharing a grid size): the defender who knows the
+    family adds every grid transform of each support image (:func:`grid_support`, computed once per task)
+    instead of re-crafting the worst one at every step. Defaults: PGD-3 at eps 0.1 (AQ's training attack), 3
+    inner steps (3 to 5 recommended) with rates starting at 0.3, Adam(meta_lr). The rates are saved beside the
+    model with :meth:`save_rates` (``.npz``, no pickle).
+    """
+
+    method = "attack_adaptive"
+
+    def __init__(self, model: keras.Model, *, pool: _attacks.AttackPool | _attacks.Attack | None = None,
+                 inner_lr: float = 0.3, inner_steps: int = 3, clean_weight: float = 0.0, ramp_steps: int = 0,
+                 spatial_support: str = "recraft", first_order: bool = False, zero_head: bool = False,
+                 optimizer: keras.optimizers.Optimizer | None = None,
+                 meta_optimizer: keras.optimizers.Optimizer | None = None, meta_lr: float = 1e-3,
+                 strategy: Any = None, seed: int = 0) -> None:
+        self.pool = _check_pool(default_attack() if pool is None else pool)
+        self.spatial_support = _check_spatial_support(spatial_support, self.pool)
+        self.clean_weight = _check_fraction("clean_weight", clean_weight)
+        _meta.check_meta_model(model)
+        inner_lr = check_number("inner_lr", inner_lr, low=0.0, low_inclusive=False)
+        inner_steps = check_positive_int("inner_steps", inner_steps)
+        with (strategy if strategy is not None else tf.distribute.get_strategy()).scope():
+            self.rates = self.make_rates(model, [(inner_steps,)] * len(model.trainable_variables), inner_lr)
+        # the base class keeps one spec for its checks; the attacks come from the pool
+        super().__init__(model, attack=self.pool[0], inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order,
+                         zero_head=zero_head, ramp_steps=ramp_steps, optimizer=optimizer,
+                         meta_optimizer=meta_optimizer, meta_lr=meta_lr, strategy=strategy, seed=seed)
+        self.method = type(self).method + ("_fo" if self.first_order else "")
+
+    def __repr__(self) -> str:
+        grid = ", spatial_support='grid'" if self.spatial_support == "grid" else ""
+        return (f"AttackAdaptiveMAML({self.model.name}, pool={self.pool!r}, inner_steps={self.inner_steps}, "
+                f"clean_weight={self.clean_weight}, ramp_steps={self.ramp_steps}{grid})")
+
+    # ---- the budget schedule and the data checks ---------------------------------------------------
+    def eps_at(self, step: int) -> float:
+        """The budget scale at meta-step ``step`` (0-based): ``min(1, step / ramp_steps)`` (1 without a ramp)."""
+        return 1.0 if self.ramp_steps == 0 else min(1.0, step / self.ramp_steps)
+
+    def _full_budget(self) -> str:
+        return "the pool's attacks would never reach their full budget"
+
+    def _check_data(self, tasks: Tasks) -> None:
+        for i, spec in enumerate(self.pool):
+            check_data_range(spec, tasks.support_x, tasks.query_x, name=f"pool[{i}]")
+
+    # ---- one task ---------------------------------------------------------------------------------
+    def _task_gradient(self, params, sx, sy, qx, qy, *, eps, seed):
+        index = self.pool.draw(tf.random.experimental.stateless_fold_in(seed, 99))
+        copies = self._grid_copies(sx, sy, index, eps) if self.spatial_support == "grid" else None
+        return attack_adaptive_task_gradient(self.model, params, self.rate_schedule(), sx, sy, qx, qy,
+                                             attack=_DrawnAttack(self.pool, index, eps), steps=self.inner_steps,
+                                             seed=seed, clean_weight=self.clean_weight, first_order=self.first_order,
+                                             zero_head=self.zero_head, support_copies=copies)
+
+    def _grid_copies(self, sx, sy, index, scale):
+        """:func:`grid_support` of the drawn spatial spec (``tf.switch_case`` over the pool's specs)."""
+        if len(self.pool) == 1:
+            return grid_support(self.pool[0], sx, sy, scale=scale)
+        return tf.switch_case(index, [lambda spec=spec: grid_support(spec, sx, sy, scale=scale) for spec in self.pool])
+
+    # ---- adaptation and evaluation: the learned rates, inner_steps steps --------------------------
+    def adapt(self, support_x, support_y, *, attack: _attacks.Attack | None = None, seed: int = 0) -> list[tf.Tensor]:
+        """Adapted parameters for one task: ``inner_steps`` steps with the learned rates on the support set, together
+        with its copy attacked by ``attack`` re-crafted before every step (clean support alone when None).
+
+        With ``spatial_support="grid"`` and a spatial ``attack``, every grid transform of each image instead
+        (:func:`grid_support`). ``support_x``: float (n, H, W, C) in the attack's pixel range; ``support_y``: int
+        (n,). ``seed`` fixes a random start as :func:`tutorial_lib.adaptation.adapt_and_evaluate` does for the
+        first task of a batch with the same seed. Returns tensors in ``model.trainable_variables`` order; the
+        model is unchanged.
+        """
+        dtype = self.model.trainable_variables[0].dtype
+        sx = tf.convert_to_tensor(support_x, dtype)
+        sy = tf.convert_to_tensor(support_y, tf.int32)
+        if sx.shape.rank != len(self.model.input_shape) or sy.shape.rank != 1 or sx.shape[0] != sy.shape[0]:
+            raise ValueError(f"adapt takes one task: support_x (n, *image) and support_y (n,), got {sx.shape}, "
+                             f"{sy.shape}")
+        copies = None
+        if attack is not None:
+            check_data_range(check_attack(attack), np.asarray(sx), name="attack")
+            if self.spatial_support == "grid" and attack.family == "spatial":
+                copies = grid_support(attack, sx, sy)
+        task_seed = tf.random.experimental.stateless_fold_in(
+            tf.random.experimental.stateless_fold_in(tf.constant([check_count("seed", seed), 0], tf.int64), 0), 0)
+        return attacked_support_inner_loop(self.model, _meta.params_of(self.model), sx, sy, attack=attack,
+                                           rates=self.rate_schedule(), steps=self.inner_steps, seed=task_seed,
+                                           first_order=True, support_copies=copies)
+
+    def evaluation_options(self, support_attack: _attacks.Attack | None = None) -> dict[str, Any]:
+        """Keyword arguments of :func:`tutorial_lib.adaptation.adapt_and_evaluate` that adapt as this learner
+        does: its learned rates (``lr=None``) and, with ``support_attack``, the clean + attacked support set
+        re-crafted before every step. The step count is the caller's ``checkpoints``; the rates were learned for
+        ``inner_steps`` steps (:meth:`adapt_and_evaluate` holds to that)."""
+        options: dict[str, Any] = {"lr": None, "rates": self.rate_schedule()}
+        if support_attack is not None:
+            options.update(support="clean+attacked", support_attack=check_attack(support_attack, "support_attack"),
+                           recraft=True)
+        return options
+
+    def adapt_and_evaluate(self, tasks: Tasks, *, support_attack: _attacks.Attack | None = None,
+                           query_attacks: Sequence[_attacks.Attack] = (), checkpoints: Sequence[int] | None = None,
+                           restarts: int = 1, seed: int = 0, chunk: int = 50) -> _adaptation.AdaptationResult:
+        """:func:`tutorial_lib.adaptation.adapt_and_evaluate` with this learner's adaptation: ``inner_steps`` steps
+        (the last checkpoint; default ``checkpoints=(inner_steps,)``) at the learned rates, on the clean support
+        plus its copy attacked by ``support_attack`` re-crafted before every step (clean support alone when
+        None); ``query_attacks`` against the adapted weights. Returns an ``AdaptationResult``."""
+        if self.spatial_support == "grid" and getattr(support_attack, "family", None) == "spatial":
+            raise ValueError("the evaluator re-crafts the support copies; it has no grid mode. Adapt this "
+                             "spatial_support='grid' learner task by task with adapt(), or evaluate it with "
+                             "re-crafted copies through adaptation.adapt_and_evaluate(**evaluation_options(...))")
+        checkpoints = (self.inner_steps,) if checkpoints is None else tuple(checkpoints)
+        if not checkpoints or checkpoints[-1] != self.inner_steps:
+            raise ValueError(f"this learner adapts with inner_steps = {self.inner_steps} steps (its rates were learned "
+                             f"for them), so the last checkpoint must be {self.inner_steps}; got {checkpoints}")
+        return _adaptation.adapt_and_evaluate(self.model, tasks, checkpoints=checkpoints, query_attacks=query_attacks,
+                                              restarts=restarts, seed=seed, chunk=chunk,
+                                              **self.evaluation_options(support_attack))
+
+    def meta_evaluate(self, sampler: FewShotSampler, tasks: int = 200, *, steps: int | None = None,
+                      lr: float | None = None, seed: int = 0) -> _meta.Evaluation:
+        """Clean query accuracy after adapting on the clean support sets with the learned rates for ``inner_steps``
+        steps (as ``meta.LSLR.meta_evaluate``); other step counts or a fixed ``lr`` are refused."""
+        if (steps is not None and steps != self.inner_steps) or lr is not None:
+            raise ValueError(f"this learner adapts with its learned rates for inner_steps = {self.inner_steps} steps; "
+                             "do not pass steps= or lr=")
+        return _meta.evaluate_adaptation(self.model, sampler.sample(tasks, seed=seed), steps=self.inner_steps, lr=None,
+                                         rates=self.rate_schedule())
+
+
 def make_learner(method: str, model: keras.Model, **options) -> _meta.MetaLearner:
     """A learner by name: ``"maml"`` (``meta.MAML``), ``"aq"``, ``"aq_trades"`` (AQ with the TRADES outer loss),
-    ``"adml"``, ``"seed_fgsm"`` (:class:`AdversarialMAML`), with ``options`` passed on."""
+    ``"adml"``, ``"seed_fgsm"`` (:class:`AdversarialMAML`), ``"attack_adaptive"`` (:class:`AttackAdaptiveMAML`), with
+    ``options`` passed on."""
     if method == "maml":
         return _meta.MAML(model, **options)
     if method == "aq":
@@ -450,6 +730,8 @@ def make_learner(method: str, model: keras.Model, **options) -> _meta.MetaLearne
         return ADML(model, **options)
     if method == "seed_fgsm":
         return AdversarialMAML(model, **options)
+    if method == "attack_adaptive":
+        return AttackAdaptiveMAML(model, **options)
     raise ValueError(f"method must be one of {LEARNERS}, got {method!r}")
 
 
