@@ -1,7 +1,7 @@
 """Tests for the L1 family in tutorial_lib.attacks.sparse: project_l1_box, sparse_l1_ascent (SLIDE) and
 SparseL1Descent.
 
-Independent references: a float64 bisection on the soft threshold, the variational inequality that characterises a
+Independent references: an exact float64 soft threshold from every break of the budget's piecewise-linear sum, the variational inequality that characterises a
 projection onto a convex set, random sparse noise of the same L1 norm, a small model trained on real MNIST.
 """
 
@@ -18,7 +18,8 @@ from tutorial_lib import adaptation, attacks, meta
 
 
 def reference_projection(v: np.ndarray, eps: float, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """Projection of a flat vector onto {||d||_1 <= eps, lower <= d <= upper} by bisection on the threshold."""
+    """Projection of a flat vector onto {||d||_1 <= eps, lower <= d <= upper}, in float64: the soft threshold lam
+    from the piecewise-linear budget sum evaluated at every break and interpolated on the piece crossing eps."""
     v, lower, upper = (np.asarray(a, np.float64) for a in (v, lower, upper))
     a, cap = np.abs(v), np.where(v >= 0, upper, -lower)
 
@@ -27,11 +28,14 @@ def reference_projection(v: np.ndarray, eps: float, lower: np.ndarray, upper: np
 
     lam = 0.0
     if total(0.0) > eps:
-        lo, hi = 0.0, a.max()
-        for _ in range(200):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if total(mid) > eps else (lo, mid)
-        lam = hi
+        breaks = np.unique(np.concatenate([a, a - cap, [0.0]]))
+        breaks = breaks[breaks >= 0]
+        values = np.array([total(b) for b in breaks])  # decreasing
+        j = np.flatnonzero(values >= eps).max()
+        if j == len(breaks) - 1:  # eps = 0: everything goes
+            lam = breaks[-1]
+        else:
+            lam = breaks[j] + (values[j] - eps) / (values[j] - values[j + 1]) * (breaks[j + 1] - breaks[j])
     return np.sign(v) * np.clip(a - lam, 0, cap)
 
 
@@ -47,7 +51,7 @@ def mnist_like(rng: np.random.Generator, n: int, shape=(6, 6, 1)) -> np.ndarray:
 # The projection
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("eps", [0.0, 0.3, 2.0, 6.0, 1000.0])
-def test_projection_matches_a_bisection_reference(eps):
+def test_projection_matches_an_exact_reference(eps):
     rng = np.random.default_rng(int(eps * 10))
     x = mnist_like(rng, 12)
     v = (rng.normal(size=x.shape) * rng.choice([0.05, 0.5, 2.0], size=(12, 1, 1, 1))).astype(np.float32)
@@ -58,6 +62,17 @@ def test_projection_matches_a_bisection_reference(eps):
         np.testing.assert_allclose(got[i].ravel(), expected, atol=2e-5, rtol=1e-4)
     assert (np.abs(got).reshape(12, -1).sum(1) <= eps * (1 + 1e-6) + 1e-7).all()
     assert (x + got >= -1e-7).all() and (x + got <= 1 + 1e-7).all()
+
+
+def test_projection_matches_the_reference_at_mnist_size():
+    rng = np.random.default_rng(7)
+    x = mnist_like(rng, 4, shape=(28, 28, 1))
+    v = rng.normal(size=x.shape).astype(np.float32) * 0.05
+    v.reshape(4, -1)[:, rng.choice(784, 10, replace=False)] += 0.8  # a sparse step on top of a dense start
+    got = attacks.project_l1_box(v, 10.0, -x, 1.0 - x).numpy()
+    for i in range(len(x)):
+        expected = reference_projection(v[i].ravel(), 10.0, -x[i].ravel(), 1.0 - x[i].ravel())
+        np.testing.assert_allclose(got[i].ravel(), expected, atol=2e-5, rtol=1e-4)
 
 
 def test_projection_satisfies_the_variational_inequality():

@@ -1,0 +1,136 @@
+"""Measurement: per attack family, the budget at which a trained CNN loses about as much accuracy as under L-inf
+PGD at eps 0.1 (how notebook 06's families can be made comparable).
+
+Usage: python benchmarks/family_budgets.py [--model FILE.keras] [--n 500] [--linf-eps 0.1] [--iterations 8] [--out DIR]
+Writes DIR/family_budgets.json and DIR/family_budgets.md (default DIR: build/bench). The model: a ``.keras`` file
+(loaded in safe mode, e.g. a cached ``build/cache/baseline-*.keras``), else the series' baseline CNN from
+``tl.models.baseline_model`` (trained and cached in this build dir when it is not there). The reference is
+notebook 06's L-inf test attack, PGD-20 with step 2.5 eps / 20 and a random start, at ``--linf-eps``; its
+accuracy on the first ``n`` test images is the target. Each family's budget is a single number b (the radius,
+or the multiplier of a wide base grid), found by bisection on [0, b_max] (``--iterations`` halvings) for the
+accuracy closest to the target, every visited budget recorded. Gradient attacks keep their shape across budgets
+(PGD-20 at step 2.5 b / 20; SLIDE-20 at step b / 10, the authors' 1.0 at eps 10). Accuracy is over n images
+(a 95 % interval of about +-4 points at n = 500), so budgets within one bisection step of each other are equal
+for this purpose. Not a test: a measurement for the notebook's settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+import tutorial_lib as tl
+
+import _results
+
+A = tl.attacks
+STEPS = 20
+
+
+def families() -> dict[str, tuple[str, float, Callable[[float], Any]]]:
+    """family -> (what the budget b is, b_max, b -> spec)."""
+    rotation = A.Rotation(max_angle=90, angle_steps=31)
+    translation = A.Translation(max_shift=8, shift_steps=9)
+    zoom_shear = A.ZoomShear(max_zoom=0.6, max_shear=0.9, zoom_steps=5, shear_steps=5)
+    spatial = A.Spatial(max_angle=60, max_shift=6, angle_steps=7, shift_steps=5)
+    return {
+        "l2": ("eps (L2)", 6.0, lambda b: A.PGD(eps=b, steps=STEPS, step_size=2.5 * b / STEPS, norm=2, seed=0)),
+        "l1": ("eps (L1)", 40.0, lambda b: A.SparseL1Descent(eps=b, steps=STEPS, step_size=b / 10, seed=0)),
+        "rotation": (f"scale of {rotation!r}", 1.0, rotation.with_scale),
+        "translation": (f"scale of {translation!r}", 1.0, translation.with_scale),
+        "zoom_shear": (f"scale of {zoom_shear!r}", 1.0, zoom_shear.with_scale),
+        "spatial": (f"scale of {spatial!r}", 1.0, spatial.with_scale),
+    }
+
+
+def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+    return float((np.argmax(model.predict(x, batch_size=500, verbose=0), 1) == y).mean())
+
+
+def find_budget(make: Callable[[float], Any], b_max: float, target: float, model: Any, x: np.ndarray, y: np.ndarray,
+                iterations: int) -> dict[str, Any]:
+    """Bisection for the budget whose accuracy is closest to ``target`` (accuracy falls as the budget grows)."""
+    visited: dict[float, float] = {}
+
+    def acc_at(b: float) -> float:
+        if b not in visited:
+            visited[b] = accuracy(model, make(b)(model, x, y), y)
+            print(f"  b={b:.4g}: accuracy {visited[b]:.3f}", flush=True)
+        return visited[b]
+
+    lo, hi = 0.0, b_max
+    reached = acc_at(hi) <= target
+    if reached:
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if acc_at(mid) > target else (lo, mid)
+    best = min(visited, key=lambda b: (abs(visited[b] - target), b))
+    spec = make(best)
+    return {"budget": best, "accuracy": visited[best], "reached": reached, "spec": repr(spec), "name": spec.name,
+            "visited": {f"{b:.6g}": visited[b] for b in sorted(visited)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="a .keras file (default: the baseline CNN)")
+    parser.add_argument("--n", type=int, default=500, help="test images")
+    parser.add_argument("--linf-eps", type=float, default=0.1)
+    parser.add_argument("--iterations", type=int, default=8, help="bisection halvings per family")
+    parser.add_argument("--only", default="", help="comma-separated families (default: all)")
+    parser.add_argument("--out", type=Path, default=tl.runtime.build_dir() / "bench")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.iterations < 1:
+        parser.error("need --n >= 1 and --iterations >= 1")
+
+    profile = tl.runtime.setup(seed=0, verbose=False, deterministic=False)
+    data = tl.data.load_mnist(profile.data_source)
+    if args.model is not None:
+        model, model_label = tl.models.load_model(args.model), args.model.name
+    else:
+        model, _ = tl.models.baseline_model(data, profile, verbose=False)
+        model_label = "baseline_model (quick profile)"
+    x, y = data.x_test[: args.n], data.y_test[: args.n].astype(np.int64)
+    clean = accuracy(model, x, y)
+    e = args.linf_eps
+    reference = A.PGD(eps=e, steps=STEPS, step_size=2.5 * e / STEPS, seed=0)
+    target = accuracy(model, reference(model, x, y), y)
+    print(f"clean {clean:.3f}; {reference.name} at eps {e:g}: {target:.3f} (the target)", flush=True)
+    chosen = [f for f in args.only.split(",") if f] or list(families())
+    found = {}
+    for family in chosen:
+        what, b_max, make = families()[family]
+        print(f"{family}: budget = {what}", flush=True)
+        found[family] = {"budget_is": what, **find_budget(make, b_max, target, model, x, y, args.iterations)}
+    result = {"benchmark": "family_budgets", "model": model_label, "data": data.source, "n": args.n, "clean": clean,
+              "reference": {"spec": repr(reference), "name": reference.name, "accuracy": target}, "families": found,
+              "machine": _results.machine()}
+    _results.write(args.out, "family_budgets", result, markdown(result))
+    return 0
+
+
+def markdown(result: dict[str, Any]) -> str:
+    ref = result["reference"]
+    lines = [
+        f"Budgets per family at which `{result['model']}` ({result['data']}, first {result['n']} test images, clean "
+        f"accuracy {result['clean']:.1%}) loses about as much accuracy as under `{ref['spec']}` "
+        f"({ref['accuracy']:.1%}); bisection, {result['machine']['when']}.",
+        "",
+        "| family | budget | attack at that budget | accuracy | budget is |",
+        "|---|---|---|---|---|",
+    ]
+    for family, r in result["families"].items():
+        note = "" if r["reached"] else " (target not reached at the largest budget)"
+        lines.append(f"| {family} | {r['budget']:.4g} | `{r['spec']}` | {r['accuracy']:.1%}{note} | {r['budget_is']} |")
+    lines += ["", f"Accuracy over {result['n']} images: a 95 % interval of about ±4 points, so budgets one bisection "
+              "step apart are equal for this purpose.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
