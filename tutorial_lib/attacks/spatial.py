@@ -285,7 +285,7 @@ class _GeometricAttack(Attack):
                                 interpolation=self.interpolation, fill_value=self.clip_min)
 
 
-def _moves(n: int, **columns: np.ndarray) -> np.ndarray:
+def _offsets(n: int, **columns: np.ndarray) -> np.ndarray:
     """(n, 6) offsets from the identity with the given columns (names of :data:`AFFINE_PARAMS`), zeros elsewhere."""
     out = np.zeros((n, len(AFFINE_PARAMS)))
     for name, values in columns.items():
@@ -354,7 +354,7 @@ class Spatial(_GeometricAttack):
 
     def _moves(self) -> np.ndarray:
         grid = self.grid
-        return _moves(len(grid), angle=grid[:, 0], dx=grid[:, 1], dy=grid[:, 2])
+        return _offsets(len(grid), angle=grid[:, 0], dx=grid[:, 1], dy=grid[:, 2])
 
     def _name(self) -> str:
         return (f"Spatial {self.max_angle * self.scale:g}deg {self.max_shift * self.scale:g}px "
@@ -395,7 +395,7 @@ class Rotation(_GeometricAttack):
         return np.linspace(-self.max_angle, self.max_angle, self.angle_steps)
 
     def _moves(self) -> np.ndarray:
-        return _moves(self.angle_steps, angle=self.grid)
+        return _offsets(self.angle_steps, angle=self.grid)
 
     def _name(self) -> str:
         return f"Rotation {self.max_angle * self.scale:g}deg ({self.angle_steps})"
@@ -438,7 +438,7 @@ class Translation(_GeometricAttack):
 
     def _moves(self) -> np.ndarray:
         grid = self.grid
-        return _moves(len(grid), dx=grid[:, 0], dy=grid[:, 1])
+        return _offsets(len(grid), dx=grid[:, 0], dy=grid[:, 1])
 
     def _name(self) -> str:
         return f"Translation {self.max_shift * self.scale:g}px ({self.shift_steps}x{self.shift_steps})"
@@ -495,7 +495,7 @@ class ZoomShear(_GeometricAttack):
 
     def _moves(self) -> np.ndarray:
         grid = self.grid
-        return _moves(len(grid), zoom_x=grid[:, 0] - 1.0, zoom_y=grid[:, 1] - 1.0, shear=grid[:, 2])
+        return _offsets(len(grid), zoom_x=grid[:, 0] - 1.0, zoom_y=grid[:, 1] - 1.0, shear=grid[:, 2])
 
     def _name(self) -> str:
         return (f"ZoomShear {100 * self.max_zoom * self.scale:g}% shear {self.max_shear * self.scale:g} "
