@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = specs.get(what)
         unit = "forward+backward pass" if spec is not None and spec.family in ("linf", "l2", "l1") else "forward pass"
         best, best_cpu = min(seconds[(model_name, what)]), min(cpu_seconds[(model_name, what)])
-        unit_s = min(seconds[(model_name, unit)])
+        unit_s, unit_cpu = min(seconds[(model_name, unit)]), min(cpu_seconds[(model_name, unit)])
         rows.append({"model": model_name, "family": what if spec is not None else None, "what": what,
                      "spec": None if spec is None else repr(spec), "name": what if spec is None else spec.name,
                      "passes": None if spec is None else (spec.steps * getattr(spec, "restarts", 1)
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                      "unit": None if spec is None else unit, "seconds": best, "cpu_seconds": best_cpu,
                      "seconds_per_500": best * 500 / args.n, "first_call_seconds": first[(model_name, what)],
                      "x_unit": None if spec is None else best / unit_s,
+                     "cpu_x_unit": None if spec is None else best_cpu / unit_cpu,
                      "all_seconds": seconds[(model_name, what)], "all_cpu_seconds": cpu_seconds[(model_name, what)]})
     result = {"benchmark": "families", "n": args.n, "rows": rows, "process_peak_rss_mib": _results.peak_rss_mib(),
               "machine": _results.machine()}
@@ -126,19 +127,21 @@ def markdown(result: dict[str, Any]) -> str:
         f"numpy in and out; best of the timing rounds; {m['cpu_count']} CPU cores (load average {load} at the end), "
         f"TF {m['tensorflow']}, {m['when']}.",
         "",
-        "| model | family | attack | passes | wall s / 500 images | CPU s | first call s | x one pass |",
+        "| model | family | attack | passes | wall s / 500 images | CPU s / 500 images | first call s | x one pass (CPU) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         if r["family"] is None:
             lines.append(f"| {r['model']} | (unit) | {r['what']} | 1 | {r['seconds_per_500']:.3f} | "
-                         f"{r['cpu_seconds']:.3f} | {r['first_call_seconds']:.2f} | |")
+                         f"{r['cpu_seconds'] * 500 / result['n']:.3f} | {r['first_call_seconds']:.2f} | |")
         else:
             lines.append(f"| {r['model']} | {r['family']} | `{r['spec']}` | {r['passes']} | {r['seconds_per_500']:.2f} | "
-                         f"{r['cpu_seconds']:.2f} | {r['first_call_seconds']:.2f} | {r['x_unit']:.1f} x {r['unit']} |")
-    lines += ["", "passes: gradient steps (x restarts) or grid points. x one pass: the attack's time over one "
-              "forward+backward pass (gradient attacks) or one forward pass (grid attacks) over the same batch. "
-              "First call: the warm-up call, tracing included.", ""]
+                         f"{r['cpu_seconds'] * 500 / result['n']:.2f} | {r['first_call_seconds']:.2f} | "
+                         f"{r['cpu_x_unit']:.1f} x {r['unit']} |")
+    lines += ["", "passes: gradient steps (x restarts) or grid points. x one pass: the attack's process CPU time over "
+              "that of one forward+backward pass (gradient attacks) or one forward pass (grid attacks) over the same "
+              "batch (CPU time: wall times swing with other jobs on a shared machine). First call: the warm-up call, "
+              "tracing included.", ""]
     return "\n".join(lines)
 
 

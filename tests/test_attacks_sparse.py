@@ -166,8 +166,8 @@ def test_more_steps_are_stronger(trained, slide_20):
 
 def test_restarts_break_every_example_one_restart_breaks(trained):
     model, x, y = trained
-    x, y = x[:100], y[:100]
-    one = attacks.SparseL1Descent(eps=6.0, steps=10, seed=3)
+    x, y = x[:64], y[:64]
+    one = attacks.SparseL1Descent(eps=6.0, steps=5, seed=3)
     three = dataclasses.replace(one, restarts=3)
     broken_one = np.argmax(model(one(model, x, y)).numpy(), 1) != y
     broken_three = np.argmax(model(three(model, x, y)).numpy(), 1) != y
@@ -176,8 +176,9 @@ def test_restarts_break_every_example_one_restart_breaks(trained):
 
 def test_targeted_moves_predictions_to_the_target(trained):
     model, x, y = trained
+    x, y = x[:100], y[:100]
     target = (y + 1) % 10
-    x_adv = attacks.SparseL1Descent(eps=10.0, steps=20, targeted=True, seed=0)(model, x, target)
+    x_adv = attacks.SparseL1Descent(eps=10.0, steps=10, targeted=True, seed=0)(model, x, target)
     assert (np.argmax(model(x_adv).numpy(), 1) == target).mean() > (np.argmax(model(x).numpy(), 1) == target).mean() + 0.1
 
 
@@ -214,8 +215,8 @@ def test_against_adapted_weights_in_a_tf_function_and_in_a_pool(trained):
     graph = tf.function(lambda a, b: adaptation.attack_adapted(spec, model, params, a, b))
     np.testing.assert_allclose(graph(tf.constant(x), tf.constant(y)).numpy(), spec(model, x, y), atol=1e-6)
     assert adaptation.check_attack(spec) is spec
-    pool = attacks.AttackPool([attacks.PGD(eps=0.1, steps=2, step_size=0.05), spec, attacks.Rotation()])
-    assert pool.families == ("linf", "l1", "rotation") and pool.without("l1").families == ("linf", "rotation")
+    pool = attacks.AttackPool([attacks.PGD(eps=0.1, steps=2, step_size=0.05), spec])
+    assert pool.families == ("linf", "l1") and pool.without("l1").families == ("linf",)
     seed = tf.constant([1, 2], tf.int64)
     run = tf.function(lambda a, b, s: pool.generate(model, a, b, 1, scale=s, seed=seed))
     half = dataclasses.replace(spec, eps=2.0, step_size=0.5)
