@@ -178,8 +178,14 @@ def test_targeted_moves_predictions_to_the_target(trained):
     model, x, y = trained
     x, y = x[:100], y[:100]
     target = (y + 1) % 10
-    x_adv = attacks.SparseL1Descent(eps=10.0, steps=10, targeted=True, seed=0)(model, x, target)
-    assert (np.argmax(model(x_adv).numpy(), 1) == target).mean() > (np.argmax(model(x).numpy(), 1) == target).mean() + 0.1
+    x_adv = attacks.SparseL1Descent(eps=40.0, steps=20, step_size=4.0, targeted=True, seed=0)(model, x, target)
+    assert (np.argmax(model(x_adv).numpy(), 1) == target).mean() > (np.argmax(model(x).numpy(), 1) == target).mean() + 0.15
+
+    def target_loss(images):
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(target, model(images)).numpy().mean()
+
+    assert target_loss(x_adv) < target_loss(x) - 1.0  # descends the loss on the target (a targeted L1 attack needs
+    # a larger budget than an untargeted one: 2 % of targets hit at eps 10, 31 % at eps 40 on this model)
 
 
 def test_one_step_moves_the_top_percentile(trained):
