@@ -178,8 +178,12 @@ def markdown(result: dict[str, Any]) -> str:
         note = "" if r["reached"] else " (target not reached at the largest budget)"
         lines.append(f"| {family} | {r['budget']:.4g} | {r['name']}: `{r['spec']}` | {r['accuracy']:.1%}{note} | "
                      f"{r['budget_is']} |")
-    lines += ["", f"Accuracy over {result['n']} images: a 95 % interval of about ±4 points, so budgets one bisection "
-              "step apart are equal for this purpose.", ""]
+    p, n = ref["accuracy"], result["n"]
+    half = 1.96 * (p * (1 - p) / n) ** 0.5
+    what = f"{n} queries of {result['tasks']} tasks" if "tasks" in result else f"{n} images"
+    lines += ["", f"Accuracy over {what}: a 95 % interval of at least ±{100 * half:.1f} points around the target "
+              "(more where queries of one task fail together), so budgets one bisection step apart are equal for this "
+              "purpose.", ""]
     return "\n".join(lines)
 
 
