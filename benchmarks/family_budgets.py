@@ -181,9 +181,9 @@ def markdown(result: dict[str, Any]) -> str:
     p, n = ref["accuracy"], result["n"]
     half = 1.96 * (p * (1 - p) / n) ** 0.5
     what = f"{n} queries of {result['tasks']} tasks" if "tasks" in result else f"{n} images"
-    lines += ["", f"Accuracy over {what}: a 95 % interval of at least ±{100 * half:.1f} points around the target "
-              "(more where queries of one task fail together), so budgets one bisection step apart are equal for this "
-              "purpose.", ""]
+    more = " (more: queries of one task fail together)" if "tasks" in result else ""
+    lines += ["", f"Accuracy over {what}: a 95 % interval of about ±{100 * half:.1f} points around the target{more}, "
+              "so budgets one bisection step apart are equal for this purpose.", ""]
     return "\n".join(lines)
 
 
