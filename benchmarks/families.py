@@ -127,7 +127,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"numpy in and out; best of the timing rounds; {m['cpu_count']} CPU cores (load average {load} at the end), "
         f"TF {m['tensorflow']}, {m['when']}.",
         "",
-        "| model | family | attack | passes | wall s / 500 images | CPU s / 500 images | first call s | x one pass (CPU) |",
+        "| model | family | attack | passes | wall s / 500 images | CPU s / 500 images | first call s "
+        "| x one pass (CPU) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
@@ -135,7 +136,8 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {r['model']} | (unit) | {r['what']} | 1 | {r['seconds_per_500']:.3f} | "
                          f"{r['cpu_seconds'] * 500 / result['n']:.3f} | {r['first_call_seconds']:.2f} | |")
         else:
-            lines.append(f"| {r['model']} | {r['family']} | `{r['spec']}` | {r['passes']} | {r['seconds_per_500']:.2f} | "
+            lines.append(f"| {r['model']} | {r['family']} | `{r['spec']}` | {r['passes']} | "
+                         f"{r['seconds_per_500']:.2f} | "
                          f"{r['cpu_seconds'] * 500 / result['n']:.2f} | {r['first_call_seconds']:.2f} | "
                          f"{r['cpu_x_unit']:.1f} x {r['unit']} |")
     lines += ["", "passes: gradient steps (x restarts) or grid points. x one pass: the attack's process CPU time over "

@@ -205,8 +205,10 @@ def test_scale_zero_and_single_point_grids_return_the_input(model, family):
 def test_scale_multiplies_the_grid(model):
     x = images(10)
     y = labels(10, len(x))
-    pairs = [(attacks.Rotation(max_angle=30, angle_steps=5).with_scale(0.5), attacks.Rotation(max_angle=15, angle_steps=5)),
-             (attacks.Translation(max_shift=4, shift_steps=5).with_scale(0.5), attacks.Translation(max_shift=2, shift_steps=5)),
+    pairs = [(attacks.Rotation(max_angle=30, angle_steps=5).with_scale(0.5),
+              attacks.Rotation(max_angle=15, angle_steps=5)),
+             (attacks.Translation(max_shift=4, shift_steps=5).with_scale(0.5),
+              attacks.Translation(max_shift=2, shift_steps=5)),
              (attacks.ZoomShear(max_zoom=0.4, max_shear=0.2, zoom_steps=3, shear_steps=3).with_scale(0.5),
               attacks.ZoomShear(max_zoom=0.2, max_shear=0.1, zoom_steps=3, shear_steps=3))]
     for half, same in pairs:
@@ -289,7 +291,8 @@ BAD = [
     ("not a model", lambda m: attacks.Translation()(lambda x: x, X, Y), TypeError, "keras.Model"),
     ("affine bad interpolation", lambda m: attacks.affine_transform(X, interpolation="area"), ValueError,
      "interpolation must be"),
-    ("affine not images", lambda m: attacks.affine_transform(X[..., 0], angle=3.0), ValueError, "height, width, channels"),
+    ("affine not images", lambda m: attacks.affine_transform(X[..., 0], angle=3.0), ValueError,
+     "height, width, channels"),
 ]
 
 
@@ -317,7 +320,8 @@ def test_pool_of_every_family_leaves_each_one_out(model):
         attacks.AttackPool(FAMILY_SPECS, held_out="translation")
     x, y = images(14, n=8), labels(14, 8)
     geometric = attacks.AttackPool(list(SPECS.values()))  # the gradient families' pool branches: test_attacks_sparse
-    run = tf.function(lambda a, b, i, s: geometric.generate(model, a, b, i, scale=s, seed=tf.constant([3, 4], tf.int64)))
+    seed = tf.constant([3, 4], tf.int64)
+    run = tf.function(lambda a, b, i, s: geometric.generate(model, a, b, i, scale=s, seed=seed))
     xt, yt = tf.constant(x), tf.constant(y)
     for i, spec in enumerate(SPECS.values()):
         np.testing.assert_array_equal(run(xt, yt, tf.constant(i), tf.constant(0.5)).numpy(),
@@ -352,5 +356,6 @@ def test_robust_evaluate_of_adapted_learners_takes_every_family():
     spec = attacks.SparseL1Descent(eps=3.0, steps=2, seed=0)  # the geometric specs share one code path: below
     res = adaptation.robust_evaluate(learner, tasks, steps=2, lr=0.1, attack=spec)
     assert res.robust.shape == (4,) and (res.robust <= res.clean).all() and res.attack == spec.name
-    identity = adaptation.robust_evaluate(learner, tasks, steps=2, lr=0.1, attack=attacks.Rotation(max_angle=0, angle_steps=1))
+    no_move = attacks.Rotation(max_angle=0, angle_steps=1)
+    identity = adaptation.robust_evaluate(learner, tasks, steps=2, lr=0.1, attack=no_move)
     np.testing.assert_array_equal(identity.robust, identity.clean)

@@ -1,7 +1,8 @@
 """Attack pools: a set of attack specs with sampling weights, from which each meta-training task draws its attack.
 
 :class:`AttackPool` holds specs of several threat models (:data:`FAMILIES`: "linf", "l2", "l1" and the geometric
-ones), can leave one family out for a held-out test, and runs the drawn spec inside a compiled step (``tf.switch_case``).
+ones), can leave one family out for a held-out test, and runs the drawn spec inside a compiled step
+(``tf.switch_case``).
 """
 
 from __future__ import annotations
