@@ -56,15 +56,16 @@ def check_attack(attack: Any, name: str = "attack") -> _attacks.Attack:
     A radius ``eps`` must be > 0: eps = 0 is no attack at all (use plain ``meta.MAML`` instead). L-inf: eps must
     also be smaller than the pixel range, since an L-inf ball as wide as the range contains every image (the
     attack can paint any picture) and no classifier can be robust in it. L2: eps > 0 is all (radii above 1 are
-    common). Spatial attacks have no radius: their ``scale`` multiplies the rotation/shift grid and lies in (0, 1].
+    common). Geometric attacks (Spatial, Rotation, Translation, ZoomShear: ``attacks.GEOMETRIC_FAMILIES``) have no
+    radius: their ``scale`` multiplies the grid of transforms and lies in (0, 1].
     """
     if not isinstance(attack, _attacks.Attack):
         raise TypeError(f"{name} must be an attack spec from tutorial_lib.attacks (e.g. attacks.PGD(eps=0.1, "
                         f"steps=3, step_size=0.083)), got {type(attack).__name__}")
-    if attack.family == "spatial":
+    if attack.family in _attacks.GEOMETRIC_FAMILIES:
         if not 0 < attack.scale <= 1:
-            raise ValueError(f"{name}.scale = {attack.scale} multiplies the spatial grid (max_angle, max_shift) and "
-                             "must lie in (0, 1]; for a larger budget raise max_angle / max_shift instead")
+            raise ValueError(f"{name}.scale = {attack.scale} multiplies the grid of transforms (e.g. max_angle, "
+                             "max_shift) and must lie in (0, 1]; for a larger budget raise the grid's maxima instead")
         return attack
     if not attack.eps > 0:
         raise ValueError(f"{name}.eps must be > 0, got {attack.eps}; for no attack use meta.MAML")

@@ -48,6 +48,22 @@ def keep_worst(best: tf.Tensor, best_ok: tf.Tensor, best_loss: tf.Tensor, cand: 
     return tf.where(tf.reshape(better, keep_shape), cand, best), ok | best_ok, tf.where(better, loss, best_loss)
 
 
+def worst_of_restarts(run: Callable[[Any], tf.Tensor], restarts: int, model: Any, y: tf.Tensor,
+                      targeted: bool) -> tf.Tensor:
+    """``run(0)``, then ``run(r)`` for r = 1 .. restarts - 1 in a ``tf.while_loop``, keeping per example the
+    worst (:func:`keep_worst`): an example counts as broken if any restart breaks it. ``run(r)`` returns x_adv
+    (B, ...) for restart ``r`` (a Python int or an int32 scalar tensor)."""
+    best = run(0)
+    if restarts > 1:
+        def body(r: tf.Tensor, *kept: tf.Tensor) -> tuple:
+            cand = run(r)
+            return (r + 1, *keep_worst(*kept, cand, *score(model, cand, y, targeted)))
+
+        _, best, _, _ = tf.while_loop(lambda r, *_: r < restarts, body,
+                                      [tf.constant(1), best, *score(model, best, y, targeted)])
+    return best
+
+
 # --------------------------------------------------------------------------------------------------
 # The base of the specs
 # --------------------------------------------------------------------------------------------------
@@ -99,8 +115,8 @@ class Attack:
 
     @property
     def family(self) -> str:
-        """The threat model, for attack pools (:class:`~tutorial_lib.attacks.AttackPool`): "linf", "l2" or
-        "spatial"."""
+        """The threat model, for attack pools (:class:`~tutorial_lib.attacks.AttackPool`): one of
+        :data:`~tutorial_lib.attacks.FAMILIES` ("linf", "l2", "l1", "spatial", "rotation", ...)."""
         return "l2" if getattr(self, "norm", "inf") == 2 else "linf"
 
     def with_eps(self, eps: float) -> "Attack":
@@ -231,6 +247,9 @@ def check_norm(norm: Any) -> str | int:
     """Canonical norm: ``"inf"`` or ``2``. Accepts "inf", np.inf, "linf", 2, "2", "l2"."""
     if isinstance(norm, bool):
         raise ValueError(f"unknown norm {norm!r}; use norm='inf' (L-infinity) or norm=2 (L2)")
+    if not isinstance(norm, str) and norm == 1 or isinstance(norm, str) and norm.strip().lower() in ("1", "l1"):
+        raise ValueError(f"unknown norm {norm!r} for this attack; use norm='inf' (L-infinity) or norm=2 (L2). The L1 "
+                         "attack is a spec of its own, SparseL1Descent(eps=...): its steps and projection differ")
     if isinstance(norm, (int, float, np.integer, np.floating)):
         if norm == np.inf:
             return "inf"

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..checks import check_bool, check_number, check_positive_int
-from ._runner import Attack, check_norm, check_restarts, check_step_size, keep_worst, score
+from ._runner import Attack, check_norm, check_restarts, check_step_size, score, worst_of_restarts
 
 __all__ = ["gradient_ascent", "FGSM", "BIM", "PGD", "MIM", "fgsm", "bim", "pgd", "mim"]
 
@@ -164,14 +164,7 @@ def _attack(
                                steps=steps, norm=norm, random_start=random_start, momentum=momentum,
                                clip_min=clip_min, clip_max=clip_max, seed=seed_r)
 
-    best = run(0)
-    if restarts > 1:
-        def body(r: tf.Tensor, *kept: tf.Tensor) -> tuple:
-            cand = run(r)
-            return (r + 1, *keep_worst(*kept, cand, *score(model, cand, y, targeted)))
-
-        _, best, _, _ = tf.while_loop(lambda r, *_: r < restarts, body,
-                                      [tf.constant(1), best, *score(model, best, y, targeted)])
+    best = worst_of_restarts(run, restarts, model, y, targeted)
     return tf.stop_gradient(tf.cast(best, in_dtype))
 
 

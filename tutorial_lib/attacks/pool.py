@@ -1,7 +1,8 @@
 """Attack pools: a set of attack specs with sampling weights, from which each meta-training task draws its attack.
 
-:class:`AttackPool` holds specs of several threat models (families "linf", "l2", "spatial"), can leave one family
-out for a held-out test, and runs the drawn spec inside a compiled step (``tf.switch_case``).
+:class:`AttackPool` holds specs of several threat models (:data:`FAMILIES`: "linf", "l2", "l1" and the geometric
+ones), can leave one family out for a held-out test, and runs the drawn spec inside a compiled step
+(``tf.switch_case``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import tensorflow as tf
 from ..checks import check_number, check_positive_int
 from ._runner import Attack, seed_generator
 
-__all__ = ["FAMILIES", "AttackPool"]
+__all__ = ["FAMILIES", "GEOMETRIC_FAMILIES", "AttackPool"]
 
-#: Attack families an :class:`AttackPool` can hold (see :attr:`Attack.family`).
-FAMILIES = ("linf", "l2", "spatial")
+#: The geometric families (specs with a grid ``scale`` and no radius ``eps``): Spatial (rotations x shifts),
+#: Rotation, Translation, ZoomShear.
+GEOMETRIC_FAMILIES = ("spatial", "rotation", "translation", "zoom_shear")
+#: Attack families an :class:`AttackPool` can hold (see :attr:`Attack.family`): the norm balls (PGD, FGSM, MIM,
+#: BIM, APGD: "linf" or "l2"; SparseL1Descent: "l1") and :data:`GEOMETRIC_FAMILIES`.
+FAMILIES = ("linf", "l2", "l1", *GEOMETRIC_FAMILIES)
 
 
 @dataclass(frozen=True, repr=False)
@@ -49,7 +54,8 @@ class AttackPool:
             raise ValueError("an AttackPool needs at least one attack spec, got none")
         for spec in specs:
             if not isinstance(spec, Attack):
-                raise TypeError(f"every pool member must be an attack spec (FGSM, PGD, MIM, BIM, Spatial), "
+                raise TypeError(f"every pool member must be an attack spec (FGSM, PGD, MIM, BIM, APGD, "
+                                f"SparseL1Descent, Spatial, Rotation, Translation, ZoomShear), "
                                 f"got {type(spec).__name__}: {spec!r}")
         weights = (1.0,) * len(specs) if self.weights is None else tuple(self.weights)
         if len(weights) != len(specs):
@@ -92,7 +98,7 @@ class AttackPool:
 
     @property
     def families(self) -> tuple[str, ...]:
-        """The family of each spec, in order ("linf", "l2" or "spatial")."""
+        """The family of each spec, in order (one of :data:`FAMILIES`)."""
         return tuple(s.family for s in self.attacks)
 
     @property
@@ -135,9 +141,9 @@ class AttackPool:
 
         Every spec is traced once into a ``tf.switch_case`` and only the drawn one runs. ``scale`` (Python
         float or scalar tensor, e.g. a ramp 0 -> 1) multiplies the drawn spec's budget: a gradient attack's eps
-        and step_size (so steps shrink with the ball), a :class:`~tutorial_lib.attacks.Spatial` attack's grid
-        scale; None leaves every spec as it is. ``seed``: as in ``spec.generate``. ``x``, ``y``, ``model`` as
-        there.
+        and step_size (so steps shrink with the ball), a geometric attack's grid scale (Spatial, Rotation,
+        Translation, ZoomShear); None leaves every spec as it is. ``seed``: as in ``spec.generate``. ``x``,
+        ``y``, ``model`` as there.
         """
         x = tf.convert_to_tensor(x)
         y = tf.convert_to_tensor(y)
