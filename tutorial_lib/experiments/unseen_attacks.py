@@ -302,7 +302,7 @@ def attack_matrix(held_out: dict[str, dict[str, dict[int, Adaptation]]], loo: di
 # --------------------------------------------------------------------------------------------------
 #: The families the strong column covers (the strong attacks are L-inf / L2 gradient attacks) and its methods.
 STRONG_FAMILIES = ("linf", "l2")
-STRONG = ("maml", "aq_linf", "meta_adv_pool")
+STRONG = ("aq_linf", "meta_adv_pool")  # the headline: leave-one-out AQ against AQ trained on L-inf
 
 
 def strong_attacks(family: str, settings: Any, *, l2_eps: float) -> list[attacks.Attack]:
