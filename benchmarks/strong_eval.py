@@ -82,7 +82,7 @@ def main() -> None:
 
     result = tl.evaluate.worst_case(model, x, y, ours)
     print(result)
-    pgd_name, ce_name, dlr_name = result.attacks
+    ce_name, dlr_name, pgd_name = result.attacks  # strong_attacks: APGD-CE, APGD-DLR, PGD x restarts
     rows: dict[str, dict[str, Any]] = {"clean": record(result.clean)}
     rows.update({name: record(result.per_attack[name], result.seconds[name]) for name in result.attacks})
     total = sum(result.seconds.values())

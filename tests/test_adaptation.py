@@ -189,3 +189,22 @@ def test_head_init_prototype_matches_hand_steps_from_the_prototype_head():
         assert np.array_equal(res.clean_mask[t, 0], ok0) and np.array_equal(res.clean_mask[t, 1], ok2)
     with pytest.raises(ValueError, match="head_init"):
         AD.adapt_and_evaluate(model, tasks, checkpoints=(1,), lr=0.3, head_init="mean")
+
+
+def test_apgd_and_the_strong_list_run_against_adapted_weights():
+    """APGD (CE and DLR) and evaluate.strong_attacks work as query attacks of the evaluator, against the ADAPTED
+    weights: the masks equal the one-task-at-a-time reference, and the list breaks at least what its PGD does."""
+    from tutorial_lib import evaluate as E
+
+    model, tasks = tiny_cnn(4), tiny_tasks(3, seed=4)
+    strong = E.strong_attacks(0.15, steps=6, restarts=2)
+    assert [type(a).__name__ for a in strong] == ["APGD", "APGD", "PGD"]
+    options = dict(checkpoints=(1, 3), support="clean", recraft=False, query_attacks=tuple(strong), restarts=1, seed=2)
+    res = AD.adapt_and_evaluate(model, tasks, lr=0.5, chunk=2, **options)
+    clean, att = _reference(model, tasks, lrs=[0.5], support_attack=None, **options)
+    assert res.attacks == tuple(a.name for a in strong)
+    assert np.array_equal(res.clean_mask, clean)
+    assert np.array_equal(res.attacked_runs, att)
+    assert np.all(res.robust <= res.per_attack[:, :, 2] + 1e-12)  # the worst case is at most each attack's own
+    assert np.all(res.robust <= res.clean)
+    assert res.robust.mean() < res.clean.mean()  # the attacks do attack the adapted model

@@ -329,6 +329,34 @@ def test_worst_case_is_the_and_of_the_per_attack_masks(small):
     assert "PGD-5" in json_ok
 
 
+def test_cascade_attacks_only_what_is_still_standing(small):
+    from tutorial_lib import attacks
+
+    model, x, y = small
+    x, y = x[:120], y[:120]
+    seen = []
+
+    def counting(attack):
+        def run(m, xs, ys):
+            seen.append(len(xs))
+            return attack(m, xs, ys)
+        run.name = attack.name
+        return run
+
+    specs = [attacks.BIM(eps=0.1, steps=5, step_size=0.03), _stand_in_fgsm(0.1)]  # deterministic: same masks
+    full = evaluate.worst_case(model, x, y, specs)
+    cascade = evaluate.worst_case(model, x, y, [counting(a) for a in specs], cascade=True)
+    assert not full.cumulative and cascade.cumulative
+    np.testing.assert_array_equal(cascade.correct, full.correct)  # the same worst case
+    bim = full.per_attack["BIM-5"]
+    np.testing.assert_array_equal(cascade.per_attack["BIM-5"], bim)
+    np.testing.assert_array_equal(cascade.per_attack["stand-in FGSM"], full.correct)  # cumulative: after both
+    assert seen == [int(full.clean.sum()), int(bim.sum())]  # the second attack ran on BIM's survivors only
+    assert "after BIM-5" in cascade.table() and cascade.to_dict()["cumulative"] is True
+    with pytest.raises(TypeError, match="cascade"):
+        evaluate.worst_case(model, x, y, specs, cascade="yes")
+
+
 def test_worst_case_rejects_bad_input(small):
     from tutorial_lib import attacks
 
@@ -355,11 +383,11 @@ def test_worst_case_rejects_bad_input(small):
 
 def test_strong_attacks_is_the_series_standard_list():
     specs = evaluate.strong_attacks(0.3)
-    assert [s.name for s in specs] == ["PGD-100 x5", "APGD-CE-100", "APGD-DLR-100"]
-    assert specs[0].step_size == pytest.approx(2.5 * 0.3 / 100) and specs[0].random_start and specs[0].seed == 0
+    assert [s.name for s in specs] == ["APGD-CE-100", "APGD-DLR-100", "PGD-100 x5"]  # AutoAttack's order
+    assert specs[2].step_size == pytest.approx(2.5 * 0.3 / 100) and specs[2].random_start and specs[2].seed == 0
     assert all(s.eps == 0.3 for s in specs)
     assert [s.name for s in evaluate.strong_attacks(1.5, norm=2, steps=50, restarts=2)] == [
-        "PGD-50 L2 x2", "APGD-CE-50 L2", "APGD-DLR-50 L2"]
+        "APGD-CE-50 L2", "APGD-DLR-50 L2", "PGD-50 L2 x2"]
     with pytest.raises(ValueError, match="eps"):
         evaluate.strong_attacks(0.0)
     with pytest.raises(ValueError, match="norm"):

@@ -148,3 +148,28 @@ def test_wong_recipe_trains_once_and_validates(mnist_subset):
         exp.train_wong_recipe("03_test_wong", data, recipe_settings={"lr_type": "cosine"}, verbose=False)
     with pytest.raises(ValueError, match="unknown recipe settings"):
         exp.train_wong_recipe("03_test_wong", data, recipe_settings={"lr": 1.0}, verbose=False)
+
+
+def test_strong_evaluation_is_the_worst_case_over_the_profiles_strong_attacks(mnist_subset):
+    import dataclasses
+
+    from tutorial_lib import evaluate
+
+    s = dataclasses.replace(runtime.get_profile("quick").adv_training, eval_strong_steps=3, strong_restarts=2)
+    assert [a.name for a in exp.strong_attacks(s)] == ["APGD-CE-3", "APGD-DLR-3", "PGD-3 x2"]
+    assert runtime.get_profile("quick").adv_training.strong_restarts == 1  # the quick profile runs PGD once
+    assert runtime.get_profile("full").adv_training.strong_eval_size == runtime.get_profile("full").adv_training.eval_size
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    x, y = mnist_subset.x_test[:40], mnist_subset.y_test[:40]
+    strong = exp.strong_evaluation({"none": model, "pgd": model}, x, y, s, methods=["pgd"])
+    assert list(strong) == ["pgd"] and strong["pgd"].cumulative and strong["pgd"].attacks == ["APGD-CE-3", "APGD-DLR-3", "PGD-3 x2"]
+    wc = strong["pgd"]
+    np.testing.assert_array_equal(wc.per_attack["PGD-3 x2"], wc.correct)  # the last column of a cascade is the worst case
+    assert wc.combined == evaluate.accuracy_ci95(wc.correct)
+    table = exp.strong_table(strong)
+    assert table.splitlines()[0] == ("| method (40 images) | clean | after APGD-CE-3 | + APGD-DLR-3 | "
+                                     "+ PGD-3 x2 (worst case) | seconds |")
+    assert "| PGD-AT |" in table and "±" in table
+    with pytest.raises(ValueError, match="non-empty"):
+        exp.strong_table({})

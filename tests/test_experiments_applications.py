@@ -179,6 +179,19 @@ def test_results_follow_the_schema():
     json.dumps(with_aq)
     with pytest.raises(ValueError, match="aq_eps"):
         app.results(patch, comp, SETTINGS, eps=0.3, aq_agreement=agree)
+    assert "worst_case" not in out
+    clean = np.array([True, True, True, False])
+    half = np.array([True, True, False, False])
+    wc = tl.evaluate.WorstCase(clean=clean, per_attack={"APGD-CE-100": clean & half, "PGD-100 x5": clean},
+                               correct=clean & half, seconds={})
+    field = tl.evaluate.worst_case_record(wc, np.array([True, False, False, False]))
+    saved = app.results(patch, comp, SETTINGS, eps=0.3, worst_case=field)["worst_case"]
+    assert set(saved) == {"attacks", "combined", "per_attack", "art_apgd"}
+    assert saved["combined"]["mean"] == 0.5 and saved["art_apgd"]["mean"] == 0.25
+    assert set(saved["combined"]) == {"mean", "ci95"} and saved["attacks"] == ["APGD-CE-100", "PGD-100 x5"]
+    json.dumps(saved)
+    with pytest.raises(ValueError, match="worst_case_record"):
+        app.results(patch, comp, SETTINGS, eps=0.3, worst_case={"combined": 0.5})
 
 
 def test_gradient_step_timings_cover_every_variant_and_restore_the_policy():

@@ -114,6 +114,36 @@ def test_results_follow_the_schema(mnist_subset, tiny, trained):
     assert any(w in rfs.compare(res, "aq", "maml") for w in ("beats", "loses to", "ties with"))
 
 
+def test_strong_column_attacks_the_adapted_weights_with_the_strong_list(mnist_subset, tiny, trained):
+    s = dataclasses.replace(tiny, strong_tasks=2, strong_steps=3, strong_restarts=2)
+    _, test = rfs.samplers(mnist_subset, s)
+    tasks = test.sample(s.eval_tasks, seed=0)
+    inits = {m: trained[m][0] for m in ("maml", "aq")}
+    names = ("APGD-CE-3", "APGD-DLR-3", "PGD-3 x2")
+    assert tuple(a.name for a in rfs.strong_attacks(s)) == names and rfs.strong_attacks(s)[0].eps == s.eps
+    strong = rfs.strong_evaluation(inits, tasks, s)
+    assert list(strong) == list(rfs.STRONG)
+    for m, res in strong.items():
+        assert res.clean.shape == (2, 1) and res.attacks == names and res.checkpoints == (s.train_steps,)
+        ev = rfs.evaluate(m, inits[m], tasks[:2], s)  # the same adaptation as the results table
+        np.testing.assert_allclose(res.clean[:, 0], ev.clean)
+        assert np.all(res.robust[:, 0] <= res.per_attack[:, 0].min(axis=-1) + 1e-12)  # broken if any attack breaks it
+    evals = {m: rfs.evaluate(m, inits[m], tasks, s) for m in inits}
+    res = rfs.results(evals, {}, s, strong=strong)
+    assert res["strong_eval"] == {"attacks": list(names), "tasks": 2, "methods": ["maml", "aq"]}
+    field = res["methods"]["aq"]["worst_case"]
+    assert set(field) == {"mean", "ci95", "per_attack"} and set(field["per_attack"]) == set(names)
+    assert field["mean"] == pytest.approx(strong["aq"].robust[:, 0].mean())
+    assert "worst_case" not in rfs.results(evals, {}, s)["methods"]["aq"]  # only added when given
+    json.dumps(res)
+    table = rfs.strong_table(strong, evals)
+    assert table.count("\n") == 1 + len(strong) and "worst case" in table and "APGD-DLR-3" in table
+    d = rfs.strong_paired(strong, "aq", "maml")
+    assert d["mean"] == pytest.approx((strong["aq"].robust - strong["maml"].robust).mean())
+    with pytest.raises(ValueError, match="clean support"):
+        rfs.strong_evaluation({"maml_adv_finetune": inits["maml"]}, tasks, s, methods=("maml_adv_finetune",))
+
+
 def test_results_refuse_different_task_sets(tiny):
     a = AD.RobustEvaluation(np.ones(3), np.ones(3), np.ones(3), 5, "PGD", 0.1, 1, 0.4, "clean")
     b = AD.RobustEvaluation(np.ones(4), np.ones(4), np.ones(4), 5, "PGD", 0.1, 1, 0.4, "clean")

@@ -257,3 +257,29 @@ def test_exercise_checks_and_answer_key(capsys):
     scope = {"np": np, "runs": runs}
     exec(ex.SOLUTIONS["06.3"], scope)  # noqa: S102
     assert ex.check_worst_case_accuracy(scope["answer_all"], runs)
+
+
+def test_strong_column_attacks_the_tables_adapted_weights(settings):
+    s = dataclasses.replace(settings, strong_tasks=2, strong_steps=3, strong_restarts=2, matrix_k=2)
+    tasks = tiny_tasks(n_tasks=3)
+    inits = {f: {"maml": tiny_model(seed=1), "meta_adv_pool": tiny_model(seed=2)} for f in ua.STRONG_FAMILIES}
+    assert [a.name for a in ua.strong_attacks("l2", s, l2_eps=0.5)] == ["APGD-CE-3 L2", "APGD-DLR-3 L2", "PGD-3 L2 x2"]
+    assert ua.strong_attacks("linf", s, l2_eps=0.5)[0].eps == s.linf_eps
+    strong = ua.strong_column(inits, tasks, s, l2_eps=0.5)
+    held_out = {f: {m: {2: ua.evaluate_method(m, init, f, tasks, s, l2_eps=0.5)} for m, init in inits[f].items()}
+                for f in ua.STRONG_FAMILIES}
+    for f, per in strong.items():
+        for m, ev in per.items():
+            assert ev.clean.shape == (2, 1) and ev.steps == (3,)
+            # the same support sets, seeds and adaptation as the table: the same adapted weights
+            np.testing.assert_array_equal(ev.clean_mask[:, 0], held_out[f][m][2].clean_mask[:2, -1])
+            assert np.all(ev.robust[:, 0] <= ev.per_attack[:, 0].min(axis=-1) + 1e-12)
+    record = ua.strong_record(strong, s)
+    assert (record["tasks"], record["k_shot"], record["steps"]) == (2, 2, 3)
+    assert set(record["families"]) == {"linf", "l2"}
+    assert set(record["families"]["l2"]["methods"]["maml"]) == {"mean", "ci95"}
+    assert record["families"]["l2"]["attacks"] == ["APGD-CE-3 L2", "APGD-DLR-3 L2", "PGD-3 L2 x2"]
+    table = ua.strong_table(strong, held_out, s)
+    assert table.count("\n") == 1 + 4 and "worst case" in table
+    with pytest.raises(ValueError, match="gradient families"):
+        ua.strong_attacks("spatial", s, l2_eps=0.5)

@@ -29,18 +29,31 @@ def test_published_table_says_which_notebook_to_run_when_results_are_missing(tmp
 
 def test_published_table_reads_our_numbers_with_intervals(tmp_path):
     write(tmp_path, "00_setup_and_data", {"train_images": 4000, "profile": "quick"})
-    write(tmp_path, "03_adversarial_training", {"profile": "quick", "eval_size": 1000,
-                                                "methods": {"pgd": {"pgd100_restarts5": 0.8}}})
+    write(tmp_path, "03_adversarial_training", {
+        "profile": "quick", "eval_size": 1000,
+        "methods": {"pgd": {"pgd100_restarts5": 0.8, "worst_case": {"mean": 0.75, "ci95": 0.06}}},
+        "wong_recipe": {"wong_cyclic": {"pgd100_restarts5": 0.05, "vs_pgd_at": -1}}})
     write(tmp_path, "04_meta_learning", {"profile": "quick", "methods": {"maml": {"1shot": {"mean": 0.6, "ci95": 0.01, "tasks": 200}}}})
     rows = {r["entry"]["key"]: r for r in report.published_rows(tmp_path)}
-    pgd = rows["madry_pgd_at"]["ours"]
-    half = tl.evaluate.accuracy_ci95([True] * 800 + [False] * 200)[1]
-    assert pgd["mean"] == 0.8 and abs(pgd["ci95"] - half) < 1e-12 and pgd["n"] == 1000
-    assert "4,000 training images" in rows["madry_pgd_at"]["differences"]
+    pgd = rows["madry_pgd_at"]["ours"]  # the strong (worst-case) number, not PGD-100 x 5 alone
+    assert pgd["mean"] == 0.75 and pgd["ci95"] == 0.06
+    differences = rows["madry_pgd_at"]["differences"]
+    assert "4,000 training images" in differences and "worst case over APGD-CE-100, APGD-DLR-100" in differences
+    assert "on 200 test images" in differences  # the quick profile's strong_eval_size
+    wong = rows["wong_fast_at"]["ours"]
+    half = tl.evaluate.accuracy_ci95([True] * 50 + [False] * 950)[1]
+    assert wong["mean"] == 0.05 and abs(wong["ci95"] - half) < 1e-12 and wong["n"] == 1000  # read as before
     assert rows["finn_maml_1shot"]["ours"]["ci95"] == 0.01
     assert rows["finn_maml_5shot"]["ours"] is None and rows["finn_maml_5shot"]["missing"]
     table = report.published_table(tmp_path)
-    assert f"80.0 ± {100 * half:.1f}%" in table and "60.0 ± 1.0%" in table
+    assert "75.0 ± 6.0%" in table and "60.0 ± 1.0%" in table and "worst case over APGD-CE" in table
+
+
+def test_pgd_at_row_asks_for_notebook_03_when_its_file_has_no_worst_case(tmp_path):
+    write(tmp_path, "03_adversarial_training", {"profile": "quick", "eval_size": 1000,
+                                                "methods": {"pgd": {"pgd100_restarts5": 0.8}}})
+    row = {r["entry"]["key"]: r for r in report.published_rows(tmp_path)}["madry_pgd_at"]
+    assert row["ours"] is None and row["missing"] == "run notebooks/03_adversarial_training.ipynb"
 
 
 def test_results_markdown_starts_with_the_published_table(tmp_path):

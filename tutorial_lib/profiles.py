@@ -60,6 +60,11 @@ class AdvTrainingSettings:
     trades_beta: float = 6.0
     fast_epochs: int = 10  # FGSM-AT and fast AT (epochs above is for PGD-AT and TRADES)
     eval_strong_steps: int = 100  # the strong evaluation: PGD-eval_strong_steps x eval_restarts
+    # the worst case over tl.evaluate.strong_attacks (APGD-CE, APGD-DLR, then PGD x strong_restarts, all
+    # eval_strong_steps steps) on strong_eval_size of the eval_size test images, drawn at random; notebooks 05
+    # and 06 use the same attacks against adapted weights
+    strong_eval_size: int = 200
+    strong_restarts: int = 5
     monitor_size: int = 500  # images the catastrophic-overfitting monitor attacks after each epoch
     monitor_pgd_steps: int = 10
     remedy_ramp_epochs: int = 5  # fast AT remedies "eps ramp" and N-FGSM with a ramp
@@ -154,6 +159,11 @@ class MetaAdvSettings:
     curve_eps: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
     curve_tasks: int = 100
     sanity_tasks: int = 50
+    # the strong column: notebook 03's strong attacks (tl.evaluate.strong_attacks at eps, eval_strong_steps
+    # steps, strong_restarts PGD restarts) against the adapted weights, on the first strong_tasks of eval_tasks
+    strong_tasks: int = 100
+    strong_steps: int  # notebook 03's eval_strong_steps
+    strong_restarts: int  # notebook 03's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,6 +202,11 @@ class UnseenAttackSettings:
     matrix_steps: int = 5
     sanity_tasks: int = 40
     l2_probe_tasks: int = 50
+    # the strong column of the held-out table (gradient families, K = matrix_k, the last of adapt_steps):
+    # notebook 03's strong attacks against the adapted weights, on the first strong_tasks of eval_tasks
+    strong_tasks: int = 100
+    strong_steps: int  # notebook 03's eval_strong_steps
+    strong_restarts: int  # notebook 03's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -245,6 +260,10 @@ SHARED: dict[tuple[str, str], tuple[str, str]] = {
     ("meta_adv", "q_queries"): ("meta", "q_queries"),
     ("meta_adv", "meta_batch"): ("meta", "meta_batch"),
     ("meta_adv", "inner_lr"): ("meta", "inner_lr"),
+    ("meta_adv", "strong_steps"): ("adv_training", "eval_strong_steps"),  # notebook 03's strong evaluation
+    ("meta_adv", "strong_restarts"): ("adv_training", "strong_restarts"),
+    ("unseen", "strong_steps"): ("adv_training", "eval_strong_steps"),
+    ("unseen", "strong_restarts"): ("adv_training", "strong_restarts"),
     ("unseen", "adapt_lr"): ("meta_adv", "inner_lr"),  # notebook 06 adapts 05's models at the rate they learned with
     ("unseen", "linf_eps"): ("meta_adv", "eps"),  # ... and tests the L-inf family at 05's radius
     ("applications", "peer_pgd_steps"): ("attacks", "pgd_steps"),  # notebook 07's peer check: notebook 02's PGD
@@ -289,10 +308,11 @@ PROFILES: dict[str, Profile] = {
         description="A first look and the classroom: the bundled 5,000-image subset, every notebook in minutes on 2 CPU cores.",
         baseline=dict(epochs=10),
         attacks=dict(eval_size=1000, iterative_size=200, sweep_size=100),
-        adv_training=dict(epochs=15, ramp_epochs=3, decay_epochs=3),
+        adv_training=dict(epochs=15, ramp_epochs=3, decay_epochs=3, strong_restarts=1),
         meta=dict(meta_steps=500, eval_tasks=200),
         meta_adv=dict(meta_steps=600, eval_tasks=100, curve_eps=(0.0, 0.05, 0.1, 0.2, 0.3), curve_tasks=50,
-                      sanity_tasks=50, collapse_steps=200, at_epochs=2),
+                      sanity_tasks=50, collapse_steps=200, at_epochs=2, strong_tasks=20),
+        unseen=dict(strong_tasks=20),
     ),
     "standard": _profile(
         "standard",
@@ -300,7 +320,7 @@ PROFILES: dict[str, Profile] = {
         description="A laptop CPU in well under an hour; full MNIST when it can be found or downloaded.",
         baseline=dict(epochs=5, batch_size=128),
         attacks=dict(eval_size=2000),
-        adv_training=dict(epochs=10, batch_size=128, ramp_epochs=2, decay_epochs=2),
+        adv_training=dict(epochs=10, batch_size=128, ramp_epochs=2, decay_epochs=2, strong_eval_size=1000),
         meta=dict(meta_steps=5000, eval_tasks=600),
         meta_adv=dict(meta_steps=3000, eval_tasks=600, curve_tasks=200, sanity_tasks=100, collapse_steps=500,
                       at_epochs=5),
@@ -315,7 +335,8 @@ PROFILES: dict[str, Profile] = {
         baseline=dict(epochs=10, batch_size=128),
         attacks=dict(eval_size=10000, restarts=10, iterative_size=10000, sweep_size=2000),
         adv_training=dict(epochs=80, batch_size=50, train_pgd_steps=40, train_step_scale=4 / 3, learning_rate=1e-4,
-                          eval_size=10000, eval_pgd_steps=40, eval_restarts=5, fast_epochs=15, monitor_size=1000),
+                          eval_size=10000, eval_pgd_steps=40, eval_restarts=5, fast_epochs=15, monitor_size=1000,
+                          strong_eval_size=10000),
         meta=dict(meta_steps=60000, eval_tasks=1000, meta_batch=32),
         meta_adv=dict(meta_steps=30000, eval_tasks=1000, curve_tasks=500, sanity_tasks=200, collapse_steps=1000,
                       at_epochs=20),

@@ -25,9 +25,9 @@ PUBLISHED: tuple[dict[str, Any], ...] = (
      "setting": "full MNIST (60,000 training / 10,000 test images); CNN with two 5x5 conv layers (32, 64 filters) and a "
                 "1,024-unit dense layer; trained with PGD-40 (step 0.01, random start) for 100,000 steps of 50 images; "
                 "attacked with PGD-100 and 50 random restarts at eps = 0.3",
-     "ours": ("03_adversarial_training", ("methods", "pgd", "pgd100_restarts5"), "eval_size"),
-     "ours_what": "PGD-AT, PGD-100 x 5 restarts; an upper bound: notebook 07's worst case over more attacks, "
-                  "APGD included, is lower"},
+     "ours": ("03_adversarial_training", ("methods", "pgd", "worst_case"), None),
+     "ours_what": "PGD-AT, the series' strong evaluation: worst case over APGD-CE, APGD-DLR and PGD-100, "
+                  "notebook 03"},
     {"key": "wong_fast_at", "what": "fast adversarial training (FGSM with a random start), MNIST, eps = 0.3",
      "value": None,
      "claim": "their headline: FGSM with a random start trains models as robust as PGD training (their MNIST "
@@ -211,8 +211,12 @@ def _differences(entry: dict[str, Any], data: dict[str, Any] | None, profile: An
             train = f"PGD-{s.train_pgd_steps} training for {s.epochs} epochs"
         else:
             train = "their recipe otherwise (attack, step, learning-rate schedule, epochs, batch size)"
-        text = (f"{size}; the article's CNN (two 3x3 conv layers, no hidden dense layer); {train}; "
-                f"PGD-{s.eval_strong_steps} x {s.eval_restarts} restarts on {s.eval_size:,} test images")
+        if key == "madry_pgd_at":
+            attack = (f"worst case over APGD-CE-{s.eval_strong_steps}, APGD-DLR-{s.eval_strong_steps} and "
+                      f"PGD-{s.eval_strong_steps} x {s.strong_restarts} on {s.strong_eval_size:,} test images")
+        else:
+            attack = f"PGD-{s.eval_strong_steps} x {s.eval_restarts} restarts on {s.eval_size:,} test images"
+        text = f"{size}; the article's CNN (two 3x3 conv layers, no hidden dense layer); {train}; {attack}"
         if key == "wong_fast_at" and results_dir is not None:
             text += _wong_verdict(Path(results_dir), s)
         return text

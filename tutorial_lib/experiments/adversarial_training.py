@@ -205,6 +205,48 @@ def robustness_table(results: dict[str, dict[str, float]], *, labels: dict[str, 
     return "\n".join(lines)
 
 
+def strong_attacks(settings: Any) -> list[attacks.Attack]:
+    """The series' standard strong evaluation (:func:`tutorial_lib.evaluate.strong_attacks`) at the profile's
+    ``eps``: APGD-CE, APGD-DLR and PGD x ``strong_restarts``, ``eval_strong_steps`` steps each (100 in every
+    profile; the quick profile runs PGD once instead of 5 times). Introduced in notebooks/03_adversarial_training.ipynb."""
+    s = settings
+    return evaluate.strong_attacks(s.eps, steps=s.eval_strong_steps, restarts=s.strong_restarts)
+
+
+def strong_evaluation(trained: dict[str, keras.Model], x: np.ndarray, y: np.ndarray, settings: Any, *,
+                      methods: list[str] | tuple[str, ...] | None = None) -> dict[str, evaluate.WorstCase]:
+    """Each model's worst case over :func:`strong_attacks` on the same images ``x`` (float32 NHWC in [0, 1]),
+    ``y`` (int labels): a :class:`tutorial_lib.evaluate.WorstCase` per method (default: every model in
+    ``trained``), run as a cascade (each attack only on what the earlier ones left correct), so an undefended
+    model costs one APGD run. Introduced in notebooks/03_adversarial_training.ipynb."""
+    specs = strong_attacks(settings)
+    methods = list(trained) if methods is None else list(methods)
+    return {m: evaluate.worst_case(trained[m], x, y, specs, cascade=True) for m in methods}
+
+
+def strong_table(strong: dict[str, evaluate.WorstCase], *, labels: dict[str, str] | None = None) -> str:
+    """A Markdown table of :func:`strong_evaluation`: per method the clean accuracy, the accuracy left after each
+    attack of the cascade (the last one is the worst case over all of them), with 95 % intervals, and the
+    seconds the attacks took. Introduced in notebooks/03_adversarial_training.ipynb."""
+    if not isinstance(strong, dict) or not strong:
+        raise ValueError("strong must be a non-empty dict {method: WorstCase} from strong_evaluation")
+    first = next(iter(strong.values()))
+    names = first.attacks
+    heads = ["clean"] + [f"after {names[0]}"] + [f"+ {n}" for n in names[1:-1]] + [f"+ {names[-1]} (worst case)"]
+    lines = [f"| method ({len(first.correct)} images) | " + " | ".join(heads) + " | seconds |",
+             "|---" * (len(heads) + 2) + "|"]
+
+    def cell(mask: np.ndarray) -> str:
+        mean, half = evaluate.accuracy_ci95(mask)
+        return f"{100 * mean:.1f}% ± {100 * half:.1f}"
+
+    for key, wc in strong.items():
+        label = (labels or {}).get(key, training.METHOD_TITLES.get(key, key))
+        cells = [cell(wc.clean)] + [cell(wc.per_attack[n]) for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {sum(wc.seconds.values()):.0f} |")
+    return "\n".join(lines)
+
+
 def overfitting_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Read catastrophic overfitting off a monitor's per-epoch ``history`` (``{"fgsm", "pgd", ...}`` per epoch).
 

@@ -608,11 +608,14 @@ def cost_table(rows: list[dict[str, Any]]) -> str:
 # Results file
 # --------------------------------------------------------------------------------------------------
 def results(patch: dict[str, Any], comparison: dict[str, Any], settings, *, eps: float,
-            aq_agreement: dict[str, Any] | None = None, aq_eps: float | None = None) -> dict[str, Any]:
+            aq_agreement: dict[str, Any] | None = None, aq_eps: float | None = None,
+            worst_case: dict[str, Any] | None = None) -> dict[str, Any]:
     """Notebook 07's results in the series' schema: ``patch`` (sizes, target, untargeted / targeted / random_patch
     success fractions per model) and ``peers`` (robust accuracies of the PGD-AT model, None when not run), with
     the settings behind them; ``peers_aq`` holds the same three-way PGD check on the adapted AQ learner
-    (:func:`pgd_agreement` at ``aq_eps``; None when not run)."""
+    (:func:`pgd_agreement` at ``aq_eps``; None when not run). ``worst_case``: the PGD-AT model's worst case over
+    the series' strong attacks beside ART's APGD on the same images
+    (:func:`tutorial_lib.evaluate.worst_case_record`), stored as given."""
     s = settings
     keep = ("sizes", "target", "untargeted", "targeted", "random_patch", "n_eval", "seconds")
     peers_aq = None
@@ -623,8 +626,8 @@ def results(patch: dict[str, Any], comparison: dict[str, Any], settings, *, eps:
                     "eps": float(aq_eps), "clean": aq_agreement["clean"],
                     "max_pixel_gap_to_ours": aq_agreement["max_pixel_gap"],
                     "images_differing_from_ours": aq_agreement.get("images_differing", {})}
-    return {"patch": {k: patch[k] for k in keep if k in patch},
-            "peers_aq": peers_aq,
+    out = {"patch": {k: patch[k] for k in keep if k in patch},
+           "peers_aq": peers_aq,
             "peers": dict(comparison["accuracy"]),
             "peers_detail": {"n_images": int(len(next(iter(comparison["correct"].values())))), "eps": float(eps),
                              "clean": comparison["clean"],
@@ -635,6 +638,12 @@ def results(patch: dict[str, Any], comparison: dict[str, Any], settings, *, eps:
                              "pgd": f"PGD-{s.peer_pgd_steps}, step {s.peer_step_size}, no random start",
                              "strong": f"PGD-{s.strong_steps} x {s.strong_restarts} restarts",
                              "apgd": f"{s.apgd_steps} iterations, {s.apgd_restarts} random start(s) per loss"}}
+    if worst_case is not None:
+        if set(worst_case) != {"attacks", "combined", "per_attack", "art_apgd"}:
+            raise ValueError("worst_case must be tl.evaluate.worst_case_record(...): keys attacks, combined, "
+                             f"per_attack, art_apgd; got {sorted(worst_case)}")
+        out["worst_case"] = worst_case
+    return out
 
 
 def _maybe_mean(comparison: dict[str, Any], key: str) -> float | None:

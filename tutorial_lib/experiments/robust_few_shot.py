@@ -20,7 +20,7 @@ import tensorflow as tf
 from .. import attacks, meta, models, runtime, training
 from .. import evaluate as _evaluate
 from .. import meta_adversarial as mad
-from ..adaptation import RobustEvaluation, adapted_sanity_checks, robust_evaluate
+from ..adaptation import AdaptationResult, RobustEvaluation, adapt_and_evaluate, adapted_sanity_checks, robust_evaluate
 from ..evaluate import SanityReport
 from ..tasks import FewShotSampler, Tasks, digit_splits
 from . import meta_learning
@@ -40,6 +40,8 @@ LABELS = {
     "seed_fgsm": "article's idea (FGSM MAML)",
 }
 RESULTS_NAME = "05_meta_adversarial"
+#: The methods of the strong column: the headline comparison, AQ against plain MAML.
+STRONG = ("maml", "aq")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,6 +241,74 @@ def sanity_checks(model: keras.Model, tasks: Tasks, settings: Any, *,
 
 
 # --------------------------------------------------------------------------------------------------
+# The strong column: the series' strong attacks against the adapted weights
+# --------------------------------------------------------------------------------------------------
+def strong_attacks(settings: Any) -> list[attacks.Attack]:
+    """Notebook 03's strong evaluation at this notebook's ``eps``: :func:`tutorial_lib.evaluate.strong_attacks`
+    (APGD-CE, APGD-DLR, then PGD x ``strong_restarts``, ``strong_steps`` steps each)."""
+    s = settings
+    return _evaluate.strong_attacks(s.eps, steps=s.strong_steps, restarts=s.strong_restarts)
+
+
+def strong_evaluation(inits: dict[str, keras.Model], tasks: Tasks, settings: Any, *,
+                      methods: tuple[str, ...] = STRONG) -> dict[str, AdaptationResult]:
+    """Each of ``methods`` (initialisations in ``inits``) adapted on the first ``strong_tasks`` of ``tasks`` as in
+    the results table (:func:`adaptation`), its queries attacked by every attack of :func:`strong_attacks`
+    against the ADAPTED weights; a query is robust only if no attack breaks it. Methods whose support set is
+    clean only. Returns an :class:`tutorial_lib.adaptation.AdaptationResult` per method (``.at(steps)``,
+    ``.per_attack``); the methods share one compiled evaluator when they adapt alike."""
+    s = settings
+    specs = tuple(strong_attacks(s))
+    subset = tasks[: s.strong_tasks]
+    arch = inits[methods[0]]  # the architecture; each method brings its own weights
+    out = {}
+    for m in methods:
+        how = adaptation(m, s)
+        if "support" in how:
+            raise ValueError(f"{m} adapts on an attacked support set; the strong column takes methods with a clean "
+                             f"support set, e.g. {STRONG}")
+        out[m] = adapt_and_evaluate(arch, subset, params=meta.params_of(inits[m]), checkpoints=(how["steps"],),
+                                    lr=how["lr"], head_only=how.get("head_only", False), query_attacks=specs)
+    return out
+
+
+def strong_record(result: AdaptationResult) -> dict[str, Any]:
+    """The ``worst_case`` field of one method in the results file: ``{"mean", "ci95"}`` of the robust accuracy
+    under every strong attack (over tasks), plus ``per_attack`` ``{name: {"mean", "ci95"}}``."""
+    steps = result.checkpoints[-1]
+    per = {name: _evaluate.mean_ci95_record(result.per_attack[:, -1, j]) for j, name in enumerate(result.attacks)}
+    return {**result.at(steps)["robust"], "per_attack": per}
+
+
+def strong_table(strong: dict[str, AdaptationResult], evaluations: dict[str, Any]) -> str:
+    """Markdown: per method of :func:`strong_evaluation`, on its tasks, clean accuracy, the table's PGD-20 x
+    restarts on the same tasks, each strong attack and the worst case over all of them (means over tasks, 95 %
+    intervals)."""
+    first = next(iter(strong.values()))
+    n = first.clean.shape[0]
+    restarts = next(iter(evaluations.values())).restarts
+
+    def cell(values: np.ndarray) -> str:
+        r = _evaluate.mean_ci95_record(np.asarray(values, dtype=np.float64))
+        return f"{100 * r['mean']:.1f} ± {100 * r['ci95']:.1f}%"
+
+    lines = [f"| method ({n} tasks) | clean | PGD-20 x {restarts} (table above) | " + " | ".join(first.attacks)
+             + " | worst case (strong) |", "|---" * (len(first.attacks) + 4) + "|"]
+    for m, res in strong.items():
+        table_pgd = evaluations[m].robust_restarts[:n]
+        cells = [cell(res.clean[:, -1]), cell(table_pgd)] + [cell(res.per_attack[:, -1, j])
+                                                                for j in range(len(res.attacks))]
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + f" | **{cell(res.robust[:, -1])}** |")
+    return "\n".join(lines)
+
+
+def strong_paired(strong: dict[str, AdaptationResult], a: str, b: str) -> dict[str, float]:
+    """Mean and 95 % CI of the per-task difference ``a - b`` of worst-case robust accuracy under the strong attacks
+    (the same tasks for both: a paired comparison)."""
+    return _evaluate.mean_ci95_record(np.asarray(strong[a].robust[:, -1] - strong[b].robust[:, -1], np.float64))
+
+
+# --------------------------------------------------------------------------------------------------
 # Results: the JSON of build/results and the notebook's table
 # --------------------------------------------------------------------------------------------------
 def method_result(method: str, evaluation, settings: Any, train_seconds: float | None) -> dict[str, Any]:
@@ -251,16 +321,26 @@ def method_result(method: str, evaluation, settings: Any, train_seconds: float |
             "train_seconds": None if train_seconds is None else float(train_seconds)}
 
 
-def results(evaluations: dict[str, Any], train_seconds: dict[str, float | None], settings: Any) -> dict[str, Any]:
-    """The results of notebook 05 in the series' schema (``methods`` keyed by :data:`COMPARED` order)."""
+def results(evaluations: dict[str, Any], train_seconds: dict[str, float | None], settings: Any, *,
+            strong: dict[str, AdaptationResult] | None = None) -> dict[str, Any]:
+    """The results of notebook 05 in the series' schema (``methods`` keyed by :data:`COMPARED` order). With
+    ``strong`` (:func:`strong_evaluation`), each of its methods gains ``worst_case`` (:func:`strong_record`) and
+    the file gains ``strong_eval``: the attacks, the number of tasks and the adaptation steps they ran at."""
     s = settings
     n_tasks = {len(ev.clean) for ev in evaluations.values()}
     if len(n_tasks) != 1:
         raise ValueError(f"every method must be evaluated on the same tasks; got task counts {sorted(n_tasks)}")
-    return {"eps": s.eps, "n_way": s.n_way, "k_shot": s.k_shot, "tasks": n_tasks.pop(),
-            "eval_attack": describe_eval_attack(s),
-            "methods": {m: method_result(m, evaluations[m], s, train_seconds.get(m))
-                        for m in COMPARED if m in evaluations}}
+    out = {"eps": s.eps, "n_way": s.n_way, "k_shot": s.k_shot, "tasks": n_tasks.pop(),
+           "eval_attack": describe_eval_attack(s),
+           "methods": {m: method_result(m, evaluations[m], s, train_seconds.get(m))
+                       for m in COMPARED if m in evaluations}}
+    if strong:
+        for m, res in strong.items():
+            out["methods"][m]["worst_case"] = strong_record(res)
+        first = next(iter(strong.values()))
+        out["strong_eval"] = {"attacks": list(first.attacks), "tasks": int(first.clean.shape[0]),
+                              "methods": list(strong)}
+    return out
 
 
 def save(result: dict[str, Any]) -> Path:

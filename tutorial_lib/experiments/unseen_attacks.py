@@ -297,9 +297,79 @@ def attack_matrix(held_out: dict[str, dict[str, dict[int, Adaptation]]], loo: di
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# The strong column: notebook 03's strong attacks on the gradient families
+# --------------------------------------------------------------------------------------------------
+#: The families the strong column covers (the strong attacks are L-inf / L2 gradient attacks) and its methods.
+STRONG_FAMILIES = ("linf", "l2")
+STRONG = ("aq_linf", "meta_adv_pool")  # the headline: leave-one-out AQ against AQ trained on L-inf
+
+
+def strong_attacks(family: str, settings: Any, *, l2_eps: float) -> list[attacks.Attack]:
+    """:func:`tutorial_lib.evaluate.strong_attacks` (APGD-CE, APGD-DLR, PGD x ``strong_restarts``, ``strong_steps``
+    steps each) in ``family``'s norm at its radius: ``linf_eps`` for "linf", ``l2_eps`` for "l2"."""
+    if family not in STRONG_FAMILIES:
+        raise ValueError(f"the strong attacks cover the gradient families {STRONG_FAMILIES}, got {family!r}")
+    s = settings
+    eps, norm = (s.linf_eps, "inf") if family == "linf" else (float(l2_eps), 2)
+    return evaluate.strong_attacks(eps, norm=norm, steps=s.strong_steps, restarts=s.strong_restarts)
+
+
+def strong_column(inits: dict[str, dict[str, keras.Model]], tasks: Tasks, settings: Any, *, l2_eps: float,
+                  seed: int = 0) -> dict[str, dict[str, Adaptation]]:
+    """``inits[family][method]`` adapted exactly as in the held-out table (support = clean + attacked by the
+    family's first test attack, :func:`method_adaptation`, the same seeds) on the first ``strong_tasks`` of
+    ``tasks`` (K = ``matrix_k`` shots) for the last of ``adapt_steps`` steps; the queries are then attacked by
+    every attack of :func:`strong_attacks` against the adapted weights (robust only if none breaks it).
+    Returns ``{family: {method: Adaptation}}`` for :data:`STRONG_FAMILIES`."""
+    s = settings
+    subset = tasks[: s.strong_tasks]
+    out: dict[str, dict[str, Adaptation]] = {}
+    for family in STRONG_FAMILIES:
+        support_attack = eval_attacks(family, s, l2_eps=l2_eps)[0]
+        specs = strong_attacks(family, s, l2_eps=l2_eps)
+        arch = next(iter(inits[family].values()))  # one architecture: methods that adapt alike share a graph
+        out[family] = {m: adapt_and_attack(arch, subset, meta.params_of(init), query_attacks=specs,
+                                           steps=(s.adapt_steps[-1],), support_attack=support_attack, seed=seed,
+                                           **method_adaptation(m, s))
+                       for m, init in inits[family].items()}
+    return out
+
+
+def strong_record(strong: dict[str, dict[str, Adaptation]], settings: Any) -> dict[str, Any]:
+    """The ``worst_case`` field of the results file: ``{"tasks", "k_shot", "steps", "families": {family:
+    {"attacks": [names], "methods": {method: {"mean", "ci95"}}}}}`` (robust accuracy under every strong attack)."""
+    first = next(iter(next(iter(strong.values())).values()))
+    return {"tasks": int(first.clean.shape[0]), "k_shot": int(settings.matrix_k), "steps": int(first.steps[-1]),
+            "families": {f: {"attacks": list(next(iter(per.values())).attacks),
+                             "methods": {m: evaluate.mean_ci95_record(ev.robust[:, -1]) for m, ev in per.items()}}
+                         for f, per in strong.items()}}
+
+
+def strong_table(strong: dict[str, dict[str, Adaptation]], held_out: dict[str, dict[str, dict[int, Adaptation]]],
+                 settings: Any) -> str:
+    """Markdown: per family and method, the held-out table's robust accuracy on the same tasks (same K, steps and
+    adapted weights) beside each strong attack and the worst case over them (means over tasks, 95 % CIs)."""
+    s = settings
+    k, last = s.matrix_k, s.adapt_steps[-1]
+    lines = [f"| held-out family | method | table's attacks | APGD-CE | APGD-DLR | PGD | worst case (strong) |",
+             "|---|---|---|---|---|---|---|"]
+    for family, per in strong.items():
+        for m, ev in per.items():
+            n = ev.clean.shape[0]
+            table = held_out[family][m][k]
+            cells = [table.robust[:n, table.steps.index(last)]] + [ev.per_attack[:, -1, j] for j in range(3)]
+            text = [_pct(evaluate.mean_ci95_record(np.asarray(c, np.float64))) for c in cells]
+            worst = _pct(evaluate.mean_ci95_record(ev.robust[:, -1]))
+            lines.append(f"| {FAMILY_LABELS[family]} | {LABELS[m]} | " + " | ".join(text) + f" | **{worst}** |")
+    return "\n".join(lines)
+
+
 def results(held_out: dict[str, dict[str, dict[int, Adaptation]]], matrix: dict[str, dict[str, dict[str, float]]],
-            settings: Any, *, l2_eps: float, l2_choice: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The results of notebook 06: ``held_out[family][method][k]`` are :class:`Adaptation` s on the same tasks.
+            settings: Any, *, l2_eps: float, l2_choice: dict[str, Any] | None = None,
+            strong: dict[str, dict[str, Adaptation]] | None = None) -> dict[str, Any]:
+    """The results of notebook 06: ``held_out[family][method][k]`` are :class:`Adaptation` s on the same tasks;
+    with ``strong`` (:func:`strong_column`) also ``worst_case`` (:func:`strong_record`).
 
     Schema: ``{"families": {f: {"attacks", "eps"}}, "k_shots", "steps", "held_out": {f: {method: {"<k>shot":
     {"clean": {"mean", "ci95"}, "robust": {"<steps>": {"mean", "ci95"}}}}}}}`` (clean: after the most steps),
@@ -326,6 +396,8 @@ def results(held_out: dict[str, dict[str, dict[int, Adaptation]]], matrix: dict[
     out["matrix"] = {"k_shot": settings.matrix_k, "steps": settings.matrix_steps, "rows": matrix}
     if l2_choice is not None:
         out["l2_eps_choice"] = l2_choice
+    if strong:
+        out["worst_case"] = strong_record(strong, settings)
     return out
 
 
