@@ -4,7 +4,8 @@ Import as ``import tutorial_lib as tl``; submodules load on first use. Algorithm
 ``tl.checks`` (argument checks), ``tl.runtime`` (seeds, profiles, devices), ``tl.data`` (MNIST),
 ``tl.models``, ``tl.attacks`` (FGSM, BIM, PGD, MIM as specs), ``tl.evaluate`` (robust accuracy, intervals,
 masking checks), ``tl.training`` (adversarial training), ``tl.tasks`` (few-shot tasks), ``tl.meta`` (MAML,
-Reptile), ``tl.meta_adversarial`` (robust few-shot learning). On top: ``tl.viz`` (every figure),
+Reptile), ``tl.meta_adversarial`` (robust few-shot learning), ``tl.compute`` (training compute in gradient
+evaluations). On top: ``tl.viz`` (every figure),
 ``tl.experiments`` (one module of notebook drivers per chapter), ``tl.exercises`` (answer checks) and
 ``tl.report`` (gathers the results files).
 """
@@ -54,7 +55,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "checks", "compiled", "profiles", "runtime", "data", "models", "attacks", "evaluate", "adaptation", "training",
     "tasks", "meta",
-    "meta_adversarial", "viz", "experiments", "exercises", "report",
+    "meta_adversarial", "compute", "viz", "experiments", "exercises", "report",
 )
 
 
