@@ -168,43 +168,65 @@ class MetaAdvSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class UnseenAttackSettings:
-    """Notebook 06: adapting to an attack family left out of meta-training (driver
-    tutorial_lib/experiments/unseen_attacks.py). Meta-test tasks are notebook 05's (5-way, digits 5-9); the
-    models of notebook 05 are reused and one leave-one-out initialisation per family is meta-trained;
+    """Notebook 06: adapting to an attack family held out of training, against fair baselines (driver
+    tutorial_lib/experiments/unseen_attacks.py). Test tasks are notebook 05's (5-way, digits 5-9); validation
+    tasks come from held-out images of the meta-train digits; the models of notebooks 04/05 are reused.
     ``adapt_lr`` and ``linf_eps`` are notebook 05's ``inner_lr`` and ``eps`` (see :data:`SHARED`)."""
 
-    eval_tasks: int = 100  # meta-test tasks per cell (mean and 95% CI over tasks)
-    q_queries: int = 5  # queries per class in the meta-test tasks
+    held_out: tuple[str, ...] = ("linf", "rotation")  # families held out one at a time (all six in standard)
+    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of the headline models (attack-adaptive, union AT)
+    oracle_seeds: int = 1  # the oracle (not a headline model) is trained with the first oracle_seeds seeds
+    eval_tasks: int = 40  # test tasks per cell
+    q_queries: int = 5  # queries per class in test and validation tasks
     k_shots: tuple[int, ...] = (1, 5)
-    adapt_steps: tuple[int, ...] = (0, 1, 5, 10)  # robust accuracy after this many adaptation steps
-    adapt_lr: float  # notebook 05's inner_lr. Meta-learners adapt every layer: first step at adapt_lr (as meta-trained) ...
-    adapt_later_lr: float = 0.1  # ... later steps at this rate (0.4 throughout overshoots after one step)
-    at_lr: float = 0.4  # the adversarially trained classifier adapts its head only, at this rate
-    # the families: L-inf (eps linf_eps), L2 (eps chosen among l2_eps_candidates), spatial (grid below)
+    validation_fraction: float = 0.2  # of the meta-train digits' images, kept for validation tasks
+    validation_tasks: int = 20
+    # budgets: plain MAML loses about as much under each as under L-inf PGD at eps 0.1
+    # (benchmarks/family_budgets.py --maml; notebook 06 re-measures it)
     linf_eps: float  # notebook 05's eps
-    l2_eps_candidates: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5)
-    eval_pgd_steps: int = 10  # gradient attacks at test time: PGD-k (+ MIM-k) (L-inf), PGD-k (L2), random start
+    l2_eps: float = 1.41
+    l1_eps: float = 8.1
+    rotation_max_angle: float = 23.9
+    translation_max_shift: float = 1.25
+    max_zoom: float = 0.15
+    max_shear: float = 0.225
+    # test attacks: PGD-k / SLIDE-k from a random start; grids (rotation angles; per axis for translation, zoom/shear)
+    eval_pgd_steps: int = 10
+    eval_restarts: int = 1
     linf_mim: bool = False  # also MIM-k in the L-inf test family (a query is robust only if both fail)
-    spatial_max_angle: float = 15.0
-    spatial_max_shift: float = 2.0
-    spatial_angle_steps: int = 5
-    spatial_shift_steps: int = 3
-    # leave-one-out meta-training: AQ on attacks drawn from the other families (PGD-3 / MIM-3 / FGSM,
-    # a coarse spatial grid), eps ramp over ramp_fraction, clean_weight of clean-query loss, warm start from
-    # notebook 05's MAML
-    meta_steps: int = 300
-    ramp_fraction: float = 0.5
+    rotation_steps: int = 31  # angles
+    translation_steps: int = 9  # shifts per axis (81 points)
+    zoom_shear_steps: int = 5  # zooms per axis and shears (125 points)
+    # training attacks: cheaper versions of the same families
+    train_pgd_steps: int = 3
+    train_rotation_steps: int = 7
+    train_grid_steps: int = 3  # translation and zoom/shear per axis
+    # the attack-adaptive learner (and the oracle): from notebook 05's MAML, LSLR rates, attacked support
+    meta_steps: int = 100
+    train_k_shot: int = 5
+    inner_steps: int = 3
+    inner_lr: float = 0.3
     clean_weight: float = 0.2
-    train_spatial_angle_steps: int = 3
-    train_spatial_shift_steps: int = 3
-    # the trained-on x tested-on matrix: K shots and adaptation steps of its cells; sanity checks: fewer tasks
-    matrix_k: int = 5
-    matrix_steps: int = 5
-    sanity_tasks: int = 40
-    l2_probe_tasks: int = 50
-    # the strong column of the held-out table (gradient families, K = matrix_k, the last of adapt_steps):
-    # notebook 03's strong attacks against the adapted weights, on the first strong_tasks of eval_tasks
-    strong_tasks: int = 100
+    ramp_fraction: float = 0.5
+    meta_lr: float = 1e-3
+    # union adversarial training: same gradient evaluations as the attack-adaptive learner
+    union_epochs: int = 4
+    union_batch_size: int = 64
+    union_lr: float = 1e-3
+    # adaptation recipes tried on validation tasks (K = select_k)
+    adapt_lr: float  # notebook 05's inner_lr (the first step of plain MAML / AQ, as meta-trained)
+    later_lrs: tuple[float, ...] = (0.1, 0.4)
+    finetune_lrs: tuple[float, ...] = (0.01, 0.1)
+    select_steps: tuple[int, ...] = (1, 3, 5, 10)
+    select_k: int = 5
+    select_tolerance: float = 0.005
+    curve_steps: tuple[int, ...] = (0, 1, 3, 5, 10)
+    # checks: the trained-on x tested-on matrix, sanity checks of the test attacks, the strong column (L-inf)
+    matrix_tasks: int = 20
+    sanity_tasks: int = 20
+    large_scales: tuple[tuple[str, float], ...] = (("linf", 5.0), ("l2", 5.0), ("l1", 5.0), ("rotation", 4.0),
+                                                   ("translation", 6.0), ("zoom_shear", 3.0))
+    strong_tasks: int = 20
     strong_steps: int  # notebook 03's eval_strong_steps
     strong_restarts: int  # notebook 03's
 
@@ -312,7 +334,6 @@ PROFILES: dict[str, Profile] = {
         meta=dict(meta_steps=500, eval_tasks=200),
         meta_adv=dict(meta_steps=600, eval_tasks=100, curve_eps=(0.0, 0.05, 0.1, 0.2, 0.3), curve_tasks=50,
                       sanity_tasks=50, collapse_steps=200, at_epochs=2, strong_tasks=20),
-        unseen=dict(strong_tasks=20),
     ),
     "standard": _profile(
         "standard",
@@ -324,8 +345,9 @@ PROFILES: dict[str, Profile] = {
         meta=dict(meta_steps=5000, eval_tasks=600),
         meta_adv=dict(meta_steps=3000, eval_tasks=600, curve_tasks=200, sanity_tasks=100, collapse_steps=500,
                       at_epochs=5),
-        unseen=dict(eval_tasks=300, q_queries=15, eval_pgd_steps=20, linf_mim=True, meta_steps=1500,
-                    spatial_angle_steps=7, spatial_shift_steps=5, sanity_tasks=100),
+        unseen=dict(held_out=("linf", "l2", "l1", "rotation", "translation", "zoom_shear"), oracle_seeds=3, eval_tasks=200,
+                    q_queries=15, validation_tasks=50, eval_pgd_steps=20, linf_mim=True, meta_steps=1500,
+                    matrix_tasks=100, sanity_tasks=50, strong_tasks=100),
         applications=dict(patch_sizes=(5, 8, 11, 14), patch_steps=400, peer_size=1000, apgd_steps=100),
     ),
     "full": _profile(
@@ -340,8 +362,11 @@ PROFILES: dict[str, Profile] = {
         meta=dict(meta_steps=60000, eval_tasks=1000, meta_batch=32),
         meta_adv=dict(meta_steps=30000, eval_tasks=1000, curve_tasks=500, sanity_tasks=200, collapse_steps=1000,
                       at_epochs=20),
-        unseen=dict(eval_tasks=1000, q_queries=15, eval_pgd_steps=40, linf_mim=True, meta_steps=10000,
-                    spatial_angle_steps=31, spatial_shift_steps=5, sanity_tasks=200, l2_probe_tasks=200),
+        unseen=dict(held_out=("linf", "l2", "l1", "rotation", "translation", "zoom_shear"), oracle_seeds=3,
+                    eval_tasks=1000,
+                    q_queries=15, validation_tasks=200, eval_pgd_steps=40, eval_restarts=5, linf_mim=True,
+                    meta_steps=10000, rotation_steps=61, translation_steps=13, zoom_shear_steps=9, matrix_tasks=300, sanity_tasks=200,
+                    strong_tasks=300),
         applications=dict(patch_sizes=(5, 8, 11, 14), patch_steps=2000, patch_max_angle=15.0, patch_eval_size=10000,
                           peer_size=10000, strong_restarts=20, apgd_steps=100, apgd_restarts=5),
     ),

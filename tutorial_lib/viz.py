@@ -584,8 +584,8 @@ def plot_adaptation_by_family(held_out: Mapping[str, Mapping[str, Mapping[str, A
     """Robust accuracy against adaptation steps, one panel per held-out attack family, one colour per method,
     solid for the largest K and dashed for the others, with 95% error bars.
 
-    ``held_out[family][method]["<k>shot"]["robust"][str(steps)] = {"mean", "ci95"}`` (the results schema of
-    notebook 06). Returns the Figure. Introduced in notebooks/06_unseen_attacks.ipynb.
+    ``held_out[family][method]["<k>shot"]["curve"][str(steps)] = {"mean", "ci95"}`` (the results schema of
+    notebook 06; ``"robust"`` in place of ``"curve"`` is read too). Returns the Figure. Introduced in notebooks/06_unseen_attacks.ipynb.
     """
     if not held_out:
         raise ValueError("held_out is empty: pass {family: {method: {'<k>shot': {...}}}}")
@@ -596,7 +596,9 @@ def plot_adaptation_by_family(held_out: Mapping[str, Mapping[str, Mapping[str, A
         for c, (method, entry) in enumerate(per_method.items()):
             ks = sorted(int(k.removesuffix("shot")) for k in entry)
             for k in ks:
-                cells = [entry[f"{k}shot"]["robust"][str(s)] for s in steps]
+                record = entry[f"{k}shot"]
+                curve = record["curve"] if "curve" in record else record["robust"]
+                cells = [curve[str(s)] for s in steps]
                 ax.errorbar(list(steps), [100 * x["mean"] for x in cells], yerr=[100 * x["ci95"] for x in cells],
                             color=colours[c % len(colours)], ls="-" if k == ks[-1] else "--", marker="o", ms=3,
                             capsize=2, label=f"{labels.get(method, method)}, K={k}")
