@@ -158,6 +158,12 @@ def test_cost_rows_project_to_the_full_profile(tmp_path):
     assert len(missing) == 2 and "| 03 | pgd |" in app.cost_table(rows)
     write(tmp_path, "06_unseen_attacks", {"held_out": {}})
     assert any("records none" in m for m in app.cost_rows(quick, results_dir=tmp_path)[1])
+    write(tmp_path, "06_unseen_attacks", {"compute": {"meta_adv": {"train_seconds": 50.0},
+                                                      "oracle": {"train_seconds": None}}})
+    rows, missing = app.cost_rows(quick, results_dir=tmp_path)
+    ours = {(r["notebook"], r["method"]): r for r in rows}[("06", "meta_adv")]
+    assert ours["seconds"] == pytest.approx(50.0 / quick.unseen.meta_steps) and ours["units"] == quick.unseen.meta_steps
+    assert ("06", "oracle") not in {(r["notebook"], r["method"]) for r in rows}
 
 
 def test_results_follow_the_schema():

@@ -549,8 +549,8 @@ def cost_rows(profile, *, results_dir: Path | None = None, full=None,
         rows06 = _rows_06(r06, profile, full)
         rows += rows06
         if not rows06:
-            missing.append("training times of notebook 06 (06_unseen_attacks.json records none; see "
-                           "notebooks/06_unseen_attacks.ipynb for its runtime)")
+            missing.append("training times of notebook 06 (06_unseen_attacks.json records none; run "
+                           "notebooks/06_unseen_attacks.ipynb with an empty cache to measure them)")
     return rows, missing
 
 
@@ -560,16 +560,18 @@ def _meta_row(nb: str, method: str, per_step: float, steps: int, full_steps: int
 
 
 def _rows_06(r06: dict[str, Any], profile, full) -> list[dict[str, Any]]:
-    """Meta-training seconds of notebook 06's leave-one-out runs, if its results hold them."""
+    """Meta-training seconds per meta-step of notebook 06's attack-adaptive learners (held-out family and oracle),
+    from its results' ``compute`` record (seconds measured when each model was trained)."""
     rows = []
-    seconds = r06.get("train_seconds") or {}
     here, there = getattr(profile, "unseen", None), getattr(full, "unseen", None)
-    if here is None or there is None:
+    compute = r06.get("compute") or {}
+    if here is None or there is None or not isinstance(compute, dict):
         return rows
     scale = full.meta_adv.meta_batch / profile.meta_adv.meta_batch
-    for key, sec in (seconds.items() if isinstance(seconds, dict) else []):
+    for method in ("meta_adv", "oracle"):
+        sec = (compute.get(method) or {}).get("train_seconds")
         if isinstance(sec, (int, float)) and sec > 0:
-            rows.append(_meta_row("06", key, sec / here.meta_steps, here.meta_steps, there.meta_steps, scale))
+            rows.append(_meta_row("06", method, sec / here.meta_steps, here.meta_steps, there.meta_steps, scale))
     return rows
 
 

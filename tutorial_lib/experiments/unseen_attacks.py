@@ -282,7 +282,8 @@ def union_at(data: Any, profile: Any, start: keras.Model, *, held_out: str, seed
         trainer = training.AdversarialTrainer(classifier, method="union", attack=pool)
         trainer.compile(optimizer=keras.optimizers.Adam(s.union_lr))
         ramp = training.EpsilonRamp(trainer.eps_max, max(1, epochs // 2))
-        hist = trainer.fit(stream, epochs=epochs, steps_per_epoch=per_epoch, callbacks=[ramp], verbose=verbose)
+        hist = trainer.fit(stream, epochs=epochs, steps_per_epoch=per_epoch, callbacks=[ramp], shuffle=False,
+                           verbose=verbose)
         return classifier, {"history": hist.history}
 
     classifier, info = models.load_or_train(name, config, train, verbose=verbose > 0)
