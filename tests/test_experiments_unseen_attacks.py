@@ -10,12 +10,10 @@ import keras
 import matplotlib
 import numpy as np
 import pytest
-import tensorflow as tf
 
 matplotlib.use("Agg")
 
-from tutorial_lib import adaptation, attacks, compute, evaluate, meta, models, runtime, viz
-from tutorial_lib import meta_adversarial as mad
+from tutorial_lib import adaptation, attacks, compute, evaluate, models, runtime, viz
 from tutorial_lib.experiments import unseen_attacks as ua
 from tutorial_lib.tasks import Tasks
 
@@ -174,7 +172,7 @@ def test_cells_paired_verdicts_and_results_schema(settings):
     for m in ua.METHODS:
         res = hi if m in ("meta_adv", "oracle", "union_at_finetune") else lo
         seeds = ua.method_seeds(m, settings)
-        cells["linf"][m] = {k: ua.Cell(m, "linf", k, 1, seeds, res[: len(seeds)]) for k in settings.k_shots}
+        cells["linf"][m] = {k: ua.Cell(m, "linf", k, 1, seeds, res[: len(seeds)]) for k in settings.shots}
     d = ua.paired(cells["linf"]["meta_adv"][5], cells["linf"]["maml"][5])
     assert d["verdict"] == "ahead" and d["mean"] > 0
     assert ua.paired(cells["linf"]["maml"][5], cells["linf"]["meta_adv"][5])["verdict"] == "behind"
@@ -204,25 +202,7 @@ def test_cells_paired_verdicts_and_results_schema(settings):
     assert fig is not None
 
 
-# ---- the learner PoolQuerying (kept from the first version of this chapter) -----------------------------
-def test_pool_learner_gradient_equals_aq_with_the_drawn_spec():
-    """A one-spec pool without ramp gives exactly AQ's task gradient with that spec (same seed)."""
-    tasks = tiny_tasks()
-    spec = attacks.PGD(eps=0.1, steps=2, step_size=0.05, random_start=True)
-    model = tiny_model()
-    learner = mad.PoolQuerying(model, pool=attacks.AttackPool([spec]), inner_lr=0.4, inner_steps=1, clean_weight=0.3,
-                               zero_head=True)
-    params = meta.params_of(model)
-    seed = tf.constant([0, 5], tf.int64)
-    args = [tf.constant(a) for a in (tasks.support_x[0], tasks.support_y[0], tasks.query_x[0], tasks.query_y[0])]
-    got, loss, _ = learner._task_gradient(params, *args, eps=tf.constant(1.0), seed=seed)
-    want, want_loss, _ = mad.aq_task_gradient(model, params, *args, attack=spec, steps=1, lr=0.4, seed=seed,
-                                              clean_weight=0.3, zero_head=True)
-    assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-6)
-
-
+# ---- exercises ------------------------------------------------------------------------------------
 def test_exercise_checks_and_answer_key():
     from tutorial_lib import exercises as ex
 

@@ -474,7 +474,8 @@ class PoolQuerying(AdversarialQuerying):
     The ramp grows a scale 0 -> 1 over the first ``ramp_steps`` meta-steps that multiplies the drawn spec's
     budget (eps and step size; the spatial grid's angles and shifts). Other options as ``AdversarialQuerying``
     (``clean_weight`` mixes in the clean-query loss); ``attack=`` is refused (the attacks come from the pool).
-    Introduced in notebooks/06_unseen_attacks.ipynb.
+    It adapts on the clean support set only; :class:`AttackAdaptiveMAML` (notebook 06) also practises adapting on
+    attacked support images.
     """
 
     method = "aq_pool"

@@ -178,7 +178,7 @@ class UnseenAttackSettings:
     oracle_seeds: int = 1  # the oracle (not a headline model) is trained with the first oracle_seeds seeds
     eval_tasks: int = 40  # test tasks per cell
     q_queries: int = 5  # queries per class in test and validation tasks
-    k_shots: tuple[int, ...] = (1, 5)
+    shots: tuple[int, ...] = (1, 5)  # K of the test tasks (the results file calls them "k_shots")
     validation_fraction: float = 0.2  # of the meta-train digits' images, kept for validation tasks
     validation_tasks: int = 20
     # budgets: plain MAML loses about as much under each as under L-inf PGD at eps 0.1

@@ -567,7 +567,7 @@ def results(*, settings: Any, probe: dict[str, Any], selections: dict[str, adapt
     """The results file's content (schema in notebook 06 and the README): families, K shots, seeds, selection,
     compute, held_out (family -> method -> "<k>shot"), paired (family -> "<a>_vs_<b>" at K = ``select_k``)."""
     s = settings
-    out: dict[str, Any] = {"families": describe_families(s, probe), "k_shots": list(s.k_shots),
+    out: dict[str, Any] = {"families": describe_families(s, probe), "k_shots": list(s.shots),
                            "seeds": list(s.seeds), "held_out_families": list(s.held_out),
                            "selection": {m: sel.to_dict() for m, sel in selections.items()},
                            "compute": compute_record(learners), "held_out": {}, "paired": {}, "gap_closed": {}}
