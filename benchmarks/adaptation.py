@@ -1,6 +1,7 @@
 """Benchmark the evaluator of adapted learners on notebook 06's workload: today's one-task path against adaptation.py.
 
-    python benchmarks/adaptation.py [--out build/bench] [--tasks 100] [--rounds 2] [--old-path /work/main]
+    git worktree add /tmp/before-evaluator a6cdd6c   # the code before adaptation.py existed
+    python benchmarks/adaptation.py [--out build/bench] [--tasks 100] [--rounds 2] --old-path /tmp/before-evaluator
 
 Workload (notebook 06, one evaluation cell): 100 tasks, 5-way 5-shot, 5 queries per class (25 queries), support =
 clean + PGD-10 copies crafted once, 10 adaptation steps of every layer (lr 0.4 then 0.1), queries attacked by
@@ -8,7 +9,8 @@ L-inf PGD-10 (eps 0.1, random start) against the adapted weights at checkpoints 
 with a zero head (as the meta-learners of notebook 05 have, so step 0 needs no attack). Images are uniform noise
 in [0, 1] (speed does not depend on the pixels).
 
-"old" runs ``experiments.unseen_attacks.adapt_and_attack`` from ``--old-path`` (the code on main) in a
+"old" runs ``experiments.unseen_attacks.adapt_and_attack`` from ``--old-path`` (a checkout of commit a6cdd6c,
+the last one before the evaluator; notebook 06's driver has since been rewritten) in a
 subprocess with that PYTHONPATH; "new" runs ``tutorial_lib.adaptation.adapt_and_evaluate`` from this checkout
 in its own subprocess, for each tasks-per-compiled-call setting (chunk) and parallel map width. Each
 subprocess times a first call (tracing included) and a second call (the compiled function cached), and reports
@@ -108,7 +110,7 @@ def main() -> None:
     parser.add_argument("--out", default="build/bench")
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--old-path", default="/work/main")
+    parser.add_argument("--old-path", required=True, help="a checkout of commit a6cdd6c (before the evaluator)")
     parser.add_argument("--settings", default="50x4,50x8",
                         help="new-path settings, chunk x parallel map width, comma-separated")
     parser.add_argument("--child", choices=("old", "new"))

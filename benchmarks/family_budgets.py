@@ -13,8 +13,8 @@ accuracy closest to the target, every visited budget recorded. Gradient attacks 
 (PGD-20 at step 2.5 b / 20; SLIDE-20 at step 2 b / 20, the authors' 1.0 at eps 10). Accuracy is over n images
 (a 95 % interval of about +-4 points at n = 500), so budgets within one bisection step of each other are equal
 for this purpose. With ``--maml`` (notebook 05's plain MAML, e.g. ``build/models/05_maml.keras``) the accuracy is
-instead notebook 06's L2 probe: robust query accuracy after one adaptation step at the profile's ``adapt_lr`` on
-``l2_probe_tasks`` 5-shot meta-test tasks (:func:`tutorial_lib.experiments.unseen_attacks.adapt_and_attack`),
+instead notebook 06.s budget probe: robust query accuracy after one adaptation step at the profile's ``adapt_lr`` on
+notebook 06's 5-shot test tasks (:func:`tutorial_lib.experiments.unseen_attacks.maml_probe`),
 the reference is notebook 06's L-inf family at the profile's ``linf_eps`` and gradient attacks take the profile's
 ``eval_pgd_steps``; the output is DIR/family_budgets_maml.{json,md}. Not a test: a measurement for the notebook's
 settings.
@@ -129,21 +129,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def few_shot(args: argparse.Namespace, profile: Any, data: Any) -> int:
-    """The budgets for notebook 05's plain MAML, measured as notebook 06's L2 probe (see the module docstring)."""
+    """The budgets for notebook 05's plain MAML, measured as notebook 06's budget probe (see the module docstring)."""
     from tutorial_lib.experiments import unseen_attacks as ua
 
     s, ms = profile.unseen, profile.meta_adv
     maml = tl.models.load_model(args.maml)
     params = tl.meta.params_of(maml)
-    probe = ua.eval_sampler(data, s, ms, 5).sample(s.l2_probe_tasks, seed=3)  # notebook 06's probe tasks
+    probe = ua.eval_tasks(data, s, ms, 5)  # notebook 06's test tasks, as in its budget probe
+
+    def adapt(specs: tuple[Any, ...]):
+        return tl.adaptation.adapt_and_evaluate(maml, probe, params=params, checkpoints=(1,), lr=s.adapt_lr,
+                                                query_attacks=specs)
 
     def robust(specs: tuple[Any, ...]) -> float:
-        res = ua.adapt_and_attack(maml, probe, params, query_attacks=specs, steps=(1,), lr=s.adapt_lr)
-        return float(res.robust_under(range(len(specs)))[:, 0].mean())
+        return float(adapt(specs).robust_under(range(len(specs)))[:, 0].mean())
 
     linf = ua.eval_attacks("linf", s)
     target = robust(linf)
-    first = ua.adapt_and_attack(maml, probe, params, query_attacks=linf[:1], steps=(1,), lr=s.adapt_lr)
+    first = adapt(linf[:1])
     clean = float(first.clean[:, 0].mean())
     print(f"clean {clean:.3f}; {[a.name for a in linf]} at eps {s.linf_eps:g}: {target:.3f} (the target)", flush=True)
     chosen = [f for f in args.only.split(",") if f] or list(families())
