@@ -13,7 +13,7 @@ accuracy closest to the target, every visited budget recorded. Gradient attacks 
 (PGD-20 at step 2.5 b / 20; SLIDE-20 at step 2 b / 20, the authors' 1.0 at eps 10). Accuracy is over n images
 (a 95 % interval of about +-4 points at n = 500), so budgets within one bisection step of each other are equal
 for this purpose. With ``--maml`` (notebook 05's plain MAML, e.g. ``build/models/05_maml.keras``) the accuracy is
-instead notebook 06.s budget probe: robust query accuracy after one adaptation step at the profile's ``adapt_lr`` on
+instead notebook 06's budget probe: robust query accuracy after one adaptation step at the profile's ``adapt_lr`` on
 notebook 06's 5-shot test tasks (:func:`tutorial_lib.experiments.unseen_attacks.maml_probe`),
 the reference is notebook 06's L-inf family at the profile's ``linf_eps`` and gradient attacks take the profile's
 ``eval_pgd_steps``; the output is DIR/family_budgets_maml.{json,md}. Not a test: a measurement for the notebook's
