@@ -166,13 +166,15 @@ def test_prototype_head_is_the_nearest_class_mean_classifier():
     kernel, bias = AD.prototype_head(model, M.params_of(model), tf.constant(sx), tf.constant(sy))
     f = _features(model, sx)
     mu = np.stack([f[sy == c].mean(0) for c in range(N_WAY)])  # (classes, features)
-    np.testing.assert_allclose(kernel.numpy(), 2 * mu.T, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(bias.numpy(), -(mu ** 2).sum(1), rtol=1e-5, atol=1e-6)
+    temperature = ((mu - mu.mean(0)) ** 2).sum(1).mean()  # mean squared distance of the means from their average
+    np.testing.assert_allclose(kernel.numpy(), 2 * mu.T / temperature, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), -(mu ** 2).sum(1) / temperature, rtol=1e-4, atol=1e-6)
     fq = _features(model, qx)
     logits = fq @ kernel.numpy() + bias.numpy()
-    dist = ((fq[:, None, :] - mu[None]) ** 2).sum(-1)
+    dist = ((fq[:, None, :] - mu[None]) ** 2).sum(-1) / temperature
     np.testing.assert_allclose(logits - logits.mean(1, keepdims=True), -dist + dist.mean(1, keepdims=True),
-                               rtol=1e-4, atol=1e-5)  # -|f - mu_c|^2 up to a per-image shift
+                               rtol=1e-4, atol=1e-5)  # -|f - mu_c|^2 / T up to a per-image shift
+    assert np.array_equal(np.argmax(logits, 1), np.argmin(dist, 1))  # the nearest class mean
 
 
 def test_head_init_prototype_matches_hand_steps_from_the_prototype_head():

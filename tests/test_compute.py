@@ -42,6 +42,21 @@ def test_meta_step_costs_match_hand_counts():
     assert C.meta_step_cost(ours, n_support=ns, n_query=nq, meta_batch=b) == b * (3 * (25 * 3 + 50 * 3) + 75 * 4)
 
 
+def test_meta_step_costs_of_adml_trades_and_attacked_support():
+    ns, nq, b = 25, 75, 2
+    mad = tl.meta_adversarial
+    adml = mad.ADML(tl.models.few_shot_cnn(5), attack=pgd(3), inner_lr=0.4, inner_steps=1)
+    # support attack vs one clean step (25 x (1 + 3)), two inner loops (2 x 25 x 3), query attack (75 x 3), two losses
+    assert C.meta_step_cost(adml, n_support=ns, n_query=nq, meta_batch=b) == b * (25 * 4 + 2 * 25 * 3 + 75 * 3 + 150)
+    trades = mad.AdversarialQuerying(tl.models.few_shot_cnn(5), attack=pgd(3), inner_lr=0.4, inner_steps=1,
+                                     outer_loss="trades")
+    assert C.meta_step_cost(trades, n_support=ns, n_query=nq, meta_batch=b) == b * (25 * 3 + 75 * 3 + 75 + 75)
+    art = mad.AdversarialMAML(tl.models.few_shot_cnn(5), attack=A.FGSM(eps=0.1), inner_lr=0.4, inner_steps=1)
+    assert C.meta_step_cost(art, n_support=ns, n_query=nq, meta_batch=b) == b * (25 * 2 + 25 * 3 + 75 * 1 + 75)
+    with pytest.raises(ValueError, match="no gradient-evaluation count"):
+        C.meta_step_cost(tl.meta.Reptile(tl.models.few_shot_cnn(5)), n_support=ns, n_query=nq, meta_batch=b)
+
+
 def test_union_and_adversarial_training_costs():
     pool = A.AttackPool([pgd(3), A.Rotation(max_angle=20, angle_steps=7)])
     per_example = 3 + 7 / 3 + 2 / 3 + 1

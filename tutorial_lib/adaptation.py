@@ -507,13 +507,17 @@ def _check_support(support: Any, support_attack: Any, recraft: bool) -> tuple[st
 def prototype_head(model: keras.Model, params: Sequence[tf.Tensor], x: tf.Tensor, y: tf.Tensor) -> list[tf.Tensor]:
     """The last layer that makes ``model`` (at ``params``) a nearest-class-mean classifier of ``(x, y)``.
 
-    With ``mu_c`` the mean penultimate feature of class ``c`` in ``(x, y)``, kernel column ``c`` is ``2 mu_c`` and
-    bias ``c`` is ``-|mu_c|^2``: the logits are then ``-|f - mu_c|^2`` up to a term shared by every class, the
-    prototypical-network classifier (Snell et al. 2017) written as a linear head, which Proto-MAML
-    (Triantafillou et al. 2020) fine-tunes from. The class sums come from one backward pass: the logits are
-    linear in the kernel, so d(sum_i logit[i, y_i]) / d(kernel[:, c]) is the sum of class ``c``'s features.
-    The last two weights must be the final Dense layer's kernel and bias. Classes absent from ``y`` get a zero
-    column and bias. Returns ``[kernel, bias]``. Introduced in notebooks/06_unseen_attacks.ipynb.
+    With ``mu_c`` the mean penultimate feature of class ``c`` in ``(x, y)``, kernel column ``c`` is
+    ``2 mu_c / T`` and bias ``c`` is ``-|mu_c|^2 / T``: the logits are then ``-|f - mu_c|^2 / T`` up to a term
+    shared by every class, the prototypical-network classifier (Snell et al. 2017) written as a linear head,
+    which Proto-MAML (Triantafillou et al. 2020) fine-tunes from. The temperature ``T`` is the mean squared
+    distance of the class means from their average: without it the logits of a CNN's unnormalised features lie
+    hundreds apart, the softmax saturates, the cross-entropy gradient is exactly zero for most inputs, and
+    gradient attacks on the loss (and fine-tuning) stall: gradient masking. ``T`` changes no prediction. The
+    class sums come from one backward pass: the logits are linear in the kernel, so
+    d(sum_i logit[i, y_i]) / d(kernel[:, c]) is the sum of class ``c``'s features. The last two weights must be
+    the final Dense layer's kernel and bias. Classes absent from ``y`` get a zero column and bias. Returns
+    ``[kernel, bias]``. Introduced in notebooks/06_unseen_attacks.ipynb.
     """
     params = list(params)
     kernel = tf.convert_to_tensor(params[-2])
@@ -524,7 +528,12 @@ def prototype_head(model: keras.Model, params: Sequence[tf.Tensor], x: tf.Tensor
     sums = tf.stop_gradient(tape.gradient(picked, kernel))  # (features, classes)
     counts = tf.reduce_sum(tf.one_hot(y, tf.shape(kernel)[-1], dtype=kernel.dtype), axis=0)
     means = sums / tf.maximum(counts, 1.0)
-    return [tf.cast(2.0 * means, kernel.dtype), tf.cast(-tf.reduce_sum(means * means, axis=0), params[-1].dtype)]
+    present = tf.cast(counts > 0, kernel.dtype)
+    centre = tf.reduce_sum(means * present, axis=1, keepdims=True) / tf.maximum(tf.reduce_sum(present), 1.0)
+    spread = tf.reduce_sum(tf.reduce_sum((means - centre) ** 2, axis=0) * present) / tf.maximum(tf.reduce_sum(present), 1.0)
+    temperature = tf.maximum(spread, 1e-12)
+    return [tf.cast(2.0 * means / temperature, kernel.dtype),
+            tf.cast(-tf.reduce_sum(means * means, axis=0) / temperature, params[-1].dtype)]
 
 
 def _zero_head(params: Sequence[tf.Tensor]) -> bool:

@@ -55,30 +55,48 @@ def meta_step_cost(learner: Any, *, n_support: int, n_query: int, meta_batch: in
     """Gradient evaluations of one meta-step of ``learner`` on ``meta_batch`` tasks of ``n_support`` support and
     ``n_query`` query images.
 
-    Per task and inner step: the support attack (learners that adapt on attacked support: ADML,
-    AttackAdaptiveMAML; the attacked copies are added to the clean ones), one gradient of the inner loss on every
-    support image, and (second order) :data:`HVP_COST` more per image when the outer gradient flows back through
-    the step. Then the query attack (learners with attacked queries), one gradient per query image for the
-    outer loss, and one per clean query when a clean share enters the loss. Learners of :mod:`tutorial_lib.meta`
-    (MAML, FOMAML, Meta-SGD, LSLR) have no attacks.
+    Per task, by the learner's ``method``:
+
+    - MAML family (MAML, FOMAML, Meta-SGD, LSLR): per inner step one gradient per support image plus, second
+      order, :data:`HVP_COST` more when the outer gradient flows back through it; one gradient per query;
+    - AQ (``aq``, ``aq_pool``): the same, plus the query attack and, with a clean share, one gradient per clean
+      query; AQ + TRADES (``aq_trades``) always takes the clean queries too;
+    - ADML (``adml``): the support attack crafted against one clean step (a gradient per support image for that
+      step), two inner loops (clean and attacked support), the query attack, and two outer losses (attacked
+      queries on the clean adaptation, clean queries on the attacked one);
+    - MAML on attacked support and queries (``seed_fgsm``, the article's idea done right): the support attack
+      against one clean step, one inner loop on the attacked support, the query attack, one outer loss;
+    - attack-adaptive MAML (``attack_adaptive``): per inner step the support attack (re-crafted against the
+      current weights) and a gradient (+ HVP) on the clean and the attacked support images; the query attack;
+      the outer loss, plus the clean queries with a clean share.
+
+    An attack pool counts its expected cost per draw (:func:`pool_cost`).
     """
-    n_support = check_positive_int("n_support", n_support)
-    n_query = check_positive_int("n_query", n_query)
+    n_s = check_positive_int("n_support", n_support)
+    n_q = check_positive_int("n_query", n_query)
     meta_batch = check_positive_int("meta_batch", meta_batch)
-    steps = int(getattr(learner, "inner_steps", getattr(learner, "train_steps", 1)))
-    second = 0.0 if getattr(learner, "first_order", False) else HVP_COST
-    method = str(getattr(learner, "method", ""))
+    method = str(getattr(learner, "method", "")).removesuffix("_fo")
+    if method in ("reptile", ""):
+        raise ValueError(f"no gradient-evaluation count for learner {type(learner).__name__} (method {method!r}); "
+                         "meta_step_cost knows the MAML family and the learners of tutorial_lib.meta_adversarial")
+    steps = int(learner.inner_steps)
+    per_step = 1.0 + (0.0 if getattr(learner, "first_order", False) else HVP_COST)
     pool = getattr(learner, "pool", None)
-    attack = pool if pool is not None else getattr(learner, "attack", None)
-    support_attacked = method.startswith(("attack_adaptive", "adml"))
-    query_attacked = attack is not None and not method.startswith("adml")
-    per_image_attack = attack_cost(attack) if attack is not None else 0.0
-    images = n_support * (2 if support_attacked else 1)
-    inner = steps * ((n_support * per_image_attack if support_attacked else 0.0) + images * (1.0 + second))
-    outer = n_query * (1.0 + (per_image_attack if query_attacked else 0.0))
-    if query_attacked and float(getattr(learner, "clean_weight", 0.0)) > 0:
-        outer += n_query
-    return meta_batch * (inner + outer)
+    spec = pool if pool is not None else getattr(learner, "attack", None)
+    attack = attack_cost(spec) if spec is not None else 0.0
+    clean_share = float(getattr(learner, "clean_weight", 0.0) or 0.0) > 0
+    if spec is None:  # the MAML family
+        task = steps * n_s * per_step + n_q
+    elif method == "adml":
+        task = n_s * (1.0 + attack) + 2 * steps * n_s * per_step + n_q * attack + 2 * n_q
+    elif method == "seed_fgsm":
+        task = n_s * (1.0 + attack) + steps * n_s * per_step + n_q * attack + n_q
+    elif method.startswith("attack_adaptive"):
+        task = steps * (n_s * attack + 2 * n_s * per_step) + n_q * attack + n_q + (n_q if clean_share else 0.0)
+    else:  # Adversarial Querying
+        clean = method == "aq_trades" or clean_share
+        task = steps * n_s * per_step + n_q * attack + n_q + (n_q if clean else 0.0)
+    return meta_batch * task
 
 
 def union_training_cost(pool: _attacks.AttackPool) -> float:
