@@ -1,5 +1,6 @@
 """Tests for tutorial_lib.experiments.robust_few_shot (notebook 05's driver) on tiny runs, plus notebook 05's
-exercise checks and figures: settings from the profile, caching, the results schema, the table."""
+exercise checks and figures: settings from the profile, caching, the results schema, the table, AT transfer's
+training compute matched to AQ's and its fine-tuning chosen on validation tasks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 matplotlib.use("Agg")
 
 from tutorial_lib import adaptation as AD
+from tutorial_lib import compute
 from tutorial_lib import exercises as ex
 from tutorial_lib import meta_adversarial as mad
 from tutorial_lib import models, runtime, viz
@@ -105,7 +107,7 @@ def test_results_follow_the_schema(mnist_subset, tiny, trained):
         for key in ("clean", "robust", "robust_restarts5"):
             assert set(row[key]) == {"mean", "ci95"} and 0 <= row[key]["mean"] <= 1
         assert row["robust_restarts5"]["mean"] <= row["robust"]["mean"] <= row["clean"]["mean"]
-    assert res["methods"]["at_transfer"]["test_steps"] == tiny.at_finetune_steps
+    assert res["methods"]["at_transfer"]["test_steps"] == tiny.at_finetune_steps  # no selection: the profile's
     assert res["methods"]["aq"]["train_seconds"] is None
     path = rfs.save(res)
     assert json.loads(path.read_text())["methods"]["aq"]["test_steps"] == tiny.train_steps
@@ -166,6 +168,127 @@ def test_paired_difference_against_numpy():
 
 def test_uniform_loss_is_log_n():
     assert np.isclose(rfs.uniform_loss(5), np.log(5))
+
+
+# ---- AT transfer: AQ's training compute, fine-tuning chosen on validation tasks ------------------------------
+def test_training_compute_counts_meta_steps_and_refuses_what_it_cannot_count(tiny):
+    learner = mad.make_learner("aq", models.few_shot_cnn(tiny.n_way), **rfs.method_options("aq", tiny))
+    per_step = compute.meta_step_cost(learner, n_support=tiny.n_way * tiny.k_shot,
+                                      n_query=tiny.n_way * tiny.q_queries, meta_batch=tiny.meta_batch)
+    assert rfs.training_compute("aq", tiny) == round(rfs.meta_steps("aq", tiny) * per_step)
+    # by hand: per task 25 support images x (1 + 2 second order) + 75 queries x (PGD-3 + 1), 4 tasks a step
+    assert rfs.training_compute("aq", tiny) == 4 * 4 * (25 * 3 + 75 * 4)
+    assert rfs.training_compute("maml_adv_finetune", tiny) == rfs.training_compute("maml", tiny) == 2 * 4 * 150
+    with pytest.raises(ValueError, match="at_classifier"):
+        rfs.training_compute("at_transfer", tiny)
+    with pytest.raises(ValueError, match="method must be one of"):
+        rfs.training_compute("adml", tiny)  # tl.compute leaves out its attacked queries: not counted
+
+
+@pytest.mark.parametrize("n_images", [37, 1000, 8000, 10_000, 123_457])
+def test_at_plan_spends_aqs_compute_within_ten_percent(n_images):
+    s = runtime.get_profile("quick").meta_adv
+    plan = rfs.at_training_plan(s, n_images)
+    budget = rfs.training_compute("aq", s)
+    assert plan["budget"] == budget and abs(plan["gradient_evaluations"] / budget - 1) <= 0.10
+    assert plan["gradient_evaluations"] == compute.adversarial_training_cost(
+        rfs.train_attack(s), plan["epochs"] * plan["images_per_epoch"])
+    assert 1 <= plan["images_per_epoch"] <= n_images and plan["ramp_epochs"] == round(s.ramp_fraction * plan["epochs"])
+    fixed = rfs.at_training_plan(dataclasses.replace(s, at_epochs=2), n_images)  # an explicit count is kept
+    assert (fixed["epochs"], fixed["images_per_epoch"]) == (2, n_images)
+    with pytest.raises(ValueError, match="n_images"):
+        rfs.at_training_plan(s, 0)
+
+
+@pytest.fixture(scope="module")
+def at_tiny(mnist_subset, tiny):
+    """The tiny AT classifier trained with AQ's (tiny) compute, and its transfer initialisation."""
+    s = dataclasses.replace(tiny, at_epochs=None, at_select_tasks=3, at_select_steps=(0, 2), at_select_lrs=(0.1,))
+    model, info = rfs.at_classifier(mnist_subset, s, verbose=0)
+    return s, model, info, rfs.transfer_init(model, s.n_way)
+
+
+def test_at_classifier_trains_on_training_images_with_aqs_compute(mnist_subset, at_tiny):
+    s, model, info, init = at_tiny
+    train, val = rfs.validation_samplers(mnist_subset, s)
+    n = len(train.labelled_images()[0])
+    assert info["plan"] == rfs.at_training_plan(s, n)
+    assert abs(info["plan"]["gradient_evaluations"] / rfs.training_compute("aq", s) - 1) <= 0.10
+    assert len(info["history"]["loss"]) == info["plan"]["epochs"] and model.output_shape[-1] == train.num_classes
+    assert rfs.at_classifier(mnist_subset, s, verbose=0)[1]["cached"]
+    assert {c.digit for c in val.specs}.isdisjoint({c.digit for c in rfs.samplers(mnist_subset, s)[1].specs})
+    assert np.all(init.get_weights()[-1] == 0)
+
+
+def test_fine_tuning_is_chosen_on_validation_and_recorded(mnist_subset, at_tiny, trained):
+    s, _, info, init = at_tiny
+    _, val = rfs.validation_samplers(mnist_subset, s)
+    val_tasks = val.sample(s.at_select_tasks, seed=0)
+    selection, runs = rfs.select_at_finetuning(init, val_tasks, s, cache=False)
+    cands = rfs.at_candidates(s)
+    assert cands[0] == {"steps": 0, "recipe": "head", "head_init": "prototype", "lr": 0.0}
+    assert len(cands) == 1 + len(rfs.AT_RECIPES) * len(rfs.AT_HEAD_INITS)  # one rate, one step count > 0
+    assert selection.chosen in cands and selection.chosen in [
+        {k: v for k, v in c.items() if k != "validation_robust"} for c in selection.candidates]
+    best = max(c["validation_robust"] for c in selection.candidates)
+    assert all(0 <= c["validation_robust"] <= 1 for c in selection.candidates)
+    first_ok = next(c for c in selection.candidates if c["validation_robust"] >= best - s.at_select_tolerance)
+    assert {k: v for k, v in first_ok.items() if k != "validation_robust"} == selection.chosen  # cheapest near-best
+    for c in selection.candidates:  # eligible: the test attack is not masked for it
+        assert rfs.masking_gap(c, runs)["mean"] <= s.at_masking_tolerance
+    again, _ = rfs.select_at_finetuning(init, val_tasks, s)  # cached evaluations give the same choice
+    assert rfs.select_at_finetuning(init, val_tasks, s)[0] == again
+    record = rfs.selection_record(selection, runs, s, len(val_tasks))
+    assert record["chosen_on"] == "validation" and record["validation_tasks"] == 3
+    assert len(record["candidates"]) + len(record["excluded"]) == len(cands)
+    table = rfs.selection_table(selection, runs, s)
+    assert table.count("\n") == 1 + len(cands) and "APGD-DLR" in table
+    # the test tasks: the chosen recipe, and a prototype head through the other evaluator
+    _, test = rfs.samplers(mnist_subset, s)
+    tasks = test.sample(s.eval_tasks, seed=0)
+    evals = {"maml": rfs.evaluate("maml", trained["maml"][0], tasks, s),
+             "aq": rfs.evaluate("aq", trained["aq"][0], tasks, s),
+             "at_transfer": rfs.evaluate("at_transfer", init, tasks, s, recipe=selection.chosen)}
+    proto = rfs.evaluate("at_transfer", init, tasks, s, recipe={**cands[0]})
+    assert proto.robust_restarts.shape == (3,) and np.all(proto.robust_restarts <= proto.robust + 1e-12)
+    grads = {"aq": rfs.training_compute("aq", s), "at_transfer": info["plan"]["gradient_evaluations"]}
+    res = rfs.results(evals, {}, s, gradient_evaluations=grads, at_selection=selection, at_selection_record=record)
+    row = res["methods"]["at_transfer"]
+    assert row["selection"]["chosen_on"] == "validation" and row["gradient_evaluations"] == grads["at_transfer"]
+    assert (row["test_steps"], row["inner_lr"]) == (selection.chosen["steps"], selection.chosen["lr"])
+    assert SCHEMA_FIELDS <= set(row) and set(res["methods"]["maml"]) == SCHEMA_FIELDS
+    assert set(res["methods"]["aq"]) == SCHEMA_FIELDS | {"gradient_evaluations"}
+    json.dumps(res)
+    assert "from a" in rfs.results_table(res) or "prototype head" in rfs.results_table(res)
+    shots = rfs.shot_check(init, mnist_subset, s, selection.chosen, shots=(1, 2), tasks=2)
+    assert set(shots) == {1, 2} and all(0 <= r["mean"] <= 1 for r in shots.values())
+
+
+def test_bad_recipes_and_selection_inputs_are_clear_errors(tiny, at_tiny):
+    good = {"steps": 5, "lr": 0.1, "recipe": "head", "head_init": "zero"}
+    assert rfs.adaptation("at_transfer", tiny, recipe=good) == dict(steps=5, lr=0.1, head_only=True, head_init="given")
+    assert rfs.adaptation("at_transfer", tiny)["steps"] == tiny.at_finetune_steps  # the profile's default
+    for bad, match in (({**good, "recipe": "last"}, "recipe\\['recipe'\\]"),
+                       ({**good, "head_init": "random"}, "head_init"),
+                       ({**good, "steps": -1}, "steps"), ({**good, "steps": 0}, "zero head"),
+                       ({**good, "lr": -0.1}, "lr"), ({"steps": 5}, "lacks")):
+        with pytest.raises(ValueError, match=match):
+            rfs.adaptation("at_transfer", tiny, recipe=bad)
+    with pytest.raises(TypeError, match="dict"):
+        rfs.check_at_recipe([5, 0.1])
+    with pytest.raises(ValueError, match="applies to at_transfer"):
+        rfs.adaptation("aq", tiny, recipe=good)
+    s, _, _, init = at_tiny
+    with pytest.raises(ValueError, match="at least 2 validation tasks"):
+        rfs.select_at_finetuning(init, rfs.samplers(_subset_data(), s)[1].sample(1, seed=0), s)
+    with pytest.raises(ValueError, match="at_epochs"):
+        rfs.at_training_plan(dataclasses.replace(s, at_epochs=0), 100)
+
+
+def _subset_data():
+    from tutorial_lib import data
+
+    return data.load_subset()
 
 
 # ---- notebook 05's exercise checks ------------------------------------------------------------------------

@@ -149,9 +149,19 @@ class MetaAdvSettings:
     # "AT transfer" (a PGD-trained classifier of the meta-train classes, its head fine-tuned per task)
     adv_finetune_steps: int = 3  # chosen on meta-TRAIN tasks among 1/3/10 steps at lr 0.4/0.1 (best robust accuracy)
     adv_finetune_lr: float = 0.1
-    at_epochs: int = 3
-    at_finetune_steps: int = 50
+    # AT transfer trains on the meta-train images outside the at_validation share (held out for validation tasks)
+    at_validation: float = 0.2
+    at_epochs: int | None = None  # None: as many PGD training examples as spend AQ's training compute (tl.compute)
+    at_finetune_steps: int = 50  # fine-tuning when no recipe is chosen on validation tasks (rfs.evaluate's default)
     at_finetune_lr: float = 0.1
+    # AT transfer's fine-tuning recipe, chosen on at_select_tasks validation tasks (robust accuracy under the test
+    # attack, one run, and APGD-DLR: rfs.select_at_finetuning): head only or every layer, from a zero or a prototype
+    # head, each rate, each step count
+    at_select_tasks: int = 20
+    at_select_lrs: tuple[float, ...] = (0.1, 0.4)
+    at_select_steps: tuple[int, ...] = (0, 10, 50)  # 0: the prototype head without fine-tuning
+    at_select_tolerance: float = 0.01  # the cheapest candidate within this of the best validation score
+    at_masking_tolerance: float = 0.02  # eligible if APGD-DLR finds at most this much more than the test attack
     # pure AQ's collapse and the clean-mix fix: short runs
     collapse_steps: int = 300
     collapse_clean_weight: float = 0.5
@@ -333,7 +343,7 @@ PROFILES: dict[str, Profile] = {
         adv_training=dict(epochs=15, ramp_epochs=3, decay_epochs=3, strong_restarts=1),
         meta=dict(meta_steps=500, eval_tasks=200),
         meta_adv=dict(meta_steps=600, eval_tasks=100, curve_eps=(0.0, 0.05, 0.1, 0.2, 0.3), curve_tasks=50,
-                      sanity_tasks=50, collapse_steps=200, at_epochs=2, strong_tasks=20),
+                      sanity_tasks=50, collapse_steps=200, strong_tasks=20),
     ),
     "standard": _profile(
         "standard",
@@ -343,11 +353,10 @@ PROFILES: dict[str, Profile] = {
         attacks=dict(eval_size=2000),
         adv_training=dict(epochs=10, batch_size=128, ramp_epochs=2, decay_epochs=2, strong_eval_size=1000),
         meta=dict(meta_steps=5000, eval_tasks=600),
-        meta_adv=dict(meta_steps=3000, eval_tasks=600, curve_tasks=200, sanity_tasks=100, collapse_steps=500,
-                      at_epochs=5),
-        unseen=dict(held_out=("linf", "l2", "l1", "rotation", "translation", "zoom_shear"), oracle_seeds=3, eval_tasks=200,
-                    q_queries=15, validation_tasks=50, eval_pgd_steps=20, linf_mim=True, meta_steps=1500,
-                    matrix_tasks=100, sanity_tasks=50, strong_tasks=100),
+        meta_adv=dict(meta_steps=3000, eval_tasks=600, curve_tasks=200, sanity_tasks=100, collapse_steps=500),
+        unseen=dict(held_out=("linf", "l2", "l1", "rotation", "translation", "zoom_shear"), oracle_seeds=3,
+                    eval_tasks=200, q_queries=15, validation_tasks=50, eval_pgd_steps=20, linf_mim=True,
+                    meta_steps=1500, matrix_tasks=100, sanity_tasks=50, strong_tasks=100),
         applications=dict(patch_sizes=(5, 8, 11, 14), patch_steps=400, peer_size=1000, apgd_steps=100),
     ),
     "full": _profile(
@@ -360,13 +369,11 @@ PROFILES: dict[str, Profile] = {
                           eval_size=10000, eval_pgd_steps=40, eval_restarts=5, fast_epochs=15, monitor_size=1000,
                           strong_eval_size=10000),
         meta=dict(meta_steps=60000, eval_tasks=1000, meta_batch=32),
-        meta_adv=dict(meta_steps=30000, eval_tasks=1000, curve_tasks=500, sanity_tasks=200, collapse_steps=1000,
-                      at_epochs=20),
+        meta_adv=dict(meta_steps=30000, eval_tasks=1000, curve_tasks=500, sanity_tasks=200, collapse_steps=1000),
         unseen=dict(held_out=("linf", "l2", "l1", "rotation", "translation", "zoom_shear"), oracle_seeds=3,
-                    eval_tasks=1000,
-                    q_queries=15, validation_tasks=200, eval_pgd_steps=40, eval_restarts=5, linf_mim=True,
-                    meta_steps=10000, rotation_steps=61, translation_steps=13, zoom_shear_steps=9, matrix_tasks=300, sanity_tasks=200,
-                    strong_tasks=300),
+                    eval_tasks=1000, q_queries=15, validation_tasks=200, eval_pgd_steps=40, eval_restarts=5,
+                    linf_mim=True, meta_steps=10000, rotation_steps=61, translation_steps=13, zoom_shear_steps=9,
+                    matrix_tasks=300, sanity_tasks=200, strong_tasks=300),
         applications=dict(patch_sizes=(5, 8, 11, 14), patch_steps=2000, patch_max_angle=15.0, patch_eval_size=10000,
                           peer_size=10000, strong_restarts=20, apgd_steps=100, apgd_restarts=5),
     ),
