@@ -548,17 +548,19 @@ def verdict(diff: dict[str, float]) -> str:
     return "ahead" if lo > 0 else ("behind" if hi < 0 else "tied")
 
 
-def gap_closed(cells: dict[str, Cell]) -> dict[str, float]:
+def gap_closed(cells: dict[str, Cell]) -> dict[str, Any]:
     """How much of the gap between plain MAML and the oracle the attack-adaptive learner closes:
-    ``(meta_adv - maml) / (oracle - maml)`` on mean robust accuracy (and the two gaps themselves)."""
+    ``(meta_adv - maml) / (oracle - maml)`` on mean robust accuracy, with both gains. ``closed`` is None when the
+    oracle is not ahead of plain MAML (paired interval), since then there is no gap to close."""
     m = {k: float(cells[k].robust().mean()) for k in ("maml", "meta_adv", "oracle")}
+    oracle_ahead = paired(cells["oracle"], cells["maml"])["verdict"] == "ahead"
     gap = m["oracle"] - m["maml"]
-    return {"closed": (m["meta_adv"] - m["maml"]) / gap if gap > 0 else None,
-            "meta_adv_gain": m["meta_adv"] - m["maml"], "oracle_gain": gap}
+    return {"closed": (m["meta_adv"] - m["maml"]) / gap if oracle_ahead else None,
+            "meta_adv_gain": m["meta_adv"] - m["maml"], "oracle_gain": gap, "oracle_ahead_of_maml": oracle_ahead}
 
 
 PAIRS = (("meta_adv", "union_at_finetune"), ("meta_adv", "maml"), ("meta_adv", "lslr"), ("meta_adv", "aq_linf"),
-         ("oracle", "meta_adv"), ("union_at_finetune", "maml"))
+         ("oracle", "meta_adv"), ("oracle", "maml"), ("union_at_finetune", "maml"))
 
 
 def results(*, settings: Any, probe: dict[str, Any], selections: dict[str, adaptation.Selection],
