@@ -37,7 +37,9 @@ def test_tiny_run_writes_what_the_notebook_reads(monkeypatch, mnist_subset, tmp_
     monkeypatch.setenv(runtime.BUILD_ENV, str(tmp_path))
     quick = profiles.PROFILES["quick"]
     tiny = dataclasses.replace(quick.meta_adv, meta_steps=2, eval_tasks=2, eval_pgd_steps=2, eval_restarts=5,
-                               at_epochs=1, at_finetune_steps=2)
+                               at_epochs=1, at_finetune_steps=2, q_queries=3, at_select_tasks=2,
+                               at_select_steps=(0, 2), at_select_lrs=(0.1,), strong_tasks=2, strong_steps=2,
+                               strong_restarts=1)
     monkeypatch.setitem(profiles.PROFILES, "quick", dataclasses.replace(quick, meta_adv=tiny))
     small = {}
     for split in ("train", "test"):
@@ -50,6 +52,13 @@ def test_tiny_run_writes_what_the_notebook_reads(monkeypatch, mnist_subset, tmp_
     assert cli.main("robust_few_shot", ["--profile", "quick", "--verbose", "0"]) == 0
     result = json.loads((tmp_path / "results" / f"{rfs.RESULTS_NAME}.json").read_text())
     assert set(result["methods"]) == set(rfs.COMPARED) and result["tasks"] == 2 and result["profile"] == "quick"
+    # the fields the notebook passes: AT transfer's fine-tuning chosen on validation tasks, every method's training
+    # compute, the strong column
+    at = result["methods"]["at_transfer"]
+    assert at["selection"]["chosen_on"] == "validation" and at["selection"]["validation_tasks"] == 2
+    assert (at["test_steps"], at["inner_lr"]) == (at["selection"]["steps"], at["selection"]["lr"])
+    assert all(isinstance(row["gradient_evaluations"], int) for row in result["methods"].values())
+    assert result["strong_eval"]["methods"] == list(rfs.STRONG_COLUMN) and result["strong_eval"]["tasks"] == 2
     assert {p.name for p in (tmp_path / "models").glob("05_*.keras")} == \
         {f"05_{m}.keras" for m in (*rfs.META_TRAINED, "at_transfer")}
     # the notebook's own calls now load these models instead of training them

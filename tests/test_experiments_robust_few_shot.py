@@ -171,7 +171,7 @@ def test_uniform_loss_is_log_n():
 
 
 # ---- AT transfer: AQ's training compute, fine-tuning chosen on validation tasks ------------------------------
-def test_training_compute_counts_meta_steps_and_refuses_what_it_cannot_count(tiny):
+def test_training_compute_counts_every_meta_trained_method(tiny):
     learner = mad.make_learner("aq", models.few_shot_cnn(tiny.n_way), **rfs.method_options("aq", tiny))
     per_step = compute.meta_step_cost(learner, n_support=tiny.n_way * tiny.k_shot,
                                       n_query=tiny.n_way * tiny.q_queries, meta_batch=tiny.meta_batch)
@@ -179,10 +179,19 @@ def test_training_compute_counts_meta_steps_and_refuses_what_it_cannot_count(tin
     # by hand: per task 25 support images x (1 + 2 second order) + 75 queries x (PGD-3 + 1), 4 tasks a step
     assert rfs.training_compute("aq", tiny) == 4 * 4 * (25 * 3 + 75 * 4)
     assert rfs.training_compute("maml_adv_finetune", tiny) == rfs.training_compute("maml", tiny) == 2 * 4 * 150
+    # ADML: support attack against one clean step (25 x (1 + 3)), two inner loops (2 x 25 x 3), PGD-3 on the
+    # queries (75 x 3) and two outer losses (2 x 75)
+    assert rfs.training_compute("adml", tiny) == 4 * 4 * (25 * 4 + 2 * 25 * 3 + 75 * 3 + 2 * 75)
+    # AQ + TRADES: AQ's step plus the clean queries
+    assert rfs.training_compute("aq_trades", tiny) == 4 * 4 * (25 * 3 + 75 * 4 + 75)
+    # the article's idea: FGSM on the support set against one clean step (25 x (1 + 1)), one inner loop, FGSM on
+    # the queries, one outer loss
+    assert rfs.training_compute("seed_fgsm", tiny) == 4 * 4 * (25 * 2 + 25 * 3 + 75 * 1 + 75)
+    assert set(rfs.COUNTED) == set(rfs.COMPARED) - {"at_transfer"}
     with pytest.raises(ValueError, match="at_classifier"):
         rfs.training_compute("at_transfer", tiny)
     with pytest.raises(ValueError, match="method must be one of"):
-        rfs.training_compute("adml", tiny)  # tl.compute leaves out its attacked queries: not counted
+        rfs.training_compute("reptile", tiny)
 
 
 @pytest.mark.parametrize("n_images", [37, 1000, 8000, 10_000, 123_457])
@@ -220,7 +229,7 @@ def test_at_classifier_trains_on_training_images_with_aqs_compute(mnist_subset, 
     assert np.all(init.get_weights()[-1] == 0)
 
 
-def test_fine_tuning_is_chosen_on_validation_and_recorded(mnist_subset, at_tiny, trained):
+def test_fine_tuning_is_chosen_on_validation_and_recorded(mnist_subset, at_tiny, trained, monkeypatch):
     s, _, info, init = at_tiny
     _, val = rfs.validation_samplers(mnist_subset, s)
     val_tasks = val.sample(s.at_select_tasks, seed=0)
@@ -238,6 +247,12 @@ def test_fine_tuning_is_chosen_on_validation_and_recorded(mnist_subset, at_tiny,
         assert rfs.masking_gap(c, runs)["mean"] <= s.at_masking_tolerance
     again, _ = rfs.select_at_finetuning(init, val_tasks, s)  # cached evaluations give the same choice
     assert rfs.select_at_finetuning(init, val_tasks, s)[0] == again
+    # the cache key names the prototype head's version: a selection made with another head is never loaded
+    stored = set(runtime.build_subdir("cache").glob("05_at_selection-*.npz"))
+    monkeypatch.setattr(rfs, "PROTOTYPE_HEAD_VERSION", "another head")
+    rfs.select_at_finetuning(init, val_tasks, s)
+    assert len(set(runtime.build_subdir("cache").glob("05_at_selection-*.npz")) - stored) == 1
+    monkeypatch.undo()
     record = rfs.selection_record(selection, runs, s, len(val_tasks))
     assert record["chosen_on"] == "validation" and record["validation_tasks"] == 3
     assert len(record["candidates"]) + len(record["excluded"]) == len(cands)

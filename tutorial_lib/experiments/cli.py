@@ -18,7 +18,8 @@ from ..profiles import PROFILES
 #: What each chapter's command line does (one function per chapter with a ``__main__`` block).
 CHAPTERS: dict[str, str] = {
     "robust_few_shot": "notebook 05: meta-train MAML, ADML, AQ, AQ + TRADES and the article's FGSM MAML, train the "
-                       "AT-transfer classifier, evaluate every method and write build/results/05_meta_adversarial.json",
+                       "AT-transfer classifier, choose its fine-tuning on validation tasks, evaluate every method "
+                       "(and MAML and AQ under the strong attacks) and write build/results/05_meta_adversarial.json",
 }
 
 
@@ -83,7 +84,9 @@ def agree_on_cache(strategy: Any, cached: dict[str, bool]) -> None:
 
 
 def _robust_few_shot(profile, strategy, *, chief: bool, seed: int, verbose: int) -> None:
-    """Notebook 05's training (cells "meta-train" and "AT transfer") and, on the chief, its results file."""
+    """Notebook 05's training (cells "meta-train" and "AT transfer") and, on the chief, its results file: the
+    same calls as the notebook (AT transfer's fine-tuning chosen on validation tasks, training compute of every
+    method, the strong column), so the file is the one the notebook writes."""
     from .. import data as _data
     from .. import models
     from . import robust_few_shot as rfs
@@ -105,15 +108,28 @@ def _robust_few_shot(profile, strategy, *, chief: bool, seed: int, verbose: int)
     for m in rfs.META_TRAINED:
         if m not in shared:
             inits[m], infos[m] = rfs.meta_train(m, data, s, seed=seed, verbose=2 if verbose else 0)
-    # the AT-transfer classifier (plain Keras fit, no meta-batch to split) and the evaluation: the chief alone
+    # the AT-transfer classifier (plain Keras fit, no meta-batch to split), its fine-tuning chosen on validation
+    # tasks, and the evaluation: the chief alone, with the notebook's calls, so that the results file is the same
     at_model, at_info = rfs.at_classifier(data, s, seed=seed, verbose=2 if verbose else 0)
+    at_init = rfs.transfer_init(at_model, s.n_way)
+    _, val_sampler = rfs.validation_samplers(data, s, seed=seed)
+    val_tasks = val_sampler.sample(s.at_select_tasks, seed=0)
+    selection, at_runs = rfs.select_at_finetuning(at_init, val_tasks, s)
     _, test_tasks = rfs.samplers(data, s, seed=seed)
     eval_tasks = test_tasks.sample(s.eval_tasks, seed=0)
-    starts = {"maml_adv_finetune": inits["maml"], "at_transfer": rfs.transfer_init(at_model, s.n_way)}
-    evals = {m: rfs.evaluate(m, starts.get(m, inits.get(m)), eval_tasks, s) for m in rfs.COMPARED}
+    starts = {"maml_adv_finetune": inits["maml"], "at_transfer": at_init}
+    recipes = {"at_transfer": selection.chosen}
+    evals = {m: rfs.evaluate(m, starts.get(m, inits.get(m)), eval_tasks, s, recipe=recipes.get(m))
+             for m in rfs.COMPARED}
     seconds = {**{m: infos[m]["train_seconds"] for m in rfs.META_TRAINED},
                "maml_adv_finetune": infos["maml"]["train_seconds"], "at_transfer": at_info["train_seconds"]}
-    result = rfs.results(evals, seconds, s)
+    grad_evals = {**{m: rfs.training_compute(m, s) for m in rfs.COUNTED},
+                  "at_transfer": at_info["plan"]["gradient_evaluations"]}
+    at_record = rfs.selection_record(selection, at_runs, s, len(val_tasks))
+    strong = rfs.strong_evaluation({**inits, "at_transfer": at_init}, eval_tasks, s, methods=rfs.STRONG_COLUMN,
+                                   recipes=recipes)
+    result = rfs.results(evals, seconds, s, strong=strong, gradient_evaluations=grad_evals, at_selection=selection,
+                         at_selection_record=at_record)
     path = rfs.save(result)
     if verbose:
         print(rfs.results_table(result))

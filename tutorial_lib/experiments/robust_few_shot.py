@@ -44,10 +44,17 @@ LABELS = {
     "seed_fgsm": "article's idea (FGSM MAML)",
 }
 RESULTS_NAME = "05_meta_adversarial"
-#: The methods whose training compute :func:`training_compute` counts (besides AT transfer, matched to AQ's).
-COUNTED = ("maml", "maml_adv_finetune", "aq")
+#: The methods whose training compute :func:`training_compute` counts: every method but AT transfer (whose
+#: count, matched to AQ's, is in :func:`at_classifier`'s plan).
+COUNTED = ("maml", "maml_adv_finetune", "adml", "aq", "aq_trades", "seed_fgsm")
+#: What the prototype head of :func:`tutorial_lib.adaptation.prototype_head` is, in the cache key of AT
+#: transfer's selection: change it whenever that head changes, so that no stale selection is loaded.
+PROTOTYPE_HEAD_VERSION = "temperature: spread of class means"
 #: The methods of the strong column: the headline comparison, AQ against plain MAML.
 STRONG = ("maml", "aq")
+#: Every method the strong attacks run on: the headline pair and AT transfer (its fine-tuning recipe passed to
+#: :func:`strong_evaluation` as ``recipes``), the baseline level with or ahead of AQ in the results table.
+STRONG_COLUMN = (*STRONG, "at_transfer")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,11 +199,10 @@ def meta_train(method: str, data: Any, settings: Any, *, seed: int = 0, verbose:
 def training_compute(method: str, settings: Any) -> int:
     """Gradient evaluations (:mod:`tutorial_lib.compute`) spent training ``method``'s initialisation.
 
-    Meta-learners: meta-steps x :func:`tutorial_lib.compute.meta_step_cost` of the learner the profile builds (no
-    method here warm-starts from another model). MAML + adversarial fine-tuning reuses plain MAML's, so it is
-    MAML's. Only the methods whose training :func:`tutorial_lib.compute.meta_step_cost` counts fully
-    (:data:`COUNTED`): ADML's attacked queries, AQ + TRADES' clean queries and the article's attacked support sets
-    are outside its count. AT transfer's count is in :func:`at_classifier`'s ``info["plan"]``.
+    Meta-learners (:data:`COUNTED`: MAML, ADML, AQ, AQ + TRADES, the article's idea): meta-steps x
+    :func:`tutorial_lib.compute.meta_step_cost` of the learner the profile builds (no method here warm-starts from
+    another model). MAML + adversarial fine-tuning reuses plain MAML's, so it is MAML's. AT transfer's count is in
+    :func:`at_classifier`'s ``info["plan"]``.
     """
     if method == "at_transfer":
         raise ValueError("AT transfer's training compute depends on its training images: read "
@@ -397,8 +403,9 @@ def select_at_finetuning(init: keras.Model, tasks: Tasks, settings: Any, *, cach
     score is its robust accuracy when a query is broken if either attack breaks it.
     :func:`tutorial_lib.adaptation.select_on_validation` keeps the cheapest eligible candidate within
     ``at_select_tolerance`` of the best. With ``cache`` the evaluations are kept in ``build/cache/`` keyed by the
-    weights, the tasks and the settings. Returns the :class:`~tutorial_lib.adaptation.Selection` (eligible
-    candidates) and the evaluations keyed by ``(recipe, head_init, lr)`` (for :func:`selection_table`).
+    weights, the tasks, the settings and :data:`PROTOTYPE_HEAD_VERSION`. Returns the
+    :class:`~tutorial_lib.adaptation.Selection` (eligible candidates) and the evaluations keyed by
+    ``(recipe, head_init, lr)`` (for :func:`selection_table`).
     """
     s = settings
     if len(tasks) < 2:
@@ -425,7 +432,8 @@ def _selection_runs(init: keras.Model, tasks: Tasks, settings: Any, *, cache: bo
     digest = hashlib.sha256()
     for array in [*init.get_weights(), tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y]:
         digest.update(np.ascontiguousarray(array).tobytes())
-    config = {"data": digest.hexdigest(), "attacks": [repr(a) for a in probes], "plan": repr(plan)}
+    config = {"data": digest.hexdigest(), "attacks": [repr(a) for a in probes], "plan": repr(plan),
+              "prototype_head": PROTOTYPE_HEAD_VERSION}
     path = runtime.build_subdir("cache") / f"05_at_selection-{models.config_hash('05_at_selection', config)}.npz"
     if cache and path.is_file():
         stored = np.load(path)
@@ -540,9 +548,11 @@ def strong_attacks(settings: Any) -> list[attacks.Attack]:
 
 
 def strong_evaluation(inits: dict[str, keras.Model], tasks: Tasks, settings: Any, *,
-                      methods: tuple[str, ...] = STRONG) -> dict[str, AdaptationResult]:
+                      methods: tuple[str, ...] = STRONG, recipes: dict[str, dict[str, Any]] | None = None
+                      ) -> dict[str, AdaptationResult]:
     """Each of ``methods`` (initialisations in ``inits``) adapted on the first ``strong_tasks`` of ``tasks`` as in
-    the results table (:func:`adaptation`), its queries attacked by every attack of :func:`strong_attacks`
+    the results table (:func:`adaptation`; ``recipes``: AT transfer's fine-tuning, e.g.
+    ``{"at_transfer": selection.chosen}``), its queries attacked by every attack of :func:`strong_attacks`
     against the ADAPTED weights; a query is robust only if no attack breaks it. Methods whose support set is
     clean only. Returns an :class:`tutorial_lib.adaptation.AdaptationResult` per method (``.at(steps)``,
     ``.per_attack``); the methods share one compiled evaluator when they adapt alike."""
@@ -551,8 +561,9 @@ def strong_evaluation(inits: dict[str, keras.Model], tasks: Tasks, settings: Any
     subset = tasks[: s.strong_tasks]
     arch = inits[methods[0]]  # the architecture; each method brings its own weights
     out = {}
+    recipes = recipes or {}
     for m in methods:
-        how = adaptation(m, s)
+        how = adaptation(m, s, recipe=recipes.get(m))
         if "support" in how:
             raise ValueError(f"{m} adapts on an attacked support set; the strong column takes methods with a clean "
                              f"support set, e.g. {STRONG}")
