@@ -212,7 +212,7 @@ class UnseenAttackSettings:
     train_rotation_steps: int = 7
     train_grid_steps: int = 3  # translation and zoom/shear per axis
     # the attack-adaptive learner (and the oracle): from notebook 05's MAML, LSLR rates, attacked support
-    meta_steps: int = 100
+    meta_steps: int = 50
     train_k_shot: int = 5
     inner_steps: int = 3
     inner_lr: float = 0.3

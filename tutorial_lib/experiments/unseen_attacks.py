@@ -374,8 +374,8 @@ def compute_record(learners: dict[str, dict[Any, Learner]]) -> dict[str, dict[st
 def candidates(method: str, settings: Any) -> list[dict[str, Any]]:
     """The adaptation recipes tried for ``method`` on validation tasks, cheapest first within each recipe.
 
-    - plain MAML and AQ adapt every layer ("full"): the first step at notebook 05's meta-trained rate
-      ``adapt_lr``, later steps at ``lr`` (each of ``later_lrs``), or every step at ``lr``;
+    - plain MAML and AQ adapt every layer ("full_after_first"): the first step at notebook 05's meta-trained
+      rate ``adapt_lr``, later steps at ``lr`` (each of ``later_lrs``; ``lr = adapt_lr`` is every step at it);
     - LSLR-MAML, attack-adaptive MAML and the oracle use their learned rates ("learned"); the attack-adaptive
       learners adapt for exactly the steps they were meta-trained with;
     - union AT + fine-tune starts each task from the nearest-class-mean head of its clean support set and
@@ -391,9 +391,7 @@ def candidates(method: str, settings: Any) -> list[dict[str, Any]]:
     if method == "union_at_finetune":
         return [{"steps": k, "recipe": r, "lr": lr} for r in ("prototype+head", "prototype+full")
                 for lr in s.finetune_lrs for k in (0,) + tuple(s.select_steps)]
-    return [{"steps": k, "recipe": r, "lr": lr} for r, lrs in (("full_after_first", s.later_lrs),)
-            for lr in lrs for k in s.select_steps] + \
-        [{"steps": k, "recipe": "full", "lr": s.adapt_lr} for k in s.select_steps]
+    return [{"steps": k, "recipe": "full_after_first", "lr": lr} for lr in s.later_lrs for k in s.select_steps]
 
 
 def adapt_options(learner: Learner, recipe: dict[str, Any], settings: Any) -> dict[str, Any]:
@@ -523,10 +521,11 @@ class Cell:
 def evaluate_cell(method: str, family: str, k: int, learners: dict[str, dict[Any, Learner]], tasks: Tasks,
                   recipe: dict[str, Any], settings: Any) -> Cell:
     """``method`` adapted with its chosen ``recipe`` on the test ``tasks`` (K = ``k``) against held-out ``family``,
-    once per training seed (the reference learners once), at the curve's checkpoints and the chosen steps."""
+    once per training seed (the reference learners once), at the chosen steps (and, for K = ``select_k``, at every
+    step count of the curve)."""
     s = settings
     seeds = method_seeds(method, s)
-    checkpoints = sorted(set(s.curve_steps) | {recipe["steps"]})
+    checkpoints = sorted(set(s.curve_steps) | {recipe["steps"]}) if k == s.select_k else [recipe["steps"]]
     results = [adapt_and_attack(learner_for(learners, method, family, sd), family, tasks, recipe, s,
                                 checkpoints=checkpoints) for sd in seeds]
     return Cell(method, family, k, recipe["steps"], seeds, results)
@@ -640,7 +639,7 @@ def paired_table(result: dict[str, Any]) -> str:
 def matrix(learners: dict[str, dict[Any, Learner]], selections: dict[str, adaptation.Selection], tasks: Tasks,
            settings: Any) -> dict[str, dict[str, dict[str, float]]]:
     """Robust accuracy of one model per row on every family (K = ``select_k``, each row's chosen recipe, training
-    seed ``seeds[0]``): plain MAML, AQ, each held-out family's attack-adaptive and union-AT models, the oracle.
+    seed ``seeds[0]``): plain MAML, AQ, each held-out family's attack-adaptive model, the oracle.
     Returns ``{row: {family: {"mean", "ci95"}}}``."""
     s = settings
     seed = s.seeds[0]
@@ -648,7 +647,6 @@ def matrix(learners: dict[str, dict[Any, Learner]], selections: dict[str, adapta
                                             "aq_linf": ("aq_linf", learners["aq_linf"][None])}
     for f in s.held_out:
         rows[f"meta_adv_without_{f}"] = ("meta_adv", learners["meta_adv"][(f, seed)])
-        rows[f"union_at_finetune_without_{f}"] = ("union_at_finetune", learners["union_at_finetune"][(f, seed)])
     rows["oracle"] = ("oracle", learners["oracle"][seed])
     out: dict[str, dict[str, dict[str, float]]] = {}
     for row, (method, learner) in rows.items():
