@@ -23,6 +23,7 @@ import tensorflow as tf
 from . import adaptation as _adaptation
 from . import attacks as _attacks
 from . import meta as _meta
+from . import training as _training
 from .adaptation import (adapted_logits_fn, attack_adapted, attack_support, check_attack, check_data_range,
                          epsilon_curve, robust_evaluate, scaled_step, support_surrogate)
 from .checks import check_count, check_number, check_positive_int
@@ -83,12 +84,6 @@ def _grads_or_zeros(grads, params):
 # --------------------------------------------------------------------------------------------------
 # One task's meta-gradient for each method (functional; used inside the compiled meta-step)
 # --------------------------------------------------------------------------------------------------
-def _kl(p_logits: tf.Tensor, q_logits: tf.Tensor) -> tf.Tensor:
-    """Per-example KL(softmax(p_logits) || softmax(q_logits))."""
-    log_p = tf.nn.log_softmax(p_logits)
-    return tf.reduce_sum(tf.exp(log_p) * (log_p - tf.nn.log_softmax(q_logits)), axis=-1)
-
-
 def query_loss(model: keras.Model, adapted: Sequence[tf.Tensor], query_x, query_x_adv, query_y, *,
                outer_loss: str = "ce", clean_weight: float = 0.0, trades_beta: float = 6.0) -> tuple[tf.Tensor, tf.Tensor]:
     """The outer (query) loss of Adversarial Querying and the accuracy on the attacked queries.
@@ -102,7 +97,8 @@ def query_loss(model: keras.Model, adapted: Sequence[tf.Tensor], query_x, query_
         clean_logits = _meta.forward(model, adapted, query_x)
         adv_logits = _meta.forward(model, adapted, query_x_adv)
         ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(query_y, clean_logits, from_logits=True))
-        return ce + trades_beta * tf.reduce_mean(_kl(clean_logits, adv_logits)), adv_acc
+        kl = _training.kl_divergence(tf.nn.softmax(clean_logits), adv_logits)
+        return ce + trades_beta * tf.reduce_mean(kl), adv_acc
     if clean_weight == 0.0:
         return adv_loss, adv_acc
     clean_loss, _ = _meta.loss_and_accuracy(model, adapted, query_x, query_y)

@@ -285,7 +285,7 @@ class AdversarialTrainer(keras.Model):
         if self.method != "trades":
             return self.attack.generate(self.classifier, x, y, eps=eps, step_size=step)
         p_clean = tf.stop_gradient(tf.nn.softmax(self._logits(x)))
-        return attacks.gradient_ascent(lambda xa: _kl(p_clean, self._logits(xa)), x, eps=eps, step_size=step,
+        return attacks.gradient_ascent(lambda xa: kl_divergence(p_clean, self._logits(xa)), x, eps=eps, step_size=step,
                                        steps=self.steps, norm="inf", random_start=self.attack.random_start)
 
     def _worst_of_pool(self, x, y, *, scale):
@@ -319,7 +319,7 @@ class AdversarialTrainer(keras.Model):
         if self.method == "trades":
             clean = self._logits(x, training=True)
             adv = self._logits(x_adv, training=True)
-            loss = tf.reduce_mean(self._ce(y, clean)) + self.beta * tf.reduce_mean(_kl(tf.nn.softmax(clean), adv))
+            loss = tf.reduce_mean(self._ce(y, clean)) + self.beta * tf.reduce_mean(kl_divergence(tf.nn.softmax(clean), adv))
             return loss, adv
         adv = self._logits(x_adv, training=True)
         loss = tf.reduce_mean(self._ce(y, adv))
@@ -381,9 +381,13 @@ def _correct(y, logits):
     return tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(y, tf.int32))
 
 
-def _kl(p, logits_q):
-    """Per-example KL(p || softmax(logits_q)), (B,) float32; p are probabilities."""
-    log_q = tf.nn.log_softmax(tf.cast(logits_q, tf.float32))
+def kl_divergence(p, logits_q):
+    """Per-example KL(p || softmax(logits_q)), (B,) float32 (float64 for float64 inputs); ``p`` are probabilities (e.g. ``softmax`` of the
+    clean logits). TRADES' regulariser, in adversarial training and in the TRADES outer loss of
+    :class:`tutorial_lib.meta_adversarial.AdversarialQuerying`."""
+    dtype = tf.float64 if p.dtype == tf.float64 else tf.float32  # float32 at least (mixed precision)
+    p = tf.cast(p, dtype)
+    log_q = tf.nn.log_softmax(tf.cast(logits_q, dtype))
     return tf.reduce_sum(p * (tf.math.log(p + 1e-12) - log_q), axis=-1)
 
 
