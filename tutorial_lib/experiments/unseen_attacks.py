@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -449,20 +448,19 @@ def select(method: str, learners: dict[str, dict[Any, Learner]], tasks: Tasks, s
     for i, c in enumerate(cands):
         groups.setdefault((c["recipe"], c["lr"]), []).append(i)
     scores: dict[int, dict[str, float]] = {}
-    for (recipe, _), idx in groups.items():
+    for idx in groups.values():
         steps = [cands[i]["steps"] for i in idx]
         for family in s.held_out:
             learner = learner_for(learners, method, family, s.seeds[0])
             res = adapt_and_attack(learner, family, tasks, cands[idx[0]], s, checkpoints=steps, restarts=1)
             for i in idx:
                 scores.setdefault(i, {})[family] = float(res.robust[:, res.column(cands[i]["steps"])].mean())
-    per_family = {i: v for i, v in scores.items()}
     selection = adaptation.select_on_validation(
-        [dict(c, _i=i) for i, c in enumerate(cands)], lambda c: float(np.mean(list(per_family[c["_i"]].values()))),
+        [dict(c, _i=i) for i, c in enumerate(cands)], lambda c: float(np.mean(list(scores[c["_i"]].values()))),
         tolerance=s.select_tolerance)
     chosen = {k: v for k, v in selection.chosen.items() if k != "_i"}
     cands_out = [{**{k: v for k, v in c.items() if k != "_i"},
-                  "validation_by_family": per_family[c["_i"]]} for c in selection.candidates]
+                  "validation_by_family": scores[c["_i"]]} for c in selection.candidates]
     return adaptation.Selection(chosen, cands_out)
 
 
@@ -730,10 +728,3 @@ def strong_column(cells: dict[str, Cell], learners: dict[str, dict[Any, Learner]
                        "per_attack": {a: evaluate.mean_ci95_record(res.per_attack[:, -1, j])
                                       for j, a in enumerate(res.attacks)}}
     return out
-
-
-def timed(fn, *args, **kwargs) -> tuple[Any, float]:
-    """``(fn(*args, **kwargs), seconds)``."""
-    start = time.perf_counter()
-    value = fn(*args, **kwargs)
-    return value, time.perf_counter() - start
